@@ -1,0 +1,47 @@
+# Two commands for a newcomer: `make run` (the main job on the virtual lab) and `make test` (the project's
+# own tests). Both install whatever is missing first, and both are safe to run again.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := kamailio tcpdump tshark sip-tester iproute2 nftables iptables iputils-ping procps \
+	util-linux python3-venv
+STAMP := .hil
+
+.PHONY: run test setup deb venv lint clean
+
+run: setup
+	$(VENV)/bin/hil run
+
+test: setup
+	$(PY) -m pytest -q tests
+
+setup: deb venv
+
+deb: $(STAMP)/deb
+$(STAMP)/deb:
+	@mkdir -p $(STAMP)
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(STAMP)/venv
+$(STAMP)/venv: pyproject.toml
+	@mkdir -p $(STAMP)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(STAMP) $(VENV) reports/allure-results reports/allure-report

@@ -1,0 +1,193 @@
+"""`hil`: the lab controller's command line.
+
+Exit codes: 0 done, 1 the operation failed (lab would not start, device unreachable), 2 the input is wrong
+(bad topology, bad option). A user's mistake gets one line per problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from harness import topology as topology_mod
+from harness.topology import SecretMissing, TopologyError
+
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can cause into messages and exit codes."""
+
+    @wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        from virtual.lab import LabError
+
+        try:
+            return fn(*a, **kw)
+        except TopologyError as e:
+            for line in e.lines():
+                click.echo(f"error: {line}", err=True)
+            sys.exit(EXIT_USAGE)
+        except SecretMissing as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_USAGE)
+        except LabError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_FAIL)
+
+    return wrapper
+
+
+topology_option = click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="lab description (default: topologies/virtual-two-site.yaml)",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Lab controller for active-active contact-center failover tests."""
+
+
+@main.group()
+def lab() -> None:
+    """Bring the virtual lab up and down, and show its state."""
+
+
+@lab.command("up")
+@topology_option
+@_friendly
+def lab_up(topology_file: str | None) -> None:
+    """Build the virtual lab and wait until every PBX answers."""
+    from virtual import lab as vlab
+
+    topo = topology_mod.load(topology_file)
+    t0 = time.monotonic()
+    h = vlab.up(topo)
+    click.echo(f"lab {h.name} is up in {time.monotonic() - t0:.2f} s (keeper pid {h.keeper_pid})")
+
+
+@lab.command("down")
+@_friendly
+def lab_down() -> None:
+    """Take the lab down; nothing of it stays behind."""
+    from virtual import lab as vlab
+
+    t0 = time.monotonic()
+    if vlab.down():
+        click.echo(f"lab is down in {time.monotonic() - t0:.2f} s")
+    else:
+        click.echo("no lab is up")
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@_friendly
+def lab_status(as_json: bool) -> None:
+    """Sites, devices, links with their state, and every process with its PID and whether it answers."""
+    from virtual import lab as vlab
+
+    h = vlab.find()
+    if h is None:
+        if as_json:
+            click.echo(json.dumps({"up": False}))
+        else:
+            click.echo("no lab is up")
+        sys.exit(EXIT_FAIL)
+    st = h.status()
+    topo = topology_mod.load(st["topology"])
+    st["up"] = True
+    st["sites"] = {
+        code: {
+            "city": site.city,
+            "region": site.region,
+            "devices": sorted(d.name for d in topo.devices.values() if d.site == code),
+        }
+        for code, site in topo.sites.items()
+    }
+    st["ssh"] = _probe_ssh(topo)
+    if as_json:
+        click.echo(json.dumps(st, indent=1, default=str))
+        return
+    click.echo(f"lab {st['lab']} ({st['topology']}), ready after {st.get('ready_after_s')} s")
+    for code, s in st["sites"].items():
+        click.echo(f"  site {code} ({s['city']}, {s['region']}): {', '.join(s['devices'])}")
+    click.echo("links:")
+    for link in st["links"]:
+        click.echo(
+            f"  {link['switch']:<8} {link['port']:<22} {link['state']:<5} -> {link['connects'] or '-'}"
+        )
+    click.echo("processes:")
+    for p in st["processes"]:
+        ans = {True: "answers", False: "NOT answering", None: ""}[p.get("answers")]
+        click.echo(f"  {p['device']:<12} {p['name']:<10} {p['state']:<9} pid {p.get('host_pid')} {ans}")
+    click.echo("management (ssh):")
+    for dev, ok in st["ssh"].items():
+        click.echo(f"  {dev:<12} {'answers' if ok else 'NOT answering'}")
+    for name, path in st.get("consoles", {}).items():
+        click.echo(f"console {name}: {path}")
+
+
+def _probe_ssh(topo: topology_mod.Topology) -> dict[str, bool]:
+    import socket
+
+    out = {}
+    for d in topo.devices.values():
+        mg = getattr(d.spec, "mgmt", None)
+        if mg is None or d.kind == "phone":
+            continue
+        try:
+            with socket.create_connection((str(mg), d.spec.ssh_port), timeout=1.0) as s:
+                s.settimeout(1.0)
+                out[d.name] = s.recv(64).startswith(b"SSH-2.0")
+        except OSError:
+            out[d.name] = False
+    return out
+
+
+@main.command("run")
+@topology_option
+@_friendly
+def run(topology_file: str | None) -> None:
+    """The main job: lab up, show its status, lab down (the scenario suite joins here)."""
+    from virtual import lab as vlab
+
+    topo = topology_mod.load(topology_file)
+    t0 = time.monotonic()
+    h = vlab.up(topo)
+    click.echo(f"lab {h.name} is up in {time.monotonic() - t0:.2f} s")
+    try:
+        ctx = click.get_current_context()
+        ctx.invoke(lab_status, as_json=False)
+    finally:
+        t1 = time.monotonic()
+        vlab.down(h)
+        click.echo(f"lab is down in {time.monotonic() - t1:.2f} s")
+
+
+@main.command("validate")
+@topology_option
+@_friendly
+def validate(topology_file: str | None) -> None:
+    """Check a topology file and say what it holds."""
+    topo = topology_mod.load(topology_file)
+    kinds: dict[str, int] = {}
+    for d in topo.devices.values():
+        kinds[d.kind] = kinds.get(d.kind, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    click.echo(f"{topo.file}: ok: {topo.kind} lab {topo.name}, {len(topo.sites)} sites, {summary}, "
+               f"{len(topo.agents())} agents")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The topology model: the shipped files validate, and every kind of mistake is named precisely."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import topology
+from harness.topology import REPO_ROOT, TopologyError
+
+DEFAULT = yaml.safe_load((REPO_ROOT / "topologies" / "virtual-two-site.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["virtual-two-site", "virtual-10k", "physical-example"])
+def test_shipped_topologies_validate(name: str) -> None:
+    t = topology.load(REPO_ROOT / "topologies" / f"{name}.yaml")
+    assert set(t.sites) == {"sha", "ntg"}
+    assert len({a.extension for a in t.agents()}) == len(t.agents())
+
+
+def test_default_lab_shape() -> None:
+    t = topology.load()
+    agents = t.agents()
+    assert len(agents) == 100
+    assert {a.home for a in agents} == {"sha", "ntg"}
+    assert len({a.system for a in agents}) >= 2
+    assert len({a.region for a in agents}) >= 2
+    assert len({a.skill_group for a in agents}) >= 3
+    assert agents[0].id == "a00001"
+    for site in ("sha", "ntg"):
+        for kind in ("pbx", "cti", "ul", "switch"):
+            assert t.of_kind(kind, site), (site, kind)
+    assert "wan" in t.model.links
+
+
+def test_physical_example_has_every_device_kind() -> None:
+    t = topology.load(REPO_ROOT / "topologies" / "physical-example.yaml")
+    types = {d.spec.device_type for d in t.of_kind("switch")}
+    assert types == {"cisco_ios", "huawei"}
+    assert {d.spec.vendor for d in t.of_kind("phone")} == {"yealink", "poly"}
+    assert t.of_kind("pdu") and t.of_kind("console")
+    assert ("sha-sw1", "Gi1/0/48") in t.management_path()
+
+
+def _problems(tmp_path: Path, data: dict) -> list[tuple[str, str]]:
+    f = tmp_path / "lab.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(TopologyError) as ei:
+        topology.load(f)
+    assert all(line.startswith(f"{f}: ") for line in ei.value.lines())
+    return ei.value.problems
+
+
+def _mutated(fn) -> dict:
+    d = copy.deepcopy(DEFAULT)
+    fn(d)
+    return d
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["sites"]["sha"]["switches"]["sha-sw1"]["ports"]["Gi0/3"].update(speed=1000))
+    assert ("sites.sha.switches.sha-sw1.ports.Gi0/3.speed", "unknown key") in _problems(tmp_path, d)
+
+
+def test_dangling_link_port(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["links"]["wan"].update(b="ntg-sw1:GigabitEthernet0/0/99"))
+    probs = _problems(tmp_path, d)
+    assert any(p == "links.wan.b" and "no port 'GigabitEthernet0/0/99'" in m for p, m in probs)
+
+
+def test_dangling_port_target(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["sites"]["sha"]["switches"]["sha-sw1"]["ports"]["Gi0/3"].update(connects="sha-ul9"))
+    probs = _problems(tmp_path, d)
+    assert any(p == "sites.sha.switches.sha-sw1.ports.Gi0/3.connects" and "sha-ul9" in m for p, m in probs)
+
+
+def test_duplicate_address(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["sites"]["ntg"]["cti"]["ntg-cti1"].update(address="198.18.1.10"))
+    probs = _problems(tmp_path, d)
+    paths = {"sites.ntg.cti.ntg-cti1.address", "sites.sha.pbx.sha-pbx1.address"}
+    assert any(p in paths and "198.18.1.10 is already used by" in m and m.split()[-1] in paths for p, m in probs)
+
+
+def test_duplicate_extension(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["agents"]["pools"]["ntg-air"].update(extensions="10050-10150"))
+    probs = _problems(tmp_path, d)
+    assert any(
+        {p, m.split()[-1]} == {"agents.pools.ntg-air.extensions", "agents.pools.sha-air.extensions"}
+        for p, m in probs
+    )
+
+
+def test_range_too_small(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["agents"]["pools"]["sha-air"].update(extensions="10001-10010"))
+    probs = _problems(tmp_path, d)
+    assert ("agents.pools.sha-air.extensions", "range 10001-10010 holds 10 extensions, pool needs 30") in probs
+
+
+def test_cuttable_port_on_management_path(tmp_path: Path) -> None:
+    def f(d: dict) -> None:
+        d["management"]["path"] = ["sha-sw1:Gi0/7"]
+
+    probs = _problems(tmp_path, _mutated(f))
+    assert (
+        "sites.sha.switches.sha-sw1.ports.Gi0/7",
+        "port is on the controller's management path and must not be cuttable",
+    ) in probs
+
+
+def test_literal_secret_refused(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["credentials"]["switch"].update(password="cisco123"))
+    probs = _problems(tmp_path, d)
+    assert any(p == "credentials.switch.password" and "environment variable" in m for p, m in probs)
+
+
+def test_address_outside_lab_range(tmp_path: Path) -> None:
+    d = _mutated(lambda d: d["sites"]["sha"]["pbx"]["sha-pbx1"].update(address="10.0.0.5"))
+    probs = _problems(tmp_path, d)
+    assert any(p == "sites.sha.pbx.sha-pbx1.address" and "outside the lab range" in m for p, m in probs)
+
+
+def test_several_errors_reported_at_once(tmp_path: Path) -> None:
+    def f(d: dict) -> None:
+        d["agents"]["pools"]["sha-air"]["extensions"] = "10001-10010"
+        d["links"]["wan"]["a"] = "sha-sw9:Gi0/1"
+
+    assert len(_problems(tmp_path, _mutated(f))) >= 2
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: [unclosed\n")
+    with pytest.raises(TopologyError, match="not valid YAML"):
+        topology.load(f)
+    with pytest.raises(TopologyError, match="cannot read"):
+        topology.load(tmp_path / "nope.yaml")
+
+
+def test_cli_exit_2_one_line_per_error(tmp_path: Path) -> None:
+    def f(d: dict) -> None:
+        d["agents"]["pools"]["sha-air"]["extensions"] = "10001-10010"
+        d["sites"]["sha"]["switches"]["sha-sw1"]["ports"]["Gi0/3"]["connects"] = "sha-ul9"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_mutated(f)))
+    for args in (["validate"], ["lab", "up"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "harness.cli", *args, "--topology", str(bad)],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 2
+        assert all(line.startswith(f"error: {bad}: ") for line in lines)
+        assert any("sites.sha.switches.sha-sw1.ports.Gi0/3.connects: 'sha-ul9' is not" in line for line in lines)

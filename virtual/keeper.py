@@ -1,0 +1,369 @@
+"""The lab keeper: PID 1 of the virtual lab's own user, PID, mount and network namespaces.
+
+Because the whole lab hangs off this one process, the kernel removes every namespace, interface and
+process of the lab when it exits, however it exits (SIGKILL included): nothing can be left behind. It
+builds the network from the plan, starts each site's kamailio, serves the emulated vendor interfaces (switch
+CLIs over SSH and on consoles, host SSH endpoints) and answers status and control requests on a Unix socket.
+
+Run by `virtual.lab.up()` through `unshare`; never imported by the controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import credentials
+from harness.topology import Topology, load
+from virtual import netns
+from virtual.netplan import CORE_MGMT_IF, MGMT_BRIDGE, NetPlan, plan
+
+log = logging.getLogger("hil.keeper")
+NETNS_DIR = "/run/netns"
+
+
+def ns_path(name: str) -> str:
+    return f"{NETNS_DIR}/{name}"
+
+
+class PortBackend:
+    """A switch's ports as the emulated CLI sees them: bridge-side veths in the core namespace."""
+
+    def __init__(self, switch: str, net: NetPlan, topo: Topology):
+        self.switch = switch
+        self.net = net
+        self.spec = topo.device(switch).spec
+
+    def _veth(self, port: str) -> str:
+        return self.net.port_veth(self.switch, port)
+
+    def set_admin(self, port: str, up: bool) -> None:
+        log.info("switch %s port %s %s", self.switch, port, "up" if up else "down")
+        netns.set_link(self._veth(port), up)
+
+    def state(self, port: str) -> tuple[bool, bool]:
+        return netns.link_state(self._veth(port))
+
+    def description(self, port: str) -> str:
+        p = self.spec.ports[port]
+        return p.description or (p.connects or "")
+
+
+class Keeper:
+    def __init__(self, topo: Topology, run_dir: Path):
+        self.topo = topo
+        self.run_dir = run_dir
+        self.net = plan(topo)
+        self.secrets = credentials.read_env(run_dir / "secrets.env")
+        os.environ.update(self.secrets)
+        self.state: dict[str, Any] = {"lab": topo.name, "topology": str(topo.file), "phase": "starting"}
+        self.stop_event = threading.Event()
+        self.servers: list[Any] = []
+        self.consoles: dict[str, Any] = {}
+        self.supervisors: dict[str, Any] = {}
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    # -- state file ----------------------------------------------------------------------------------
+    def write_state(self, **kw: Any) -> None:
+        self.state.update(kw)
+        tmp = self.run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(self.state, indent=1, default=str))
+        os.replace(tmp, self.run_dir / "state.json")
+
+    # -- network -------------------------------------------------------------------------------------
+    def build_network(self) -> None:
+        os.makedirs(NETNS_DIR, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "hil-netns", NETNS_DIR], check=True)
+        self._ip(["-batch", "-"], "\n".join(self.net.core_batch) + "\n")
+        self._ip(["link", "set", "lo", "up"])
+        for ns in self.net.namespaces:
+            lines = ["link set lo up"]
+            for ifname, cidr in self.net.addresses.get(ns, []):
+                lines.append(f"addr add {cidr} dev {ifname}")
+                lines.append(f"link set {ifname} up")
+            self._ip(["-n", ns, "-batch", "-"], "\n".join(lines) + "\n")
+        for ns in self.net.namespaces:
+            # no routes leave the lab: drop anything not for the lab ranges
+            self._ip(["-n", ns, "route", "add", "unreachable", "default"], check=False)
+
+    def _ip(self, args: list[str], stdin: str | None = None, check: bool = True) -> None:
+        r = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+    def attach_controller(self, timeout: float = 10.0) -> None:
+        """Wait for the controller's management veth (added from outside) and put it on the mgmt bridge."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._has_link(CORE_MGMT_IF):
+                self._ip(["link", "set", CORE_MGMT_IF, "master", MGMT_BRIDGE, "up"])
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the controller's management veth never arrived")
+
+    def _has_link(self, name: str) -> bool:
+        try:
+            netns.link_flags(name)
+            return True
+        except OSError:
+            return False
+
+    # -- services ------------------------------------------------------------------------------------
+    def start_pbxs(self) -> None:
+        from virtual import pbx
+        from virtual.host_cli import Service, ServiceSupervisor
+
+        secret = self.secrets.get(credentials.referenced(self.topo)["LAB_SIP_SECRET"].var, "")
+        exts = {e: credentials.sip_password(secret, e) for e in self.topo.extensions()}
+        for d in self.topo.of_kind("pbx"):
+            work = self.run_dir / d.name
+            work.mkdir(exist_ok=True)
+            spec = pbx.PbxSpec(
+                name=d.name,
+                listen=str(d.spec.address),
+                sip_port=d.spec.sip_port,
+                rpc_port=d.spec.rpc_port,
+                realm="lab",
+                workdir=work,
+                extensions=exts,
+            )
+            argv = netns.nsenter_argv(ns_path(d.name)) + pbx.write_files(spec)
+            sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
+            sup.add(Service(name=d.spec.service, argv=argv, log_path=self.logs / f"{d.name}.log"))
+            sup.start(d.spec.service)
+
+    def pbx_answers(self, name: str) -> bool:
+        from harness import sipprobe
+
+        d = self.topo.device(name)
+        with netns.entered(ns_path(name)):
+            code = sipprobe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=0.5)
+        return code == 200
+
+    def wait_pbxs(self, timeout: float = 8.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {d.name for d in self.topo.of_kind("pbx")}
+        while pending and time.monotonic() < deadline:
+            pending = {n for n in pending if not self.pbx_answers(n)}
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            raise RuntimeError(f"PBX not answering OPTIONS: {', '.join(sorted(pending))}")
+
+    # -- emulated management interfaces ---------------------------------------------------------------
+    def start_emulators(self) -> None:
+        from virtual.console import PtyConsole
+        from virtual.host_cli import HostShell, ServiceSupervisor
+        from virtual.sshserver import SSHServer, load_or_create_host_key
+        from virtual.switch_cli import SwitchCLI
+
+        key = load_or_create_host_key(self.run_dir / "ssh_host_key")
+        known = []
+        creds = self.topo.model.credentials
+        sw_user = creds.switch.username if creds.switch else "admin"
+        sw_pass = creds.switch.password.reveal() if creds.switch else ""
+        sw_secret = creds.switch.secret.reveal() if creds.switch and creds.switch.secret else None
+        host_user = creds.host.username if creds.host else "labops"
+        host_pass = creds.host.password.reveal() if creds.host else ""
+
+        for sw in self.topo.of_kind("switch"):
+            backend = PortBackend(sw.name, self.net, self.topo)
+            facts = {"model": "vSwitch-24G" if sw.spec.device_type == "cisco_ios" else "S5735-L24T4X"}
+
+            def make_cli(sw=sw, backend=backend, facts=facts) -> SwitchCLI:
+                return SwitchCLI(
+                    sw.name, sw.spec.device_type, list(sw.spec.ports), backend, facts, enable_secret=sw_secret
+                )
+
+            lsock = netns.listener_in(ns_path(sw.name), str(sw.spec.mgmt), sw.spec.ssh_port)
+            server = SSHServer(lsock, key, {sw_user: sw_pass}, lambda user, f=make_cli: f())
+            server.start()
+            self.servers.append(server)
+            known.append(_known_line(str(sw.spec.mgmt), sw.spec.ssh_port, key))
+            if sw.spec.console:
+                con = PtyConsole(make_cli)
+                self.consoles[sw.spec.console] = con
+
+        for d in self.topo.devices.values():
+            if d.kind not in ("pbx", "cti", "ul", "host") or d.spec.mgmt is None:
+                continue
+            sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
+            lsock = netns.listener_in(ns_path(d.name), str(d.spec.mgmt), d.spec.ssh_port)
+
+            def make_shell(user: str, d=d, sup=sup) -> HostShell:
+                return HostShell(d.name, sup)
+
+            server = SSHServer(lsock, key, {host_user: host_pass}, make_shell)
+            server.start()
+            self.servers.append(server)
+            known.append(_known_line(str(d.spec.mgmt), d.spec.ssh_port, key))
+        (self.run_dir / "known_hosts").write_text("\n".join(known) + "\n")
+
+    # -- status and control ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        links = []
+        for (sw, port), pp in self.net.ports.items():
+            admin, carrier = netns.link_state(pp.veth)
+            links.append(
+                {
+                    "switch": sw,
+                    "port": port,
+                    "veth": pp.veth,
+                    "connects": self.topo.device(sw).spec.ports[port].connects,
+                    "admin": "up" if admin else "down",
+                    "state": "up" if admin and carrier else "down",
+                }
+            )
+        mgmt = []
+        for dev, veth in self.net.mgmt_veths.items():
+            admin, carrier = netns.link_state(veth)
+            mgmt.append({"device": dev, "veth": veth, "state": "up" if admin and carrier else "down"})
+        procs = []
+        for dev, sup in self.supervisors.items():
+            for st in sup.status_all():
+                entry = dict(st)
+                entry["device"] = dev
+                if self.topo.device(dev).kind == "pbx" and st.get("state") == "active":
+                    entry["answers"] = self.pbx_answers(dev)
+                procs.append(entry)
+        return {
+            **self.state,
+            "links": links,
+            "management": mgmt,
+            "processes": procs,
+            "consoles": {k: c.path for k, c in self.consoles.items()},
+        }
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.status()}
+        if op == "down":
+            self.stop_event.set()
+            return {"ok": True}
+        if op == "set_link":
+            name = req["link"]
+            allowed = {pp.veth for pp in self.net.ports.values()} | set(self.net.mgmt_veths.values())
+            if name not in allowed:
+                return {"ok": False, "error": f"{name} is not a link of this lab"}
+            netns.set_link(name, bool(req["up"]))
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def serve_control(self) -> None:
+        path = self.run_dir / "control.sock"
+        if path.exists():
+            path.unlink()
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(path))
+        os.chmod(path, 0o600)
+        srv.listen(16)
+        srv.settimeout(0.2)
+        while not self.stop_event.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+        srv.close()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        with conn:
+            f = conn.makefile("rwb")
+            for line in f:
+                try:
+                    reply = self.handle(json.loads(line))
+                except Exception as e:  # a bad request must not take the lab down
+                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                f.write(json.dumps(reply, default=str).encode() + b"\n")
+                f.flush()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        for sup in self.supervisors.values():
+            sup.stop_all()
+        for s in self.servers:
+            s.close()
+        for c in self.consoles.values():
+            c.close()
+
+    def reap_orphans(self) -> None:
+        """As PID 1 we inherit every orphan; reap those no supervisor waits for, so none stays a zombie."""
+        owned = set()
+        for sup in self.supervisors.values():
+            owned |= sup.pids()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in owned or int(entry) == 1:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == "1":
+                try:
+                    os.waitpid(int(entry), os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        self.build_network()
+        self.write_state(phase="network")
+        self.attach_controller()
+        self.start_pbxs()
+        self.start_emulators()
+        self.wait_pbxs()
+        self.write_state(
+            phase="ready",
+            ready_after_s=round(time.monotonic() - t0, 3),
+            netns={n: ns_path(n) for n in self.net.namespaces},
+            ports={f"{sw}:{p}": pp.veth for (sw, p), pp in self.net.ports.items()},
+            mgmt_veths=self.net.mgmt_veths,
+            consoles={k: c.path for k, c in self.consoles.items()},
+        )
+        control = threading.Thread(target=self.serve_control, daemon=True)
+        control.start()
+        while not self.stop_event.wait(1.0):
+            self.reap_orphans()
+        self.shutdown()
+
+
+def _known_line(addr: str, port: int, key: Any) -> str:
+    host = addr if port == 22 else f"[{addr}]:{port}"
+    return f"{host} {key.get_name()} {key.get_base64()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m virtual.keeper")
+    ap.add_argument("--topology", required=True)
+    ap.add_argument("--run-dir", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_dir = Path(args.run_dir)
+    keeper = Keeper(load(args.topology), run_dir)
+    signal.signal(signal.SIGTERM, lambda *_: keeper.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: keeper.stop_event.set())
+    try:
+        keeper.run()
+    except Exception as e:
+        log.exception("lab failed to start")
+        keeper.write_state(phase="failed", error=f"{type(e).__name__}: {e}")
+        keeper.shutdown()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
