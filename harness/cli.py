@@ -185,8 +185,10 @@ def validate(topology_file: str | None) -> None:
     for d in topo.devices.values():
         kinds[d.kind] = kinds.get(d.kind, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    click.echo(f"{topo.file}: ok: {topo.kind} lab {topo.name}, {len(topo.sites)} sites, {summary}, "
-               f"{len(topo.agents())} agents")
+    click.echo(
+        f"{topo.file}: ok: {topo.kind} lab {topo.name}, {len(topo.sites)} sites, {summary}, "
+        f"{len(topo.agents())} agents"
+    )
 
 
 if __name__ == "__main__":

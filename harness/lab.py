@@ -8,10 +8,10 @@ be started inside it). Scripts and the pytest plugin both start here.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 from harness import credentials
 from harness.topology import Topology

@@ -100,7 +100,9 @@ class SSHPolicy(Strict):
 class Management(Strict):
     network: ipaddress.IPv4Network
     controller: ipaddress.IPv4Address
-    path: list[str] = Field(default_factory=list, description="switch ports (switch:port) carrying management")
+    path: list[str] = Field(
+        default_factory=list, description="switch ports (switch:port) carrying management"
+    )
 
 
 class Node(Strict):
@@ -483,7 +485,10 @@ def _cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
             yield f"{base}.home", f"{pool.home!r} is not a site of this topology"
         rng = pool.extension_range()
         if len(rng) < pool.count:
-            yield f"{base}.extensions", f"range {pool.extensions} holds {len(rng)} extensions, pool needs {pool.count}"
+            yield (
+                f"{base}.extensions",
+                f"range {pool.extensions} holds {len(rng)} extensions, pool needs {pool.count}",
+            )
         width = len(pool.extensions.split("-")[0])
         for n in rng[: pool.count]:
             owner.setdefault(str(n).zfill(width), base)

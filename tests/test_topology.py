@@ -74,7 +74,9 @@ def test_dangling_link_port(tmp_path: Path) -> None:
 
 
 def test_dangling_port_target(tmp_path: Path) -> None:
-    d = _mutated(lambda d: d["sites"]["sha"]["switches"]["sha-sw1"]["ports"]["Gi0/3"].update(connects="sha-ul9"))
+    d = _mutated(
+        lambda d: d["sites"]["sha"]["switches"]["sha-sw1"]["ports"]["Gi0/3"].update(connects="sha-ul9")
+    )
     probs = _problems(tmp_path, d)
     assert any(p == "sites.sha.switches.sha-sw1.ports.Gi0/3.connects" and "sha-ul9" in m for p, m in probs)
 
@@ -83,7 +85,9 @@ def test_duplicate_address(tmp_path: Path) -> None:
     d = _mutated(lambda d: d["sites"]["ntg"]["cti"]["ntg-cti1"].update(address="198.18.1.10"))
     probs = _problems(tmp_path, d)
     paths = {"sites.ntg.cti.ntg-cti1.address", "sites.sha.pbx.sha-pbx1.address"}
-    assert any(p in paths and "198.18.1.10 is already used by" in m and m.split()[-1] in paths for p, m in probs)
+    assert any(
+        p in paths and "198.18.1.10 is already used by" in m and m.split()[-1] in paths for p, m in probs
+    )
 
 
 def test_duplicate_extension(tmp_path: Path) -> None:
@@ -98,7 +102,10 @@ def test_duplicate_extension(tmp_path: Path) -> None:
 def test_range_too_small(tmp_path: Path) -> None:
     d = _mutated(lambda d: d["agents"]["pools"]["sha-air"].update(extensions="10001-10010"))
     probs = _problems(tmp_path, d)
-    assert ("agents.pools.sha-air.extensions", "range 10001-10010 holds 10 extensions, pool needs 30") in probs
+    assert (
+        "agents.pools.sha-air.extensions",
+        "range 10001-10010 holds 10 extensions, pool needs 30",
+    ) in probs
 
 
 def test_cuttable_port_on_management_path(tmp_path: Path) -> None:
@@ -160,4 +167,6 @@ def test_cli_exit_2_one_line_per_error(tmp_path: Path) -> None:
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 2
         assert all(line.startswith(f"error: {bad}: ") for line in lines)
-        assert any("sites.sha.switches.sha-sw1.ports.Gi0/3.connects: 'sha-ul9' is not" in line for line in lines)
+        assert any(
+            "sites.sha.switches.sha-sw1.ports.Gi0/3.connects: 'sha-ul9' is not" in line for line in lines
+        )

@@ -231,7 +231,18 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
         _wait_phase(handle, proc, {"network", "ready"}, timeout)
         mgmt = topo.model.management
         cidr = f"{mgmt.controller}/{mgmt.network.prefixlen}"
-        _ip("link", "add", HOST_MGMT_IF, "type", "veth", "peer", "name", CORE_MGMT_IF, "netns", str(keeper_pid))
+        _ip(
+            "link",
+            "add",
+            HOST_MGMT_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CORE_MGMT_IF,
+            "netns",
+            str(keeper_pid),
+        )
         _ip("addr", "add", cidr, "dev", HOST_MGMT_IF)
         _ip("link", "set", HOST_MGMT_IF, "up")
         _wait_phase(handle, proc, {"ready"}, timeout)
@@ -261,7 +272,10 @@ def _wait_child(proc: subprocess.Popen[bytes], timeout: float) -> int:
         if proc.poll() is not None:
             break
         time.sleep(0.005)
-    raise LabError(f"the lab keeper did not start (unshare exited {proc.poll()}); is this kernel without user namespaces?")
+    raise LabError(
+        f"the lab keeper did not start (unshare exited {proc.poll()}); "
+        "does this kernel allow user namespaces?"
+    )
 
 
 def _wait_phase(h: LabHandle, proc: subprocess.Popen[bytes], phases: set[str], timeout: float) -> None:

@@ -54,7 +54,9 @@ def entered(ns_path: str | None) -> Iterator[None]:
         os.close(here)
 
 
-def socket_in(ns_path: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+def socket_in(
+    ns_path: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
+) -> socket.socket:
     """A socket created inside the namespace; it stays there whatever thread uses it later."""
     with entered(ns_path):
         return socket.socket(family, type)

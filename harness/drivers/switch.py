@@ -1,0 +1,257 @@
+"""Switch drivers: one interface, vendor classes behind it, netmiko underneath.
+
+The same code drives a Catalyst or an S5735 in a physical lab and the emulated CLIs of the virtual lab;
+there is no virtual-lab driver. Host keys are checked against the lab's known_hosts file.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from netmiko import ConnectHandler
+from netmiko.exceptions import NetmikoAuthenticationException, NetmikoTimeoutException
+
+from harness.drivers.base import DeviceError, Driver, Steps
+
+TRANSIENT = (NetmikoTimeoutException, socket.timeout, ConnectionError, EOFError, OSError)
+
+
+@dataclass(frozen=True)
+class PortState:
+    port: str
+    admin_up: bool
+    link_up: bool
+
+
+@dataclass
+class SwitchAccess:
+    host: str
+    username: str
+    password: str
+    secret: str | None = None
+    port: int = 22
+    known_hosts: Path | None = None
+    trust_new_host_keys: bool = False
+    timeout: float = 5.0
+
+
+class SwitchDriver(Driver, ABC):
+    """Port down/up/state, facts for the report, SPAN toward the capture port."""
+
+    device_type: str = ""
+
+    def __init__(self, name: str, access: SwitchAccess, steps: Steps | None = None):
+        super().__init__(name, steps)
+        self.access = access
+        self._conn: Any = None
+
+    # -- connection -----------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        a = self.access
+        params: dict[str, Any] = {
+            "device_type": self.device_type,
+            "host": a.host,
+            "port": a.port,
+            "username": a.username,
+            "password": a.password,
+            "secret": a.secret or "",
+            "conn_timeout": a.timeout,
+            "auth_timeout": a.timeout,
+            "banner_timeout": a.timeout,
+            "fast_cli": True,
+            "ssh_strict": not a.trust_new_host_keys,
+            "system_host_keys": False,
+            "alt_host_keys": a.known_hosts is not None,
+            "alt_key_file": str(a.known_hosts) if a.known_hosts else "",
+        }
+        try:
+            conn = ConnectHandler(**params)
+            if a.secret:
+                conn.enable()
+            return conn
+        except NetmikoAuthenticationException as e:
+            raise DeviceError(f"{self.name}: authentication failed for {a.username}@{a.host}") from e
+        except paramiko.SSHException as e:
+            if "known_hosts" in str(e) or "host key" in str(e).lower():
+                raise DeviceError(f"{self.name}: host key of {a.host} not trusted: {e}") from e
+            raise
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None or not self._conn.is_alive():
+            self._conn = self.retrying("connect", self._connect, TRANSIENT)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.disconnect()
+            except Exception:
+                pass
+            self._conn = None
+
+    def _config(self, action: str, commands: list[str]) -> str:
+        with self.step(action, commands):
+            if self.dry_run:
+                return ""
+            out = self.conn.send_config_set(commands, error_pattern=self.error_pattern)
+            return str(out)
+
+    def _show(self, action: str, command: str) -> str:
+        with self.step(action, [command]):
+            if self.dry_run:
+                return ""
+            out = str(self.conn.send_command(command))
+            if re.search(self.error_pattern, out):
+                raise DeviceError(f"{self.name}: {command!r} refused: {out.strip()}")
+            return out
+
+    # -- vendor specifics -----------------------------------------------------------------------------
+    error_pattern = r"% Invalid|Error:"
+
+    @abstractmethod
+    def shutdown_commands(self, port: str, down: bool) -> list[str]: ...
+
+    @abstractmethod
+    def parse_state(self, port: str, output: str) -> PortState: ...
+
+    @abstractmethod
+    def state_command(self, port: str) -> str: ...
+
+    @abstractmethod
+    def version_command(self) -> str: ...
+
+    @abstractmethod
+    def parse_version(self, output: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def span_commands(self, source: str, destination: str, session: int) -> list[str]: ...
+
+    # -- the interface --------------------------------------------------------------------------------
+    def port_down(self, port: str) -> None:
+        self._config("port_down", self.shutdown_commands(port, True))
+
+    def port_up(self, port: str) -> None:
+        self._config("port_up", self.shutdown_commands(port, False))
+
+    def port_state(self, port: str) -> PortState:
+        out = self._show("port_state", self.state_command(port))
+        if self.dry_run:
+            return PortState(port, True, True)
+        return self.parse_state(port, out)
+
+    def facts(self) -> dict[str, str]:
+        out = self._show("facts", self.version_command())
+        facts = self.parse_version(out) if out else {}
+        facts["device_type"] = self.device_type
+        return facts
+
+    def span(self, source: str, destination: str, session: int = 1) -> None:
+        self._config("span", self.span_commands(source, destination, session))
+
+
+class CiscoIosSwitch(SwitchDriver):
+    device_type = "cisco_ios"
+    error_pattern = r"% Invalid|% Incomplete|% Ambiguous"
+
+    def shutdown_commands(self, port: str, down: bool) -> list[str]:
+        return [f"interface {port}", "shutdown" if down else "no shutdown"]
+
+    def state_command(self, port: str) -> str:
+        return f"show interfaces {port}"
+
+    def parse_state(self, port: str, output: str) -> PortState:
+        m = re.search(r"is (administratively down|up|down), line protocol is (up|down)", output)
+        if not m:
+            raise DeviceError(f"{self.name}: cannot read the state of {port} from: {output.strip()[:200]}")
+        return PortState(port, m.group(1) != "administratively down", m.group(2) == "up")
+
+    def version_command(self) -> str:
+        return "show version"
+
+    def parse_version(self, output: str) -> dict[str, str]:
+        facts: dict[str, str] = {}
+        if m := re.search(r"Version ([^,\s]+)", output):
+            facts["os_version"] = m.group(1)
+        if m := re.search(r"^cisco (\S+)", output, re.M | re.I):
+            facts["model"] = m.group(1)
+        if m := re.search(r"uptime is (.+)", output):
+            facts["uptime"] = m.group(1).strip()
+        if m := re.search(r"[Ss]ystem [Ss]erial [Nn]umber\s*:\s*(\S+)|Processor board ID (\S+)", output):
+            facts["serial"] = m.group(1) or m.group(2)
+        return facts
+
+    def span_commands(self, source: str, destination: str, session: int) -> list[str]:
+        return [
+            f"monitor session {session} source interface {source} both",
+            f"monitor session {session} destination interface {destination}",
+        ]
+
+
+class HuaweiVrpSwitch(SwitchDriver):
+    device_type = "huawei"
+    error_pattern = r"Error:"
+
+    def shutdown_commands(self, port: str, down: bool) -> list[str]:
+        return [f"interface {port}", "shutdown" if down else "undo shutdown"]
+
+    def state_command(self, port: str) -> str:
+        return "display interface brief"
+
+    def parse_state(self, port: str, output: str) -> PortState:
+        short = _huawei_brief_name(port)
+        for line in output.splitlines():
+            cols = line.split()
+            if len(cols) >= 3 and cols[0] in (port, short):
+                phy = cols[1]
+                return PortState(
+                    port, not phy.startswith("*"), phy.lstrip("*^#") == "up" and cols[2] != "down"
+                )
+        raise DeviceError(f"{self.name}: no line for {port} in `display interface brief`")
+
+    def version_command(self) -> str:
+        return "display version"
+
+    def parse_version(self, output: str) -> dict[str, str]:
+        facts: dict[str, str] = {}
+        if m := re.search(r"VRP \(R\) software, Version ([^\s]+) \(([^)]+)\)", output):
+            facts["os_version"] = m.group(1)
+            facts["release"] = m.group(2)
+        if m := re.search(r"^(?:HUAWEI|Quidway) (\S+).* uptime is (.+)$", output, re.M):
+            facts["model"] = m.group(1)
+            facts["uptime"] = m.group(2).strip()
+        return facts
+
+    def span_commands(self, source: str, destination: str, session: int) -> list[str]:
+        return [
+            f"observe-port {session} interface {destination}",
+            f"interface {source}",
+            f"port-mirroring to observe-port {session} both",
+        ]
+
+
+def _huawei_brief_name(port: str) -> str:
+    """`display interface brief` abbreviates GigabitEthernet0/0/1 to GE0/0/1."""
+    for long, short in (("GigabitEthernet", "GE"), ("XGigabitEthernet", "XGE"), ("Ethernet", "Eth")):
+        if port.startswith(long):
+            return short + port[len(long) :]
+    return port
+
+
+VENDORS: dict[str, type[SwitchDriver]] = {"cisco_ios": CiscoIosSwitch, "huawei": HuaweiVrpSwitch}
+
+
+def switch_driver(
+    device_type: str, name: str, access: SwitchAccess, steps: Steps | None = None
+) -> SwitchDriver:
+    try:
+        cls = VENDORS[device_type]
+    except KeyError:
+        raise DeviceError(f"{name}: no switch driver for device_type {device_type!r}") from None
+    return cls(name, access, steps)

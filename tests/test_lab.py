@@ -1,0 +1,227 @@
+"""The virtual lab, driven exactly as hardware: real netmiko, paramiko and pyserial against the emulated
+vendor interfaces, real kamailio, real packets in real namespaces. No mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+from harness import sipprobe
+from harness.drivers import driver_for
+from harness.drivers.host import HostDriver
+from harness.drivers.switch import SwitchDriver
+from harness.lab import Lab
+from harness.topology import REPO_ROOT
+from virtual import netns
+
+pytestmark = pytest.mark.lab
+
+
+def ping(lab: Lab, src: str, dst_ip: str, count: int = 1) -> bool:
+    r = netns.run_in(lab.ns_path(src), ["ping", "-c", str(count), "-W", "1", "-i", "0.2", dst_ip])
+    return r.returncode == 0
+
+
+def switch(lab: Lab, name: str) -> SwitchDriver:
+    return driver_for(lab, name)
+
+
+def host(lab: Lab, name: str) -> HostDriver:
+    return driver_for(lab, name)
+
+
+def options(lab: Lab, src: str, pbx: str, timeout: float = 0.5) -> int | None:
+    d = lab.topology.device(pbx)
+    with netns.entered(lab.ns_path(src)):
+        return sipprobe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=timeout)
+
+
+def test_status_json(lab: Lab) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "lab", "status", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["up"] and set(st["sites"]) == {"sha", "ntg"}
+    ports = {(link["switch"], link["port"]): link for link in st["links"]}
+    assert ports[("sha-sw1", "Gi0/1")]["state"] == "up"
+    assert ports[("sha-sw1", "Gi0/7")]["state"] == "down"  # nothing plugged in
+    pbx = [p for p in st["processes"] if p["device"].endswith("pbx1")]
+    assert len(pbx) == 2 and all(p["answers"] and p["host_pid"] for p in pbx)
+    assert all(st["ssh"].values()), st["ssh"]
+    assert set(st["consoles"]) == {"sha-con1", "ntg-con1"}
+    for p in pbx:  # the PID is the real kamailio, seen from the controller
+        assert "kamailio" in Path(f"/proc/{p['host_pid']}/cmdline").read_bytes().decode()
+
+
+@pytest.mark.parametrize(
+    "sw,port,src,dst",
+    [
+        ("sha-sw1", "Gi0/1", "sha-agents1", "sha-pbx1"),
+        ("ntg-sw1", "GigabitEthernet0/0/1", "ntg-agents1", "ntg-pbx1"),
+        ("ntg-sw1", "GigabitEthernet0/0/24", "sha-agents1", "ntg-pbx1"),  # the WAN uplink
+    ],
+)
+def test_netmiko_port_shutdown_stops_traffic(lab: Lab, sw: str, port: str, src: str, dst: str) -> None:
+    dst_ip = str(lab.topology.device(dst).spec.address)
+    assert ping(lab, src, dst_ip)
+    with switch(lab, sw) as drv:
+        assert drv.port_state(port).admin_up
+        drv.port_down(port)
+        try:
+            st = drv.port_state(port)
+            assert not st.admin_up and not st.link_up
+            assert not ping(lab, src, dst_ip)
+        finally:
+            drv.port_up(port)
+        assert drv.port_state(port).admin_up
+        facts = drv.facts()
+        assert facts.get("os_version"), facts
+    deadline = time.monotonic() + 5
+    while not ping(lab, src, dst_ip) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ping(lab, src, dst_ip)
+
+
+def test_console_works_while_management_is_cut(lab: Lab) -> None:
+    st = lab.handle.state()  # type: ignore[union-attr]
+    mgmt_veth = st["mgmt_veths"]["sha-sw1"]
+    con_path = st["consoles"]["sha-con1"]
+    lab.handle.set_link(mgmt_veth, False)  # type: ignore[union-attr]
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection((str(lab.topology.device("sha-sw1").spec.mgmt), 22), timeout=1.0)
+        for _ in range(3):  # open, use, close, reopen
+            with serial.serial_for_url(con_path, timeout=2) as s:
+                s.write(b"\r\n")
+                assert b"sha-sw1" in _read_until(s, b">")
+                s.write(b"show interfaces status\r\n")
+                out = _read_until(s, b">")
+                assert b"Gi0/1" in out and b"connected" in out
+    finally:
+        lab.handle.set_link(mgmt_veth, True)  # type: ignore[union-attr]
+
+
+def _read_until(s: serial.Serial, marker: bytes, timeout: float = 3.0) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while marker not in buf[-4:] and time.monotonic() < deadline:
+        buf += s.read(s.in_waiting or 1)
+    return buf
+
+
+@pytest.mark.parametrize("pbx", ["sha-pbx1", "ntg-pbx1"])
+def test_phone_registers_with_digest_auth(lab: Lab, pbx: str) -> None:
+    d = lab.topology.device(pbx)
+    phone = lab.topology.device("sha-phone1")
+    ext = phone.spec.extension
+    with netns.entered(lab.ns_path("sha-phone1")):
+        ok = sipprobe.register(str(d.spec.address), d.spec.sip_port, ext, lab.sip_password(ext), expires=30)
+        bad = sipprobe.register(str(d.spec.address), d.spec.sip_port, ext, "wrong-password", expires=30)
+    assert ok == 200
+    assert bad in (401, 403)
+
+
+def test_paramiko_stops_and_starts_kamailio(lab: Lab) -> None:
+    with host(lab, "sha-pbx1") as h:
+        assert h.service_active("kamailio")
+        pid = h.service_pid("kamailio")
+        assert pid
+        assert options(lab, "sha-agents1", "sha-pbx1") == 200
+        h.service_stop("kamailio")
+        try:
+            assert not h.service_active("kamailio")
+            assert options(lab, "sha-agents1", "sha-pbx1") is None
+        finally:
+            h.service_start("kamailio")
+        deadline = time.monotonic() + 5
+        while options(lab, "sha-agents1", "sha-pbx1") != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert options(lab, "sha-agents1", "sha-pbx1") == 200
+        assert h.service_pid("kamailio") not in (None, pid)
+
+
+# -- nothing left behind ---------------------------------------------------------------------------------
+# A second lab in a namespace of its own (so it does not collide with the session's lab), brought up by the
+# real `hil` command, then taken down or killed.
+
+
+def _snapshot(holder: int) -> dict[str, object]:
+    links = subprocess.run(
+        ["nsenter", f"--net=/proc/{holder}/ns/net", "ip", "-o", "link"], capture_output=True, text=True
+    ).stdout
+    mounts = Path("/proc/self/mountinfo").read_text()
+    netns_dir = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    return {
+        "links": sorted(line.split(":")[1].strip() for line in links.splitlines()),
+        "mounts": mounts,
+        "netns": netns_dir,
+    }
+
+
+def _pidns_members(pidns: str) -> list[int]:
+    out = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if os.readlink(f"/proc/{e}/ns/pid") == pidns:
+                    out.append(int(e))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture
+def own_netns(tmp_path: Path):
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    time.sleep(0.05)
+    env = dict(os.environ, HIL_RUN_DIR=str(tmp_path / "run"))
+
+    def hil(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", f"--net=/proc/{holder.pid}/ns/net", sys.executable, "-m", "harness.cli", *args],
+            capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60,
+        )  # fmt: skip
+
+    yield holder.pid, hil, tmp_path / "run"
+    hil("lab", "down")
+    holder.kill()
+    holder.wait()
+
+
+@pytest.mark.parametrize("how", ["down", "sigkill"])
+def test_nothing_left_behind(own_netns, how: str) -> None:
+    holder, hil, run_dir = own_netns
+    before = _snapshot(holder)
+    r = hil("lab", "up")
+    assert r.returncode == 0, r.stderr
+    state = json.loads((run_dir / "virtual-two-site" / "lab.json").read_text())
+    keeper = state["keeper_pid"]
+    pidns = os.readlink(f"/proc/{keeper}/ns/pid")
+    assert len(_pidns_members(pidns)) > 3  # keeper, kamailio and its workers
+    assert "hilmgmt" in _snapshot(holder)["links"]
+    if how == "down":
+        r = hil("lab", "down")
+        assert r.returncode == 0, r.stderr
+    else:
+        os.kill(keeper, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _pidns_members(pidns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pidns_members(pidns) == []
+    assert _snapshot(holder) == before
+    r = hil("lab", "status")
+    assert r.returncode == 1 and "no lab is up" in r.stdout
+    assert not (run_dir / "virtual-two-site").exists()
