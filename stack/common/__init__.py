@@ -1,0 +1,1 @@
+"""Pieces shared by the unified login, the CTI server, the agent client and the swarm (no harness imports)."""

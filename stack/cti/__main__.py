@@ -1,0 +1,66 @@
+"""``python -m stack.cti --site sha --bind 198.18.1.20:7000 --pbx-rpc URL --ul URL --secret-env VAR``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from stack.cti.server import CtiServer
+
+
+def hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m stack.cti", description="Site CTI server")
+    ap.add_argument("--site", required=True)
+    ap.add_argument("--bind", required=True, type=hostport, help="ADDR:PORT to listen on")
+    ap.add_argument("--pbx-rpc", default=None, help="Kamailio JSON-RPC URL, e.g. http://198.18.1.10:5071/RPC")
+    ap.add_argument("--ul", default=None, help="this site's unified login, e.g. http://198.18.1.30:8080")
+    ap.add_argument("--secret-env", required=True, help="environment variable holding the lab secret")
+    ap.add_argument("--poll-interval", type=float, default=0.5, help="seconds between PBX polls")
+    ap.add_argument("--pbx-fail-after", type=int, default=2, help="failed polls before the link is down")
+    ap.add_argument("--epoch-interval", type=float, default=2.0, help="seconds between epoch sweeps")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, secret: str) -> None:
+    srv = CtiServer(
+        args.site,
+        secret,
+        pbx_rpc=args.pbx_rpc,
+        ul_url=args.ul,
+        poll_interval=args.poll_interval,
+        pbx_fail_after=args.pbx_fail_after,
+        epoch_interval=args.epoch_interval,
+    )
+    await srv.start(*args.bind)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY cti {args.site} {args.bind[0]}:{srv.port}", flush=True)
+    await stop.wait()
+    await srv.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    secret = os.environ.get(args.secret_env)
+    if not secret:
+        print(f"error: environment variable {args.secret_env} is not set", file=sys.stderr)
+        return 2
+    asyncio.run(run(args, secret))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

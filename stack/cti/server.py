@@ -1,0 +1,513 @@
+"""The site CTI server: agents log in with the UL's token, link their phone, report state, get events.
+
+Why it is built this way:
+- One asyncio process serves every agent of a site (5,000 connections) over newline-delimited JSON; a
+  malformed or oversized line costs only its own connection, never the others.
+- The PBX link is a bulk poll of Kamailio's location table (``ul.dump brief`` over JSON-RPC, every
+  ``poll_interval``): one request tells both whether the PBX answers and which extensions are registered,
+  so 5,000 agents cost one HTTP call per poll instead of 5,000 lookups. A failed poll twice in a row marks
+  the link down and every client hears it within one poll, well inside two heartbeats.
+- Tokens are verified offline (HMAC) and then against the UL's current epoch for the agent, so a fenced
+  token is refused; a periodic bulk epoch sweep and the UL's ``fence`` admin message evict sessions that
+  a newer login elsewhere superseded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from stack.common import auth
+from stack.cti import protocol as P
+
+log = logging.getLogger("stack.cti")
+
+
+@dataclass(eq=False)
+class Session:
+    """One logged-in agent on one connection."""
+
+    agent: str
+    extension: str
+    epoch: int
+    conn: Connection
+    state: str = "not_ready"
+    since: float = field(default_factory=time.time)
+    login_at: float = field(default_factory=time.time)
+    linked: bool = False
+    phone: str = "unknown"
+    epoch_checked: bool = True
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "state": self.state,
+            "epoch": self.epoch,
+            "extension": self.extension,
+            "since": round(self.since, 3),
+            "login_at": round(self.login_at, 3),
+            "linked": self.linked,
+            "phone": self.phone,
+        }
+
+
+class Connection:
+    """One client TCP connection: writes never block the server (a client that stops reading is cut)."""
+
+    HIGH_WATER = 256 * 1024
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.session: Session | None = None
+        self.admin = False
+        self.errors = 0
+        self.closed = False
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if self.writer.transport.get_write_buffer_size() > self.HIGH_WATER:
+            self.close()
+            return
+        self.writer.write(P.encode(msg))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
+
+class PbxLink:
+    """Live view of the site PBX: link up/down and the registered extensions, from ``ul.dump brief``."""
+
+    def __init__(
+        self,
+        rpc_url: str | None,
+        *,
+        interval: float = 0.5,
+        timeout: float = 0.4,
+        fail_after: int = 2,
+    ) -> None:
+        self.rpc_url = rpc_url
+        self.interval = interval
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.fail_after = fail_after
+        self.up: bool | None = None
+        self.registered: set[str] = set()
+        self.fails = 0
+        self.last_ok = 0.0
+        self.polls = 0
+        self._http: aiohttp.ClientSession | None = None
+
+    async def _rpc(self, method: str, *params: Any, timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        assert self.rpc_url and self._http
+        payload = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+        async with self._http.post(self.rpc_url, json=payload, timeout=timeout or self.timeout) as resp:
+            reply = await resp.json(content_type=None)
+        if not isinstance(reply, dict):
+            raise ValueError("JSON-RPC reply is not an object")
+        if "error" in reply:
+            raise RpcError(int(reply["error"].get("code", 0)), str(reply["error"].get("message", "")))
+        return reply.get("result")
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def poll(self) -> bool:
+        """One bulk poll; returns True when the PBX answered. Updates ``up`` after ``fail_after`` misses."""
+        self.polls += 1
+        try:
+            res = await self._rpc("ul.dump", "brief")
+            regs = set()
+            for dom in (res or {}).get("Domains", []):
+                for aor in dom.get("Domain", {}).get("AoRs", []) or []:
+                    if "Info" not in aor:  # Kamailio 5.6 "brief": {"AoR": ext}, a record with a contact
+                        regs.add(str(aor.get("AoR")))
+                        continue
+                    info = aor["Info"]
+                    if any(_live(c.get("Contact", {})) for c in info.get("Contacts", []) or []):
+                        regs.add(str(info.get("AoR")))
+        except (TimeoutError, aiohttp.ClientError, ValueError, RpcError, AttributeError, OSError):
+            self.fails += 1
+            if self.fails >= self.fail_after:
+                self.up = False
+            return False
+        self.fails = 0
+        self.up = True
+        self.last_ok = time.monotonic()
+        self.registered = regs
+        return True
+
+    async def lookup(self, ext: str) -> bool:
+        """Whether ``ext`` is registered now (a direct ``ul.lookup``); raises PbxUnreachable."""
+        try:
+            res = await self._rpc("ul.lookup", "location", ext, timeout=aiohttp.ClientTimeout(total=1.0))
+        except RpcError as err:
+            if err.code == 404:
+                return False
+            raise PbxUnreachable(str(err)) from None
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as err:
+            raise PbxUnreachable(str(err) or type(err).__name__) from None
+        return any(_live(c.get("Contact", {})) for c in (res or {}).get("Contacts", []) or [])
+
+
+def _live(contact: dict[str, Any]) -> bool:
+    exp = contact.get("Expires")
+    return exp == "permanent" or (isinstance(exp, int | float) and exp > 0)
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+
+
+class PbxUnreachable(Exception):
+    pass
+
+
+class CtiServer:
+    """A site's CTI: sessions by agent, the PBX link, the UL epoch check and the admin messages."""
+
+    def __init__(
+        self,
+        site: str,
+        secret: str,
+        *,
+        pbx_rpc: str | None,
+        ul_url: str | None,
+        poll_interval: float = 0.5,
+        pbx_fail_after: int = 2,
+        epoch_interval: float = 2.0,
+        max_errors: int = 5,
+    ) -> None:
+        self.site = site
+        self.secret = secret
+        self.ul_url = ul_url.rstrip("/") if ul_url else None
+        self.pbx = PbxLink(pbx_rpc, interval=poll_interval, fail_after=pbx_fail_after)
+        self.epoch_interval = epoch_interval
+        self.max_errors = max_errors
+        self.sessions: dict[str, Session] = {}
+        self.conns: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self.started = time.time()
+
+    # ---- life cycle -------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        await self.pbx.start()
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+        self._server = await asyncio.start_server(self._serve, host, port, limit=P.MAX_LINE, backlog=1024)
+        if self.pbx.rpc_url:
+            self._tasks.append(asyncio.create_task(self._poll_loop()))
+        if self.ul_url:
+            self._tasks.append(asyncio.create_task(self._epoch_loop()))
+        log.info("cti %s listening on %s:%s", self.site, host, port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.conns):
+            c.close()
+        await self.pbx.close()
+        if self._http is not None:
+            await self._http.close()
+
+    # ---- PBX link and epoch sweep -------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            was_up, before = self.pbx.up, self.pbx.registered
+            await self.pbx.poll()
+            if self.pbx.up != was_up and self.pbx.up is not None:
+                self._broadcast({"type": "event", "event": "pbx_link_up" if self.pbx.up else "pbx_link_down"})
+                log.warning("cti %s: PBX link %s", self.site, "up" if self.pbx.up else "down")
+            if self.pbx.up:
+                self._phone_changes(before)
+            await asyncio.sleep(max(0.0, self.pbx.interval - (time.monotonic() - t0)))
+
+    def _phone_changes(self, before: set[str]) -> None:
+        regs = self.pbx.registered
+        if regs is before:
+            return
+        for s in self.sessions.values():
+            now = "registered" if s.extension in regs else "unregistered"
+            if now != s.phone:
+                s.phone = now
+                if s.linked:
+                    s.conn.send({"type": "event", "event": f"phone_{now}", "extension": s.extension})
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        for s in self.sessions.values():
+            s.conn.send(msg)
+
+    def phone_state(self, ext: str) -> str:
+        if not self.pbx.rpc_url or not self.pbx.up:
+            return "unknown"
+        return "registered" if ext in self.pbx.registered else "unregistered"
+
+    def link_state(self) -> str:
+        return "up" if self.pbx.up else "down"
+
+    async def _ul_get(self, path: str) -> dict[str, Any] | None:
+        assert self._http is not None and self.ul_url
+        try:
+            async with self._http.get(self.ul_url + path, timeout=aiohttp.ClientTimeout(total=1.0)) as r:
+                if r.status != 200:
+                    return None
+                return await r.json()
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+            return None
+
+    async def _epoch_loop(self) -> None:
+        assert self._http is not None and self.ul_url
+        while True:
+            await asyncio.sleep(self.epoch_interval)
+            if not self.sessions:
+                continue
+            try:
+                async with self._http.post(
+                    self.ul_url + "/v1/epochs",
+                    json={"agents": list(self.sessions)},
+                    timeout=aiohttp.ClientTimeout(total=2.0),
+                ) as r:
+                    if r.status != 200:
+                        continue
+                    cur = (await r.json()).get("agents", {})
+            except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+                continue
+            for agent, s in list(self.sessions.items()):
+                c = cur.get(agent)
+                if c and (c["epoch"] > s.epoch or c["site"] != self.site or c["status"] != "active"):
+                    self.fence(agent, int(c["epoch"]), c["site"])
+                elif c:
+                    s.epoch_checked = True
+
+    def fence(self, agent: str, epoch: int, site: str) -> bool:
+        """Evict the agent's session if ``epoch`` supersedes it; tell the client why."""
+        s = self.sessions.get(agent)
+        if s is None or (epoch <= s.epoch and site == self.site):
+            return False
+        del self.sessions[agent]
+        s.conn.session = None
+        s.conn.send({"type": "event", "event": "fenced", "epoch": epoch, "site": site})
+        s.conn.close()
+        log.info("cti %s: %s fenced by epoch %s at %s", self.site, agent, epoch, site)
+        return True
+
+    # ---- connections ------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(writer)
+        self.conns.add(conn)
+        try:
+            while not conn.closed:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    conn.send(P.error("too_large"))
+                    break
+                except (ConnectionError, OSError):
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    req = P.decode(line)
+                except ValueError:
+                    conn.errors += 1
+                    conn.send(P.error("bad_json"))
+                    if conn.errors >= self.max_errors:
+                        break
+                    continue
+                try:
+                    reply = await self._handle(conn, req)
+                except (KeyError, TypeError, ValueError, AttributeError) as err:
+                    conn.errors += 1
+                    reply = P.error("bad_request", req, detail=str(err)[:200])
+                    if conn.errors >= self.max_errors:
+                        conn.send(reply)
+                        break
+                if reply is not None:
+                    conn.send(reply)
+                    with contextlib.suppress(ConnectionError, OSError):
+                        if writer.transport.get_write_buffer_size() > 64 * 1024:
+                            await writer.drain()
+        finally:
+            s = conn.session
+            if s is not None and self.sessions.get(s.agent) is s:
+                del self.sessions[s.agent]
+            self.conns.discard(conn)
+            conn.close()
+
+    async def _handle(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any] | None:
+        kind = req.get("type")
+        rid = {"id": req["id"]} if "id" in req else {}
+        if kind == "heartbeat":
+            s = conn.session
+            if s is None:
+                return P.error("not_logged_in", req)
+            return {
+                "type": "heartbeat_ack",
+                "seq": req.get("seq"),
+                "pbx_link": self.link_state(),
+                "phone": self.phone_state(s.extension),
+                "state": s.state,
+                "epoch": s.epoch,
+                **rid,
+            }
+        if kind == "login":
+            return await self._login(conn, req)
+        if kind == "link_phone":
+            return await self._link(conn, req)
+        if kind == "set_state":
+            s = conn.session
+            if s is None:
+                return P.error("not_logged_in", req)
+            state = req["state"]
+            if state not in P.STATES:
+                return P.error("bad_request", req, detail=f"state must be one of {P.STATES}")
+            if state != s.state:
+                s.state, s.since = state, time.time()
+            return {"type": "state_ok", "state": s.state, **rid}
+        if kind == "status":
+            ext = req.get("extension")
+            out = {"type": "status", "site": self.site, "pbx_link": self.link_state(), **rid}
+            if isinstance(ext, str):
+                out["phone"] = self.phone_state(ext)
+            return out
+        if kind == "sessions":
+            return {
+                "type": "sessions",
+                "site": self.site,
+                "pbx_link": self.link_state(),
+                "sessions": [s.view() for s in self.sessions.values()],
+                **rid,
+            }
+        if kind == "logout":
+            s = conn.session
+            if s is not None and self.sessions.get(s.agent) is s:
+                del self.sessions[s.agent]
+            conn.session = None
+            conn.send({"type": "logout_ok", **rid})
+            conn.close()
+            return None
+        if kind == "admin":
+            return self._admin(req)
+        return P.error("unknown_type", req)
+
+    async def _login(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        token = req["token"]
+        if not isinstance(token, str):
+            raise TypeError("token must be a string")
+        try:
+            claims = auth.verify(self.secret, token)
+        except auth.TokenError as err:
+            return P.error(err.code, req)
+        if claims["site"] != self.site:
+            return P.error("wrong_site", req)
+        agent, epoch = str(claims["agent"]), int(claims["epoch"])
+        if req.get("agent", agent) != agent:
+            return P.error("token_invalid", req, detail="agent does not match the token")
+        checked = True
+        if self.ul_url:
+            cur = await self._ul_get(f"/v1/epoch/{agent}")
+            if cur is None:
+                checked = False  # UL unreachable: the offline check stands; the sweep checks later
+            elif not cur.get("known"):
+                return P.error("unknown_session", req)
+            elif cur["epoch"] > epoch or cur["site"] != self.site or cur["status"] != "active":
+                return P.error("fenced", req, current_epoch=cur["epoch"], current_site=cur["site"])
+            elif not cur.get("reconciled", True) and float(claims.get("iat", 0)) < cur.get("started", 0):
+                return P.error("reconciling", req)
+        old = self.sessions.get(agent)
+        if old is not None:
+            if old.epoch > epoch:
+                return P.error("fenced", req, current_epoch=old.epoch, current_site=self.site)
+            if old.conn is not conn:
+                old.conn.session = None
+                old.conn.send({"type": "event", "event": "replaced", "epoch": epoch})
+                old.conn.close()
+        prev = conn.session
+        if prev is not None and prev.agent != agent and self.sessions.get(prev.agent) is prev:
+            del self.sessions[prev.agent]
+        s = Session(agent, str(claims.get("ext", "")), epoch, conn, epoch_checked=checked)
+        if old is not None and old.epoch == epoch:
+            s.state, s.since = old.state, old.since
+        s.phone = self.phone_state(s.extension)
+        conn.session = s
+        self.sessions[agent] = s
+        return {
+            "type": "login_ok",
+            "agent": agent,
+            "site": self.site,
+            "epoch": epoch,
+            "extension": s.extension,
+            "state": s.state,
+            "pbx_link": self.link_state(),
+            "epoch_checked": checked,
+            **({"id": req["id"]} if "id" in req else {}),
+        }
+
+    async def _link(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        s = conn.session
+        if s is None:
+            return P.error("not_logged_in", req)
+        ext = req.get("extension", s.extension)
+        if ext != s.extension:
+            return P.error("wrong_extension", req)
+        if not self.pbx.rpc_url:
+            return P.error("pbx_unreachable", req)
+        try:
+            ok = await self.pbx.lookup(ext)
+        except PbxUnreachable as err:
+            return P.error("pbx_unreachable", req, detail=str(err)[:200])
+        if not ok:
+            return P.error("phone_not_registered", req)
+        if conn.session is not s:  # fenced or replaced while we asked the PBX
+            return P.error("fenced", req)
+        s.linked, s.phone = True, "registered"
+        # The bulk view may lag the direct lookup by one poll; do not report a fresh link as lost.
+        self.pbx.registered.add(ext)
+        return {"type": "link_ok", "extension": ext, **({"id": req["id"]} if "id" in req else {})}
+
+    def _admin(self, req: dict[str, Any]) -> dict[str, Any]:
+        if not auth.check_message(self.secret, req):
+            return P.error("forbidden", req)
+        op = req["op"]
+        rid = {"id": req["id"]} if "id" in req else {}
+        if op == "switch_order":
+            target, rule = str(req["target"]), req.get("rule")
+            n = 0
+            for agent in req["agents"]:
+                s = self.sessions.get(agent)
+                if s is not None:
+                    s.conn.send({"type": "event", "event": "switch_ordered", "target": target, "rule": rule})
+                    n += 1
+            return {"type": "admin_ok", "op": op, "delivered": n, **rid}
+        if op == "fence":
+            done = self.fence(str(req["agent"]), int(req["epoch"]), str(req["site"]))
+            return {"type": "admin_ok", "op": op, "fenced": done, **rid}
+        return P.error("bad_request", req, detail="unknown admin op")

@@ -1,0 +1,277 @@
+"""The agent swarm: every agent of a site's pools (agent client + emulated phone) in one asyncio process.
+
+``python -m stack.swarm --topology FILE --site sha [--ul URL --peer-ul URL] [--sip-bind ADDR:PORT]
+[--admin ADDR:PORT] [--rate N --burst N] [--limit N] [--log FILE]``
+
+Why one process: 10,000 agents as 10,000 processes would cost gigabytes and measure the OS, not the stack.
+All phones share one UDP socket (stack.phone.ua.SipEndpoint), all clients one HTTP connection pool to the
+ULs, and UL logins go through one token bucket so a failover storm reaches the surviving site at a pace it
+can take. The admin endpoint (aiohttp) lists each agent's site, registered PBX, CTI, state and the times of
+its last transitions, and the recent structured events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from stack.agent.client import AgentClient, Timers, TokenBucket, UlHttp
+from stack.common import auth, directory
+from stack.common.eventlog import EventLog
+from stack.phone.control import LocalPhoneControl
+from stack.phone.ua import Phone, SipEndpoint
+
+log = logging.getLogger("stack.swarm")
+
+
+def hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Swarm:
+    """The agents of one site, their phones, and the admin view over them."""
+
+    def __init__(
+        self,
+        site: str,
+        agents: list[directory.Agent],
+        uls: dict[str, str],
+        home_pbx: tuple[str, int],
+        *,
+        agent_secret: str,
+        sip_secret: str,
+        timers: Timers,
+        events: EventLog,
+        rate: float,
+        burst: float,
+        expires: int = 300,
+        initial_state: str = "ready",
+    ) -> None:
+        self.site = site
+        self.agents = agents
+        self.uls = uls
+        self.home_pbx = home_pbx
+        self.agent_secret, self.sip_secret = agent_secret, sip_secret
+        self.timers = timers
+        self.events = events
+        self.pacer = TokenBucket(rate, burst)
+        self.expires = expires
+        self.initial_state = initial_state
+        self.ul = UlHttp()
+        self.endpoint: SipEndpoint | None = None
+        self.clients: dict[str, AgentClient] = {}
+        self.phones: dict[str, Phone] = {}
+        self.started = time.monotonic()
+
+    async def start(self, sip_bind: tuple[str, int], contact_host: str | None = None) -> None:
+        self.endpoint = await SipEndpoint.open(sip_bind[0], sip_bind[1], contact_host=contact_host)
+        for a in self.agents:
+            phone = Phone(
+                self.endpoint, a.extension, auth.derive_password(self.sip_secret, a.extension),
+                self.home_pbx, self.expires,
+            )  # fmt: skip
+            client = AgentClient(
+                a.id, auth.derive_password(self.agent_secret, a.id), a.extension, a.home, self.uls,
+                LocalPhoneControl(phone), timers=self.timers, events=self.events, ul_api=self.ul,
+                pacer=self.pacer, initial_state=self.initial_state,
+            )  # fmt: skip
+            self.phones[a.id], self.clients[a.id] = phone, client
+        for c in self.clients.values():
+            c.start()
+        gc.freeze()  # thousands of long-lived objects: keep the collector from walking them again and again
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self.clients.values()), return_exceptions=True)
+        await asyncio.gather(*(p.unregister() for p in self.phones.values()), return_exceptions=True)
+        for p in self.phones.values():
+            p.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        await self.ul.close()
+
+    def summary(self) -> dict[str, Any]:
+        phases: dict[str, int] = {}
+        sites: dict[str, int] = {}
+        for c in self.clients.values():
+            phases[c.phase] = phases.get(c.phase, 0) + 1
+            key = c.site or "none"
+            sites[key] = sites.get(key, 0) + 1
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "site": self.site,
+            "agents": len(self.clients),
+            "phases": phases,
+            "at_site": sites,
+            "registered_phones": sum(1 for p in self.phones.values() if p.registered),
+            "failovers": sum(c.failovers for c in self.clients.values()),
+            "switches": sum(c.switches for c in self.clients.values()),
+            "uptime": round(time.monotonic() - self.started, 3),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "max_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "sip": dict(self.endpoint.stats) if self.endpoint else {},
+        }
+
+    def agent_view(self, aid: str) -> dict[str, Any]:
+        c, p = self.clients[aid], self.phones[aid]
+        return {
+            **c.view(),
+            "phone": {"registered": p.registered, "registrar": list(p.registrar), "call_state": p.call_state},
+        }
+
+    # ---- admin HTTP -----------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/health", self.h_health),
+                web.get("/agents", self.h_agents),
+                web.get("/agents/{id}", self.h_agent),
+                web.post("/agents/{id}/state", self.h_state),
+                web.get("/events", self.h_events),
+            ]
+        )
+        return app
+
+    async def h_health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.summary())
+
+    async def h_agents(self, request: web.Request) -> web.Response:
+        q = request.query
+        out = []
+        for aid, c in self.clients.items():
+            if ("phase" in q and c.phase != q["phase"]) or ("site" in q and c.site != q["site"]):
+                continue
+            out.append(self.agent_view(aid))
+        return web.json_response({"site": self.site, "agents": out})
+
+    async def h_agent(self, request: web.Request) -> web.Response:
+        aid = request.match_info["id"]
+        if aid not in self.clients:
+            raise web.HTTPNotFound(text='{"error": "no such agent"}', content_type="application/json")
+        view = self.agent_view(aid)
+        view["events"] = self.events.recent(int(request.query.get("n", 50)), agent=aid)
+        return web.json_response(view)
+
+    async def h_state(self, request: web.Request) -> web.Response:
+        """The agent sets ready / not_ready (what a human does on the softphone's buttons)."""
+        aid = request.match_info["id"]
+        if aid not in self.clients:
+            raise web.HTTPNotFound(text='{"error": "no such agent"}', content_type="application/json")
+        body = await request.json()
+        try:
+            await self.clients[aid].set_state(str(body.get("state")))
+        except ValueError as err:
+            raise web.HTTPBadRequest(text=f'{{"error": "{err}"}}', content_type="application/json") from None
+        return web.json_response(self.agent_view(aid))
+
+    async def h_events(self, request: web.Request) -> web.Response:
+        q = request.query
+        match = {k: q[k] for k in ("agent", "event") if k in q}
+        return web.json_response({"events": self.events.recent(int(q.get("n", 200)), **match)})
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    d = Timers()
+    ap = argparse.ArgumentParser(
+        prog="python -m stack.swarm", description="All agents of a site in one process"
+    )
+    ap.add_argument("--topology", required=True)
+    ap.add_argument("--site", required=True, help="run the agents whose pool's home is this site")
+    ap.add_argument("--ul", default=None, help="this site's UL URL (default: from the topology)")
+    ap.add_argument("--peer-ul", default=None, help="the other site's UL URL (default: from the topology)")
+    ap.add_argument("--pbx", type=hostport, default=None, help="home PBX HOST:PORT (default: topology)")
+    ap.add_argument("--sip-bind", type=hostport, default=("0.0.0.0", 0), help="phones' UDP ADDR:PORT")
+    ap.add_argument("--contact-host", default=None, help="address phones put in Contact")
+    ap.add_argument("--admin", type=hostport, default=("127.0.0.1", 0), help="admin HTTP ADDR:PORT")
+    ap.add_argument("--agent-secret-env", default="LAB_AGENT_PASSWORD")
+    ap.add_argument("--sip-secret-env", default="LAB_SIP_SECRET")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N agents of the site")
+    ap.add_argument("--pool", action="append", default=None, help="only these pools (repeatable)")
+    ap.add_argument("--rate", type=float, default=200.0, help="UL logins per second (token bucket)")
+    ap.add_argument("--burst", type=float, default=50.0)
+    ap.add_argument("--expires", type=int, default=300, help="REGISTER expiry the phones ask for")
+    ap.add_argument("--initial-state", choices=("ready", "not_ready"), default="ready")
+    ap.add_argument("--heartbeat", type=float, default=d.heartbeat)
+    ap.add_argument("--heartbeat-misses", type=int, default=d.heartbeat_misses)
+    ap.add_argument("--confirm-delay", type=float, default=d.confirm_delay)
+    ap.add_argument("--confirm-timeout", type=float, default=d.confirm_timeout)
+    ap.add_argument("--retry-delay", type=float, default=d.retry_delay)
+    ap.add_argument(
+        "--jitter", type=float, default=None, help="spread of the first logins (default: agents/rate)"
+    )
+    ap.add_argument("--log", default=None, help="JSON-lines event log file")
+    ap.add_argument("--ring", type=int, default=100_000, help="events kept in memory for /events")
+    ap.add_argument("--log-level", default="WARNING")
+    return ap.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> None:
+    topo = directory.load(args.topology)
+    agents = [a for a in topo.of_site(args.site) if args.pool is None or a.pool in args.pool]
+    agents = agents[: args.limit] if args.limit else agents
+    peer = next((s for s in topo.sites if s != args.site), args.site)
+    uls = {s: f"http://{svc.address}:{svc.port}" for s, svc in topo.ul.items()}
+    if args.ul:
+        uls[args.site] = args.ul
+    if args.peer_ul:
+        uls[peer] = args.peer_ul
+    home = args.pbx or (topo.pbx[args.site].address, topo.pbx[args.site].port)
+    secrets = {}
+    for var in (args.agent_secret_env, args.sip_secret_env):
+        if not os.environ.get(var):
+            raise SystemExit(f"error: environment variable {var} is not set")
+        secrets[var] = os.environ[var]
+    jitter = args.jitter if args.jitter is not None else max(1.0, len(agents) / args.rate)
+    timers = Timers(
+        heartbeat=args.heartbeat,
+        heartbeat_misses=args.heartbeat_misses,
+        confirm_delay=args.confirm_delay,
+        confirm_timeout=args.confirm_timeout,
+        retry_delay=args.retry_delay,
+        jitter=jitter,
+    )
+    events = EventLog(size=args.ring, path=args.log)
+    swarm = Swarm(
+        args.site, agents, uls, home,
+        agent_secret=secrets[args.agent_secret_env], sip_secret=secrets[args.sip_secret_env],
+        timers=timers, events=events, rate=args.rate, burst=args.burst, expires=args.expires,
+        initial_state=args.initial_state,
+    )  # fmt: skip
+    runner = web.AppRunner(swarm.app(), access_log=None)
+    await runner.setup()
+    admin = web.TCPSite(runner, args.admin[0], args.admin[1])
+    await admin.start()
+    await swarm.start(args.sip_bind, args.contact_host)
+    port = runner.addresses[0][1] if runner.addresses else args.admin[1]
+    print(f"READY swarm {args.site} agents={len(agents)} admin={args.admin[0]}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await swarm.stop()
+    await runner.cleanup()
+    events.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

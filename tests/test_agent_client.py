@@ -1,0 +1,485 @@
+"""Unit tests of the agent client's login flow (design steps 1-6) and watch/confirm/failover (7-8), with an
+in-process fake world: fake ULs, CTIs, PBXs and phone. Real sockets are in tests/test_stack_loopback.py."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from stack.agent.client import AgentClient, Timers, UlRefused, UlUnavailable
+from stack.cti.client import CtiError
+
+FAST = Timers(
+    heartbeat=0.05,
+    heartbeat_misses=3,
+    confirm_delay=0.1,
+    confirm_timeout=0.1,
+    ul_health_timeout=0.05,
+    ul_timeout=0.2,
+    cti_timeout=0.2,
+    phone_timeout=0.3,
+    link_attempts=2,
+    link_retry=0.02,
+    retry_delay=0.05,
+    jitter=0.0,
+)
+
+
+@dataclass
+class Site:
+    ul_up: bool = True
+    ul_login_fails: bool = False
+    cti_up: bool = True
+    cti_hung: bool = False
+    cti_refuse: str | None = None
+    pbx_up: bool = True
+    link_fails: bool = False
+
+
+@dataclass
+class World:
+    sites: dict[str, Site] = field(default_factory=lambda: {"sha": Site(), "ntg": Site()})
+    rule: str | None = None  # target site of a planned-switch rule for the agent
+    logins: list[tuple[str, list[str]]] = field(default_factory=list)
+    conns: list[FakeConn] = field(default_factory=list)
+    epoch: int = 0
+    logouts: list[str] = field(default_factory=list)
+
+    def push(self, site: str, event: dict[str, Any]) -> None:
+        for c in self.conns:
+            if c.site == site and not c.closed and c.on_event:
+                c.on_event({"type": "event", **event})
+
+
+class FakeUl:
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    async def health(self, url: str, timeout: float) -> bool:
+        return self.w.sites[url.rsplit("/", 1)[-1]].ul_up
+
+    async def login(
+        self, url: str, agent: str, password: str, avoid: list[str], timeout: float
+    ) -> dict[str, Any]:
+        site = url.rsplit("/", 1)[-1]
+        self.w.logins.append((site, avoid))
+        s = self.w.sites[site]
+        if not s.ul_up or s.ul_login_fails:
+            raise UlUnavailable("down")
+        if password != "pw":
+            raise UlRefused("401")
+        at, via = site, "local"
+        if (
+            self.w.rule
+            and self.w.rule != site
+            and self.w.rule not in avoid
+            and self.w.sites[self.w.rule].ul_up
+        ):
+            at, via = self.w.rule, "remote"
+        elif site in avoid:
+            at, via = ("ntg" if site == "sha" else "sha"), "remote"
+        self.w.epoch += 1
+        return {
+            "site": at,
+            "epoch": self.w.epoch,
+            "token": f"tok-{at}-{self.w.epoch}",
+            "cti": {"host": f"cti-{at}", "port": 7000},
+            "pbx": {"host": f"pbx-{at}", "port": 5060},
+            "via": via,
+        }
+
+    async def logout(self, url: str, token: str, timeout: float) -> None:
+        self.w.logouts.append(token)
+
+
+class FakeConn:
+    def __init__(self, world: World, site: str, on_event: Any, on_close: Any) -> None:
+        self.w, self.site, self.on_event, self.on_close = world, site, on_event, on_close
+        self.closed = False
+        self.state = None
+        self.sent: list[dict[str, Any]] = []
+
+    async def request(self, msg: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
+        s = self.w.sites[self.site]
+        self.sent.append(msg)
+        if self.closed:
+            raise CtiError("disconnected")
+        if s.cti_hung or not s.cti_up:
+            await asyncio.sleep(timeout)
+            raise CtiError("timeout")
+        t = msg["type"]
+        if t == "login":
+            if s.cti_refuse:
+                raise CtiError(s.cti_refuse)
+            return {"type": "login_ok"}
+        if t == "link_phone":
+            if s.link_fails or not s.pbx_up:
+                raise CtiError("phone_not_registered")
+            return {"type": "link_ok"}
+        if t == "set_state":
+            self.state = msg["state"]
+            return {"type": "state_ok"}
+        if t == "heartbeat":
+            return {"type": "heartbeat_ack", "pbx_link": "up" if s.pbx_up else "down", "phone": "registered"}
+        if t == "status":
+            up = "up" if s.pbx_up else "down"
+            return {"type": "status", "pbx_link": up, "phone": "registered" if s.pbx_up else "unknown"}
+        if t == "logout":
+            self.closed = True
+            return {"type": "logout_ok"}
+        raise CtiError("unknown_type")
+
+    def drop(self) -> None:
+        self.closed = True
+        if self.on_close:
+            self.on_close()
+
+    async def close(self, logout: bool = False) -> None:
+        self.closed = True
+
+
+class FakePhone:
+    def __init__(self, world: World, home: str) -> None:
+        self.w = world
+        self.host, self.port = f"pbx-{home}", 5060
+        self.registered = True
+        self.call_state = "idle"
+        self.moves: list[str] = []
+
+    async def registration(self) -> dict[str, Any]:
+        site = self.host.removeprefix("pbx-")
+        up = self.registered and self.w.sites[site].pbx_up
+        return {
+            "extension": "10001",
+            "registered": up,
+            "host": self.host,
+            "port": self.port,
+            "call_state": self.call_state,
+        }
+
+    async def set_server(self, host: str, port: int) -> bool:
+        self.moves.append(host)
+        self.host, self.port = host, port
+        self.registered = self.w.sites[host.removeprefix("pbx-")].pbx_up
+        return self.registered
+
+
+def make(world: World, **kw: Any) -> tuple[AgentClient, FakePhone]:
+    phone = FakePhone(world, "sha")
+
+    async def cti_open(host: str, port: int, *, timeout: float, on_event: Any = None, on_close: Any = None):
+        site = host.removeprefix("cti-")
+        if not world.sites[site].cti_up:
+            raise CtiError("disconnected")
+        c = FakeConn(world, site, on_event, on_close)
+        world.conns.append(c)
+        return c
+
+    async def options(host: str, port: int, timeout: float) -> int | None:
+        return 200 if world.sites[host.removeprefix("pbx-")].pbx_up else None
+
+    client = AgentClient(
+        "a00001",
+        kw.pop("password", "pw"),
+        "10001",
+        "sha",
+        {"sha": "http://ul/sha", "ntg": "http://ul/ntg"},
+        phone,
+        timers=kw.pop("timers", FAST),
+        ul_api=FakeUl(world),
+        cti_open=cti_open,
+        sip_options=options,
+        **kw,
+    )
+    return client, phone
+
+
+async def until(cond: Any, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+# ---- steps 1-6 -------------------------------------------------------------------------------------------
+
+
+def test_local_login() -> None:
+    async def go() -> None:
+        w = World()
+        c, phone = make(w)
+        assert await c.login_flow("sha", [])
+        assert (c.phase, c.site, c.state) == ("online", "sha", "ready")
+        assert w.logins == [("sha", [])] and phone.moves == []
+        assert [e["event"] for e in c.events.recent()].count("phase") == 2
+
+    run(go())
+
+
+def test_local_ul_down_logs_in_at_remote() -> None:
+    async def go() -> None:
+        w = World()
+        w.sites["sha"].ul_up = False
+        c, phone = make(w)
+        assert await c.login_flow("sha", [])
+        assert c.site == "ntg" and w.logins == [("ntg", [])] and phone.moves == ["pbx-ntg"]
+        assert c.events.recent(event="ul_unavailable")
+
+    run(go())
+
+
+def test_local_ul_healthy_but_login_fails_goes_remote() -> None:
+    async def go() -> None:
+        w = World()
+        w.sites["sha"].ul_login_fails = True
+        c, _ = make(w)
+        assert await c.login_flow("sha", [])
+        assert c.site == "ntg" and [s for s, _ in w.logins] == ["sha", "ntg"]
+
+    run(go())
+
+
+def test_planned_switch_rule_allocates_remote() -> None:
+    async def go() -> None:
+        w = World(rule="ntg")
+        c, phone = make(w)
+        assert await c.login_flow("sha", [])
+        assert c.site == "ntg" and c.reg and c.reg["via"] == "remote" and phone.moves == ["pbx-ntg"]
+
+    run(go())
+
+
+def test_bad_password_is_refused_without_remote_attempt() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w, password="nope")
+        assert not await c.login_flow("sha", [])
+        assert c.phase == "login_failed" and w.logins == [("sha", [])]
+
+    run(go())
+
+
+def test_cti_registration_refused_logs_in_again_at_remote() -> None:
+    async def go() -> None:
+        w = World()
+        w.sites["sha"].cti_refuse = "token_invalid"
+        c, _ = make(w)
+        assert await c.login_flow("sha", [])
+        assert c.site == "ntg" and w.logins == [("sha", []), ("ntg", ["sha"])]
+        assert c.events.recent(event="cti_refused")[0]["code"] == "token_invalid"
+
+    run(go())
+
+
+def test_cti_unreachable_logs_in_again_at_remote() -> None:
+    async def go() -> None:
+        w = World()
+        w.sites["sha"].cti_up = False
+        c, _ = make(w)
+        assert await c.login_flow("sha", [])
+        assert c.site == "ntg"
+
+    run(go())
+
+
+def test_phone_linkage_fails_logs_in_again_at_remote() -> None:
+    async def go() -> None:
+        w = World()
+        w.sites["sha"].link_fails = True
+        c, phone = make(w)
+        assert await c.login_flow("sha", [])
+        assert c.site == "ntg" and phone.moves == ["pbx-ntg"]
+        assert w.conns[0].closed  # the failed site's CTI session was given up
+
+    run(go())
+
+
+def test_both_sites_fail_then_retry_succeeds() -> None:
+    async def go() -> None:
+        w = World()
+        w.sites["sha"].cti_refuse = "fenced"
+        w.sites["ntg"].cti_refuse = "fenced"
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "login_failed")
+        w.sites["sha"].cti_refuse = None
+        await until(lambda: c.phase == "online")
+        assert c.site == "sha"
+        await c.stop()
+
+    run(go())
+
+
+# ---- steps 7-8 -------------------------------------------------------------------------------------------
+
+
+def test_pbx_failure_confirmed_fails_over_and_restores_state() -> None:
+    async def go() -> None:
+        w = World()
+        c, phone = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        await c.set_state("not_ready")
+        w.sites["sha"].pbx_up = False
+        w.push("sha", {"event": "pbx_link_down"})
+        await until(lambda: c.site == "ntg" and c.phase == "online")
+        assert c.failovers == 1 and c.state == "not_ready" and phone.moves == ["pbx-ntg"]
+        assert w.conns[-1].state == "not_ready"
+        assert w.logins[-1] == ("ntg", ["sha"])
+        confirm = c.events.recent(event="confirm")[-1]
+        assert confirm["broken"] and not confirm["sip"]
+        await asyncio.sleep(0.2)
+        assert c.site == "ntg"  # no automatic failback
+        await c.stop()
+
+    run(go())
+
+
+def test_blip_shorter_than_confirmation_does_not_move() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.sites["sha"].pbx_up = False
+        w.push("sha", {"event": "pbx_link_down"})
+        await asyncio.sleep(0.03)
+        w.sites["sha"].pbx_up = True
+        await until(lambda: bool(c.events.recent(event="confirm")))
+        await asyncio.sleep(0.2)
+        assert c.site == "sha" and c.phase == "online" and c.failovers == 0
+        assert not c.events.recent(event="confirm")[-1]["broken"]
+        await c.stop()
+
+    run(go())
+
+
+def test_missed_heartbeats_with_dead_cti_fail_over() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.sites["sha"].cti_hung = True
+        w.sites["sha"].cti_up = False
+        await until(lambda: c.site == "ntg" and c.phase == "online", 3)
+        assert len(c.events.recent(event="heartbeat_missed")) >= 3
+        assert c.events.recent(event="confirm")[-1]["reason"] == "heartbeats_missed"
+        await c.stop()
+
+    run(go())
+
+
+def test_dropped_cti_connection_with_healthy_cti_reattaches_same_site() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        first = c.conn
+        first.drop()
+        await until(lambda: c.conn is not first and c.phase == "online")
+        assert c.site == "sha" and c.failovers == 0 and len(w.logins) == 1
+
+    run(go())
+
+
+def test_phone_losing_registration_is_confirmed_and_fails_over() -> None:
+    async def go() -> None:
+        w = World()
+        c, phone = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        phone.registered = False  # lost its binding and does not get it back by itself
+        await until(lambda: c.site == "ntg" and c.phase == "online")
+        assert c.events.recent(event="confirm")[-1]["phone"] is False
+        await c.stop()
+
+    run(go())
+
+
+def test_planned_switch_moves_idle_agent() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.rule = "ntg"
+        w.push("sha", {"event": "switch_ordered", "target": "ntg", "rule": "r1"})
+        await until(lambda: c.site == "ntg" and c.phase == "online")
+        assert c.switches == 1 and c.failovers == 0
+        assert not c.events.recent(event="confirm")
+        await c.stop()
+
+    run(go())
+
+
+def test_planned_switch_waits_for_call_to_end() -> None:
+    async def go() -> None:
+        w = World()
+        c, phone = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        phone.call_state = "in_call"
+        await until(lambda: c.state == "on_call")
+        w.rule = "ntg"
+        w.push("sha", {"event": "switch_ordered", "target": "ntg", "rule": "r1"})
+        await asyncio.sleep(0.3)
+        assert c.site == "sha" and c.pending_switch == "ntg"
+        phone.call_state = "idle"
+        await until(lambda: c.site == "ntg" and c.phase == "online")
+        assert c.state == "ready"
+        await c.stop()
+
+    run(go())
+
+
+def test_fenced_session_stops_without_moving() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.push("sha", {"event": "fenced", "epoch": 99, "site": "ntg"})
+        await until(lambda: c.phase == "fenced")
+        assert len(w.logins) == 1
+
+    run(go())
+
+
+def test_remote_ul_unreachable_on_failover_goes_through_local_ul() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.sites["ntg"].ul_up = False  # the client cannot reach ntg's UL; sha's UL asks ntg for it
+        w.sites["sha"].pbx_up = False
+        w.push("sha", {"event": "pbx_link_down"})
+        await until(lambda: c.site == "ntg" and c.phase == "online")
+        assert ("sha", ["sha"]) in w.logins
+        await c.stop()
+
+    run(go())
+
+
+@pytest.mark.parametrize("state", ["ready", "not_ready"])
+def test_set_state_validates(state: str) -> None:
+    async def go() -> None:
+        c, _ = make(World())
+        assert await c.login_flow("sha", [])
+        await c.set_state(state)
+        assert c.conn.state == state
+        with pytest.raises(ValueError):
+            await c.set_state("on_call")
+
+    run(go())

@@ -1,0 +1,221 @@
+"""Unit tests of the CTI server in-process on 127.0.0.1, with a fake Kamailio JSON-RPC endpoint and a fake
+UL epoch service (both aiohttp), so PBX failure, registration changes and fencing are under test control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from stack.common import auth
+from stack.cti.client import CtiConnection, CtiError, query
+from stack.cti.server import CtiServer
+
+SECRET = "cti-secret"
+CTI, RPC, UL = 27880, 27881, 27882
+
+
+class FakePbxAndUl:
+    """Kamailio's ``ul.dump brief`` / ``ul.lookup`` and the UL's epoch endpoints, in one aiohttp app."""
+
+    def __init__(self) -> None:
+        self.registered: set[str] = set()
+        self.up = True
+        self.epochs: dict[str, dict[str, Any]] = {}
+        self.runner: web.AppRunner | None = None
+
+    async def rpc(self, request: web.Request) -> web.Response:
+        if not self.up:
+            await asyncio.sleep(0.5)
+        body = await request.json()
+        if body["method"] == "ul.dump":
+            aors = [{"AoR": e} for e in sorted(self.registered)]
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": 1, "result": {"Domains": [{"Domain": {"AoRs": aors}}]}}
+            )
+        ext = body["params"][1]
+        if ext not in self.registered:
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": 1, "error": {"code": 404, "message": "AOR not found"}}
+            )
+        contact = {"Contact": {"Address": f"sip:{ext}@127.0.0.1", "Expires": 60}}
+        return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"AoR": ext, "Contacts": [contact]}})
+
+    async def epoch(self, request: web.Request) -> web.Response:
+        cur = self.epochs.get(request.match_info["agent"])
+        base = {"reconciled": True, "started": 0}
+        return web.json_response({**base, "known": True, **cur} if cur else {**base, "known": False})
+
+    async def h_epochs(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"agents": {a: self.epochs[a] for a in body["agents"] if a in self.epochs}})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.post("/RPC", self.rpc), web.get("/v1/epoch/{agent}", self.epoch),
+                        web.post("/v1/epochs", self.h_epochs)])  # fmt: skip
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", RPC).start()
+        await web.TCPSite(self.runner, "127.0.0.1", UL).start()
+
+
+def token(agent: str, ext: str, epoch: int, site: str = "sha", ttl: float = 60) -> str:
+    return auth.mint(SECRET, {"agent": agent, "site": site, "epoch": epoch, "ext": ext}, ttl)
+
+
+def with_cti(body: Any) -> None:
+    async def go() -> None:
+        fake = FakePbxAndUl()
+        await fake.start()
+        srv = CtiServer(
+            "sha", SECRET, pbx_rpc=f"http://127.0.0.1:{RPC}/RPC", ul_url=f"http://127.0.0.1:{UL}",
+            poll_interval=0.1, epoch_interval=0.2,
+        )  # fmt: skip
+        srv.pbx.timeout = __import__("aiohttp").ClientTimeout(total=0.15)
+        await srv.start("127.0.0.1", CTI)
+        try:
+            await body(fake, srv)
+        finally:
+            await srv.stop()
+            assert fake.runner is not None
+            await fake.runner.cleanup()
+
+    asyncio.run(asyncio.wait_for(go(), 20))
+
+
+async def agent(fake: FakePbxAndUl, aid: str, ext: str, epoch: int = 100) -> tuple[CtiConnection, list[dict]]:
+    events: list[dict[str, Any]] = []
+    fake.registered.add(ext)
+    fake.epochs[aid] = {"site": "sha", "epoch": epoch, "status": "active"}
+    conn = await CtiConnection.open("127.0.0.1", CTI, on_event=events.append)
+    ok = await conn.request({"type": "login", "agent": aid, "token": token(aid, ext, epoch)})
+    assert ok["type"] == "login_ok" and ok["epoch"] == epoch and ok["epoch_checked"]
+    assert (await conn.request({"type": "link_phone", "extension": ext}))["type"] == "link_ok"
+    assert (await conn.request({"type": "set_state", "state": "ready"}))["state"] == "ready"
+    return conn, events
+
+
+async def wait_for(cond: Any, timeout: float = 2.0) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "condition not met"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def test_login_link_heartbeat_sessions() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        await wait_for(lambda: srv.pbx.up)
+        conn, _ = await agent(fake, "a00001", "10001")
+        ack = await conn.request({"type": "heartbeat", "seq": 7})
+        assert ack == {"type": "heartbeat_ack", "seq": 7, "pbx_link": "up", "phone": "registered",
+                       "state": "ready", "epoch": 100, "id": ack["id"]}  # fmt: skip
+        sessions = (await query("127.0.0.1", CTI, {"type": "sessions"}))["sessions"]
+        assert [(s["agent"], s["state"], s["epoch"], s["extension"]) for s in sessions] == [
+            ("a00001", "ready", 100, "10001")
+        ]
+        st = await query("127.0.0.1", CTI, {"type": "status", "extension": "10001"})
+        assert st["pbx_link"] == "up" and st["phone"] == "registered"
+        with_err = await CtiConnection.open("127.0.0.1", CTI)
+        for msg, code in [
+            ({"type": "link_phone", "extension": "10001"}, "not_logged_in"),
+            ({"type": "login", "token": token("a00002", "10002", 1)}, "unknown_session"),
+        ]:
+            try:
+                await with_err.request(msg)
+                raise AssertionError("accepted")
+            except CtiError as err:
+                assert err.code == code
+        fake.epochs["a00002"] = {"site": "sha", "epoch": 1, "status": "active"}
+        await with_err.request({"type": "login", "token": token("a00002", "10002", 1)})
+        try:
+            await with_err.request({"type": "link_phone", "extension": "10002"})
+            raise AssertionError("accepted")
+        except CtiError as err:
+            assert err.code == "phone_not_registered"
+        await conn.close(logout=True)
+        await with_err.close()
+
+    with_cti(body)
+
+
+def test_pbx_down_and_phone_events_pushed_fast() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        await wait_for(lambda: srv.pbx.up)
+        conn, events = await agent(fake, "a00001", "10001")
+        fake.registered.discard("10001")
+        await wait_for(lambda: any(e["event"] == "phone_unregistered" for e in events))
+        fake.registered.add("10001")
+        await wait_for(lambda: any(e["event"] == "phone_registered" for e in events))
+        fake.up = False
+        took = await wait_for(lambda: any(e["event"] == "pbx_link_down" for e in events))
+        assert took < 1.0  # two polls of 0.1 s with 0.15 s timeouts: well within two heartbeats
+        ack = await conn.request({"type": "heartbeat", "seq": 1})
+        assert ack["pbx_link"] == "down" and ack["phone"] == "unknown"
+        fake.up = True
+        await wait_for(lambda: any(e["event"] == "pbx_link_up" for e in events))
+        await conn.close()
+
+    with_cti(body)
+
+
+def test_fencing_replacement_and_admin() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        conn, events = await agent(fake, "a00001", "10001", epoch=100)
+        other, _ = await agent(fake, "a00002", "10002", epoch=100)
+        # an older token is fenced; the same agent with the current token replaces the old connection
+        try:
+            await other.request({"type": "login", "token": token("a00001", "10001", 99)})
+            raise AssertionError("accepted")
+        except CtiError as err:
+            assert err.code == "fenced"
+        again = await CtiConnection.open("127.0.0.1", CTI)
+        await again.request({"type": "login", "token": token("a00001", "10001", 100)})
+        await wait_for(lambda: any(e["event"] == "replaced" for e in events) and conn.closed)
+        # admin: unsigned refused, signed switch order delivered, fence through the epoch sweep
+        adm = await CtiConnection.open("127.0.0.1", CTI)
+        try:
+            await adm.request({"type": "admin", "op": "switch_order", "agents": ["a00002"], "target": "ntg"})
+            raise AssertionError("accepted")
+        except CtiError as err:
+            assert err.code == "forbidden"
+        got: list[dict[str, Any]] = []
+        other.on_event = got.append
+        msg = auth.sign_message(SECRET, {"type": "admin", "op": "switch_order", "agents": ["a00002", "zz"],
+                                         "target": "ntg", "rule": "r1"})  # fmt: skip
+        assert (await adm.request(msg))["delivered"] == 1
+        await wait_for(lambda: got and got[0]["event"] == "switch_ordered" and got[0]["target"] == "ntg")
+        fake.epochs["a00002"] = {"site": "ntg", "epoch": 200, "status": "active"}
+        await wait_for(lambda: other.closed and any(e["event"] == "fenced" for e in got))
+        assert "a00002" not in srv.sessions
+        await adm.close()
+        await again.close()
+
+    with_cti(body)
+
+
+def test_garbage_and_oversized_lines_cost_only_their_connection() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        conn, _ = await agent(fake, "a00001", "10001")
+        reader, writer = await asyncio.open_connection("127.0.0.1", CTI)
+        writer.write(b'\xff\xfe\n[]\n{"type": 5}\n{"type": "set_state", "state": "x"}\n')
+        codes = [json.loads(await reader.readline())["code"] for _ in range(4)]
+        assert codes == ["bad_json", "bad_json", "unknown_type", "not_logged_in"]
+        writer.write(b"{" * 20000 + b"\n")
+        assert json.loads(await reader.readline())["code"] == "too_large"
+        writer.close()
+        r2, w2 = await asyncio.open_connection("127.0.0.1", CTI)
+        w2.write(b"nope\n" * 5)
+        for _ in range(5):
+            assert json.loads(await r2.readline())["code"] == "bad_json"
+        assert await r2.read() == b""  # too many errors: closed
+        w2.close()
+        ack = await conn.request({"type": "heartbeat", "seq": 2})
+        assert ack["pbx_link"] == "up" and "a00001" in srv.sessions
+        await conn.close()
+
+    with_cti(body)
