@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := kamailio tcpdump tshark sip-tester iproute2 nftables iptables iputils-ping procps \
+DEB_PACKAGES := kamailio tcpdump tshark sip-tester iproute2 nftables iptables iputils-ping procps tcpreplay \
 	util-linux python3-venv
 STAMP := .hil
 

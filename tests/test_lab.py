@@ -164,11 +164,8 @@ def _snapshot(holder: int) -> dict[str, object]:
     ).stdout
     mounts = Path("/proc/self/mountinfo").read_text()
     netns_dir = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
-    return {
-        "links": sorted(line.split(":")[1].strip() for line in links.splitlines()),
-        "mounts": mounts,
-        "netns": netns_dir,
-    }
+    names = sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines())
+    return {"links": names, "mounts": mounts, "netns": netns_dir}
 
 
 def _pidns_members(pidns: str) -> list[int]:
@@ -221,6 +218,8 @@ def test_nothing_left_behind(own_netns, how: str) -> None:
     while _pidns_members(pidns) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pidns_members(pidns) == []
+    while _snapshot(holder) != before and time.monotonic() < deadline + 10:
+        time.sleep(0.1)  # the kernel tears a dead namespace's interfaces down asynchronously
     assert _snapshot(holder) == before
     r = hil("lab", "status")
     assert r.returncode == 1 and "no lab is up" in r.stdout

@@ -24,7 +24,7 @@ from virtual.terminal import LineSession, LineSessionBase, Terminal
 
 log = logging.getLogger(__name__)
 
-ConsoleFactory = Callable[[str], LineSession]
+ConsoleFactory = Callable[[], LineSession]
 _WRITE_STALL = 1.0  # seconds to wait for a reader before dropping output, as a serial line would
 _IDLE_POLL = 0.05  # seconds between looks for a client while none has the port open
 
@@ -59,7 +59,6 @@ class _Login(LineSessionBase):
     def __init__(self, users: dict[str, str]) -> None:
         self._users = users
         self._user: str | None = None
-        self.username = ""
 
     @property
     def echo(self) -> bool:
@@ -78,7 +77,7 @@ class _Login(LineSessionBase):
         user, self._user = self._user, None
         expected = self._users.get(user)
         if expected is not None and hmac.compare_digest(expected.encode(), line.encode()):
-            self.username, self.closed = user, True
+            self.closed = True
             return ""
         return "% Login invalid\r\n\r\n" + self.prompt()
 
@@ -90,7 +89,8 @@ class _Login(LineSessionBase):
 class PtyConsole:
     """Serve line CLIs on a pseudo-terminal; clients open ``.path`` with pyserial.
 
-    ``cli_factory(username)`` makes a new CLI session (``"console"`` when no login is configured).
+    ``cli_factory()`` makes a new CLI session (after a logout, or after a console login when
+    ``users`` is given). Serving starts at construction; ``close()`` ends it.
     We hold no descriptor on the slave: while no client has it open the master reports HUP/EIO, the
     loop then idles, and output produced meanwhile is dropped as on an unattended serial line. Only
     ``close()`` ends the loop; no client action can.
@@ -121,9 +121,9 @@ class PtyConsole:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._term = Terminal(self._first_session())
+        self.start()
 
     def __enter__(self) -> PtyConsole:
-        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -135,7 +135,9 @@ class PtyConsole:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop serving and release the pty (clients then see EOF/hangup)."""
+        """Stop serving and release the pty (clients then see EOF/hangup). Idempotent."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
@@ -157,7 +159,7 @@ class PtyConsole:
     def _first_session(self) -> LineSession:
         if self._users:
             return _Idle(self._available())
-        return self._factory("console")
+        return self._factory()
 
     def _available(self) -> str:
         name = f"{self._hostname} con0" if self._hostname else "con0"
@@ -194,7 +196,11 @@ class PtyConsole:
                 out = self._receive(data)
             except Exception:
                 log.exception("console %s: session crashed; starting a new one", self.path)
-                self._term = self._term.successor(self._factory("console"))
+                try:
+                    self._term = self._term.successor(self._factory())
+                except Exception:
+                    log.exception("console %s: cannot start a session", self.path)
+                    time.sleep(1.0)
                 continue
             if self._client_attached():
                 self._write(out)
@@ -205,9 +211,9 @@ class PtyConsole:
             # The session on the line ended: move to the next one and give it the keys typed ahead.
             ended, rest = self._term.session, self._term.leftover
             if isinstance(ended, _Idle):
-                nxt: LineSession = _Login(self._users) if self._users else self._factory("console")
+                nxt: LineSession = _Login(self._users) if self._users else self._factory()
             elif isinstance(ended, _Login):
-                nxt = self._factory(ended.username)
+                nxt = self._factory()
             else:
                 nxt = _Idle(self._available())
             self._term = self._term.successor(nxt)

@@ -15,11 +15,31 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from virtual.services import ServiceError, ServiceSupervisor, process_state, unit_name
+from virtual.services import Service, ServiceError, ServiceStatus, ServiceSupervisor, process_state, unit_name
 from virtual.terminal import LineSessionBase
 
+__all__ = [
+    "HostCLI",
+    "HostShell",
+    "Service",
+    "ServiceError",
+    "ServiceStatus",
+    "ServiceSupervisor",
+    "host_session_factory",
+    "parse_signal",
+]
+
 Result = tuple[int, str, str]
-_SHOW_PROPERTIES = ("Id", "Names", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainStatus")
+_SHOW_PROPERTIES = (
+    "Id",
+    "Names",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "MainPID",
+    "ExecMainStatus",
+)
 
 
 def parse_signal(text: str) -> int:
@@ -234,7 +254,9 @@ class HostCLI(LineSessionBase):
                 "args": " ".join(self.supervisor.service(ours[pid]).argv),
             }
             rows.append(" ".join(values[f] for f in fields))
-        text = (" ".join(f.upper() for f in fields) + "\n" if header else "") + "".join(r + "\n" for r in rows)
+        text = (" ".join(f.upper() for f in fields) + "\n" if header else "") + "".join(
+            r + "\n" for r in rows
+        )
         return (0 if rows else 1), text, ""
 
     def _journalctl(self, args: list[str]) -> Result:
@@ -259,7 +281,16 @@ class HostCLI(LineSessionBase):
             elif arg in ("-o", "--output"):
                 i += 2
                 continue
-            elif arg in ("--no-pager", "-q", "--quiet", "-e", "--pager-end", "-x", "--catalog", "--no-hostname"):
+            elif arg in (
+                "--no-pager",
+                "-q",
+                "--quiet",
+                "-e",
+                "--pager-end",
+                "-x",
+                "--catalog",
+                "--no-hostname",
+            ):
                 pass
             elif not arg.startswith("--output="):
                 return 1, "", f"journalctl: option '{arg}' is not supported on this lab host\n"
@@ -303,7 +334,7 @@ class HostCLI(LineSessionBase):
         if verb == "daemon-reload":
             return 0, "", ""
         if not units:
-            return 1, "", f"Too few arguments.\n"
+            return 1, "", "Too few arguments.\n"
         if verb in ("start", "stop", "restart", "kill", "reset-failed"):
             return self._control(verb, units, sig)
         if verb in ("is-active", "is-failed"):
@@ -338,7 +369,9 @@ class HostCLI(LineSessionBase):
         return 0, "", ""
 
     def _is(self, verb: str, units: list[str], quiet: bool) -> Result:
-        states = [self.supervisor.status(u).active_state if self.supervisor.has(u) else "inactive" for u in units]
+        states = [
+            self.supervisor.status(u).active_state if self.supervisor.has(u) else "inactive" for u in units
+        ]
         want = "active" if verb == "is-active" else "failed"
         code = 0 if want in states else (3 if verb == "is-active" else 1)
         return code, "" if quiet else "".join(s + "\n" for s in states), ""
@@ -399,7 +432,9 @@ class HostCLI(LineSessionBase):
                     "Result": st.result,
                     "MainPID": str(st.pid),
                     "ExecMainPID": str(st.pid or self.supervisor.last_pid(unit)),
-                    "ExecMainStatus": str(st.exit_code if st.exit_code is not None else (st.exit_signal or 0)),
+                    "ExecMainStatus": str(
+                        st.exit_code if st.exit_code is not None else (st.exit_signal or 0)
+                    ),
                 }
             else:
                 values = {"Id": f"{unit}.service", "Names": f"{unit}.service", "LoadState": "not-found"}
@@ -409,6 +444,9 @@ class HostCLI(LineSessionBase):
                 shown = values.get(prop, "")
                 out.append(shown if value else f"{prop}={shown}")
         return 0, "".join(line + "\n" for line in out), ""
+
+
+HostShell = HostCLI  # the name the keeper uses
 
 
 def host_session_factory(

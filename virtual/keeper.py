@@ -122,7 +122,7 @@ class Keeper:
     # -- services ------------------------------------------------------------------------------------
     def start_pbxs(self) -> None:
         from virtual import pbx
-        from virtual.host_cli import Service, ServiceSupervisor
+        from virtual.services import Service, ServiceSupervisor
 
         secret = self.secrets.get(credentials.referenced(self.topo)["LAB_SIP_SECRET"].var, "")
         exts = {e: credentials.sip_password(secret, e) for e in self.topo.extensions()}
@@ -164,9 +164,10 @@ class Keeper:
     # -- emulated management interfaces ---------------------------------------------------------------
     def start_emulators(self) -> None:
         from virtual.console import PtyConsole
-        from virtual.host_cli import HostShell, ServiceSupervisor
+        from virtual.host_cli import host_session_factory
+        from virtual.services import ServiceSupervisor
         from virtual.sshserver import SSHServer, load_or_create_host_key
-        from virtual.switch_cli import SwitchCLI
+        from virtual.switch_cli import switch_session_factory
 
         key = load_or_create_host_key(self.run_dir / "ssh_host_key")
         known = []
@@ -180,31 +181,24 @@ class Keeper:
         for sw in self.topo.of_kind("switch"):
             backend = PortBackend(sw.name, self.net, self.topo)
             facts = {"model": "vSwitch-24G" if sw.spec.device_type == "cisco_ios" else "S5735-L24T4X"}
-
-            def make_cli(sw=sw, backend=backend, facts=facts) -> SwitchCLI:
-                return SwitchCLI(
-                    sw.name, sw.spec.device_type, list(sw.spec.ports), backend, facts, enable_secret=sw_secret
-                )
-
+            factory = switch_session_factory(
+                sw.name, sw.spec.device_type, list(sw.spec.ports), backend, facts, enable_secret=sw_secret
+            )  # one factory per switch: its sessions share one running config, as on a real switch
             lsock = netns.listener_in(ns_path(sw.name), str(sw.spec.mgmt), sw.spec.ssh_port)
-            server = SSHServer(lsock, key, {sw_user: sw_pass}, lambda user, f=make_cli: f())
+            server = SSHServer(lsock, key, {sw_user: sw_pass}, factory, name=sw.name)
             server.start()
             self.servers.append(server)
             known.append(_known_line(str(sw.spec.mgmt), sw.spec.ssh_port, key))
             if sw.spec.console:
-                con = PtyConsole(make_cli)
-                self.consoles[sw.spec.console] = con
+                self.consoles[sw.spec.console] = PtyConsole(factory, hostname=sw.name)
 
         for d in self.topo.devices.values():
             if d.kind not in ("pbx", "cti", "ul", "host") or d.spec.mgmt is None:
                 continue
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
             lsock = netns.listener_in(ns_path(d.name), str(d.spec.mgmt), d.spec.ssh_port)
-
-            def make_shell(user: str, d=d, sup=sup) -> HostShell:
-                return HostShell(d.name, sup)
-
-            server = SSHServer(lsock, key, {host_user: host_pass}, make_shell)
+            factory = host_session_factory(d.name, sup)
+            server = SSHServer(lsock, key, {host_user: host_pass}, factory, name=d.name)
             server.start()
             self.servers.append(server)
             known.append(_known_line(str(d.spec.mgmt), d.spec.ssh_port, key))

@@ -204,7 +204,7 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
         if running.name == topo.name:
             return running
         raise LabError(f"lab {running.name} is already up; run `hil lab down` first")
-    if Path(f"/sys/class/net/{HOST_MGMT_IF}").exists():
+    if _has_link(HOST_MGMT_IF):
         raise LabError(f"interface {HOST_MGMT_IF} already exists in this namespace: is another lab up here?")
 
     run_dir = run_base() / topo.name
@@ -251,6 +251,16 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
         proc.wait()
         raise
     return handle
+
+
+def _has_link(name: str) -> bool:
+    from virtual import netns
+
+    try:
+        netns.link_flags(name)
+        return True
+    except OSError:
+        return False
 
 
 def _ip(*args: str) -> None:
@@ -318,6 +328,10 @@ def down(handle: LabHandle | None = None, timeout: float = 5.0) -> bool:
         os.waitpid(h.unshare_pid, os.WNOHANG)
     except ChildProcessError:
         pass
+    # The kernel destroys the lab's namespaces asynchronously; our end of the management veth is the one
+    # object in the controller's namespace, made by up(): delete it now rather than wait for the kernel.
+    if _has_link(HOST_MGMT_IF):
+        subprocess.run(["ip", "link", "del", HOST_MGMT_IF], capture_output=True)
     _archive_logs(h.run_dir)
     shutil.rmtree(h.run_dir, ignore_errors=True)
     return True

@@ -10,6 +10,7 @@ thread reaps children as soon as they exit, so none lingers as a zombie.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -227,9 +228,25 @@ class ServiceSupervisor:
         with self._cv:
             return self._unit(name).last_pid
 
+    def status_all(self) -> list[dict[str, object]]:
+        """Every service's status as a plain dict (for the keeper's JSON status)."""
+        return [dataclasses.asdict(self.status(name)) for name in self.names()]
+
+    def pids(self) -> set[int]:
+        """Main PIDs of the running services (their reaping is ours, not an orphan reaper's)."""
+        with self._cv:
+            return {u.proc.pid for u in self._units.values() if u.proc is not None}
+
+    def stop_all(self) -> None:
+        """Stop every running service; the supervisor stays usable."""
+        for name in self.names():
+            self.stop(name)
+
     def close(self) -> None:
         """Stop every running service and the reaper. The supervisor is unusable afterwards."""
         with self._cv:
+            if self._closed:
+                return
             self._closed = True
             units = list(self._units.values())
         for unit in units:

@@ -16,6 +16,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ class _Interface(paramiko.ServerInterface):
         self._transport = transport
         self._pending_user = ""
         self.username = ""
+        self.authenticated = threading.Event()
 
     def get_allowed_auths(self, username: str) -> str:
         return "password,keyboard-interactive"
@@ -110,6 +112,7 @@ class _Interface(paramiko.ServerInterface):
     def check_auth_password(self, username: str, password: str) -> int:
         if self._server.check_password(username, password):
             self.username = username
+            self.authenticated.set()
             return paramiko.AUTH_SUCCESSFUL
         return paramiko.AUTH_FAILED
 
@@ -120,6 +123,7 @@ class _Interface(paramiko.ServerInterface):
     def check_auth_interactive_response(self, responses: list[str]) -> int:
         if len(responses) == 1 and self._server.check_password(self._pending_user, responses[0]):
             self.username = self._pending_user
+            self.authenticated.set()
             return paramiko.AUTH_SUCCESSFUL
         return paramiko.AUTH_FAILED
 
@@ -157,7 +161,7 @@ class _Interface(paramiko.ServerInterface):
 
 
 class SSHServer:
-    """Serve a session factory over SSH on a listening socket the caller made (and now owns us).
+    """Serve a session factory over SSH on a listening socket the caller made (the server owns it now).
 
     ``session_factory(username)`` returns an object with the LineSession methods for interactive
     shells (netmiko) and/or ``run(command) -> (exit_code, stdout, stderr)`` for exec requests.
@@ -172,8 +176,10 @@ class SSHServer:
         session_factory: SessionFactory,
         *,
         name: str = "ssh",
+        login_grace: float = 30.0,
     ) -> None:
         self.listen_sock = listen_sock
+        self.login_grace = login_grace
         self.host_key = host_key
         self.users = dict(users)
         self.session_factory = session_factory
@@ -203,11 +209,14 @@ class SSHServer:
         """Accept connections in a daemon thread."""
         if self._thread is not None:
             return
+        self.listen_sock.setblocking(False)  # select() said ready, but a reset peer must not block accept()
         self._thread = threading.Thread(target=self._accept_loop, name=f"ssh-{self.name}-accept", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Stop accepting, drop every connection, close the listening socket."""
+        """Stop accepting, drop every connection, close the listening socket. Idempotent."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
@@ -230,12 +239,17 @@ class SSHServer:
                 if self._stop.is_set() or self.listen_sock not in ready:
                     continue
                 sock, peer = self.listen_sock.accept()
-            except OSError:
+            except BlockingIOError:
+                continue
+            except OSError as exc:
                 if self._stop.is_set():
                     return
-                log.debug("%s: accept failed", self.name, exc_info=True)
+                log.warning("%s: accept failed: %s", self.name, exc)
+                time.sleep(0.1)  # EMFILE and friends: do not spin
                 continue
             sock.setblocking(True)
+            with contextlib.suppress(OSError):  # a CLI answers in small writes: do not let Nagle sit on them
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(
                 target=self._handshake, args=(sock, peer), name=f"ssh-{self.name}-conn", daemon=True
             ).start()
@@ -252,7 +266,12 @@ class SSHServer:
                     raise EOFError("server closing")
                 self._transports = {t for t in self._transports if t.is_active()}
                 self._transports.add(transport)
-            transport.start_server(server=_Interface(self, transport))
+            iface = _Interface(self, transport)
+            transport.start_server(server=iface)
+            # Like sshd's LoginGraceTime: a client that never authenticates does not keep a transport.
+            if not iface.authenticated.wait(self.login_grace) and transport.is_active():
+                log.debug("%s: %s did not authenticate in %.0f s", self.name, peer, self.login_grace)
+                transport.close()
         except (*_QUIET, ValueError) as exc:
             log.debug("%s: handshake with %s failed: %s", self.name, peer, exc)
             if transport is not None:

@@ -100,8 +100,7 @@ class SwitchDriver(Driver, ABC):
         with self.step(action, commands):
             if self.dry_run:
                 return ""
-            out = self.conn.send_config_set(commands, error_pattern=self.error_pattern)
-            return str(out)
+            return self.send_config(commands)
 
     def _show(self, action: str, command: str) -> str:
         with self.step(action, [command]):
@@ -114,6 +113,9 @@ class SwitchDriver(Driver, ABC):
 
     # -- vendor specifics -----------------------------------------------------------------------------
     error_pattern = r"% Invalid|Error:"
+
+    def send_config(self, commands: list[str]) -> str:
+        return str(self.conn.send_config_set(commands, error_pattern=self.error_pattern))
 
     @abstractmethod
     def shutdown_commands(self, port: str, down: bool) -> list[str]: ...
@@ -179,7 +181,7 @@ class CiscoIosSwitch(SwitchDriver):
         facts: dict[str, str] = {}
         if m := re.search(r"Version ([^,\s]+)", output):
             facts["os_version"] = m.group(1)
-        if m := re.search(r"^cisco (\S+)", output, re.M | re.I):
+        if m := re.search(r"^cisco (\S+) .*processor", output, re.M):
             facts["model"] = m.group(1)
         if m := re.search(r"uptime is (.+)", output):
             facts["uptime"] = m.group(1).strip()
@@ -197,6 +199,34 @@ class CiscoIosSwitch(SwitchDriver):
 class HuaweiVrpSwitch(SwitchDriver):
     device_type = "huawei"
     error_pattern = r"Error:"
+    view_prompt = r"\[[^\]\r\n]+\]"
+
+    def send_config(self, commands: list[str]) -> str:
+        """system-view, the commands, return: each waiting for the view prompt it must produce.
+
+        netmiko's own send_config_set checks the Huawei config mode by waiting for 2 s of silence, four
+        times per call; waiting for the prompt instead is as safe and 30 times faster, on a real S5735 too.
+        """
+        out = []
+        for cmd in ["system-view", *commands]:
+            text = str(self.conn.send_command(cmd, expect_string=self.view_prompt, strip_prompt=False))
+            out.append(text)
+            if re.search(self.error_pattern, text):
+                self.conn.send_command("return", expect_string=r">")
+                raise DeviceError(f"{self.name}: {cmd!r} refused: {text.strip()}")
+        out.append(str(self.conn.send_command("return", expect_string=r"<[^>\r\n]+>")))
+        return "\n".join(out)
+
+    def close(self) -> None:
+        # netmiko's Huawei disconnect re-checks config mode (2 s of silence); we are always back in user
+        # view after send_config, so close the session directly.
+        if self._conn is not None:
+            try:
+                self._conn.write_channel("quit" + self._conn.RETURN)
+                self._conn.paramiko_cleanup()
+            except Exception:
+                pass
+            self._conn = None
 
     def shutdown_commands(self, port: str, down: bool) -> list[str]:
         return [f"interface {port}", "shutdown" if down else "undo shutdown"]
