@@ -15,6 +15,8 @@ from pathlib import Path
 
 from harness.topology import Secret, SecretMissing, Topology
 
+STACK_SECRET_VAR = "LAB_STACK_SECRET"  # signs UL tokens and UL/CTI admin requests; not a device credential
+
 
 def sip_password(sip_secret: str, extension: str) -> str:
     return hmac.new(sip_secret.encode(), extension.encode(), hashlib.sha256).hexdigest()[:16]
@@ -34,8 +36,8 @@ def referenced(topo: Topology) -> dict[str, Secret]:
 
 
 def generate(topo: Topology) -> dict[str, str]:
-    """Fresh values for a virtual lab: every referenced variable gets a random token."""
-    return {var: secrets.token_urlsafe(12) for var in referenced(topo)}
+    """Fresh values for a virtual lab: every referenced variable gets a random token, and the stack's own."""
+    return {var: secrets.token_urlsafe(12) for var in [*referenced(topo), STACK_SECRET_VAR]}
 
 
 def write_env(path: Path, values: dict[str, str]) -> None:

@@ -60,7 +60,7 @@ class PortBackend:
 
 
 class Keeper:
-    def __init__(self, topo: Topology, run_dir: Path):
+    def __init__(self, topo: Topology, run_dir: Path, autostart_swarm: bool = True):
         self.topo = topo
         self.run_dir = run_dir
         self.net = plan(topo)
@@ -71,6 +71,8 @@ class Keeper:
         self.servers: list[Any] = []
         self.consoles: dict[str, Any] = {}
         self.supervisors: dict[str, Any] = {}
+        self.probes: dict[tuple[str, str], Any] = {}
+        self.autostart_swarm = autostart_swarm
         self.logs = run_dir / "logs"
         self.logs.mkdir(exist_ok=True)
 
@@ -142,6 +144,39 @@ class Keeper:
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
             sup.add(Service(name=d.spec.service, argv=argv, log_path=self.logs / f"{d.name}.log"))
             sup.start(d.spec.service)
+
+    def start_stack(self) -> None:
+        """UL, CTI and phones in parallel (each waits until it answers), then the swarms."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from virtual import stackservices
+        from virtual.services import Service, ServiceSupervisor
+
+        planned = stackservices.plan(self.topo, self.run_dir, self.secrets)
+        self.probes = {}
+        for p in planned:
+            (self.run_dir / p.device).mkdir(exist_ok=True)
+            sup = self.supervisors.setdefault(p.device, ServiceSupervisor())
+            ready = stackservices.ready_probe(ns_path(p.device), p.probe)
+            self.probes[(p.device, p.name)] = ready
+            sup.add(
+                Service(
+                    name=p.name,
+                    argv=netns.nsenter_argv(ns_path(p.device)) + p.argv,
+                    log_path=self.logs / f"{p.device}.log",
+                    ready=ready if p.wait else None,
+                    env=p.env or None,
+                    cwd=str(stackservices.REPO_ROOT),
+                    start_timeout=20.0,
+                )
+            )
+        first = [p for p in planned if p.wait]
+        with ThreadPoolExecutor(max_workers=max(1, len(first))) as pool:
+            for f in [pool.submit(self.supervisors[p.device].start, p.name) for p in first]:
+                f.result()
+        for p in planned:
+            if not p.wait and self.autostart_swarm:
+                self.supervisors[p.device].start(p.name)
 
     def pbx_answers(self, name: str) -> bool:
         from harness import sipprobe
@@ -230,6 +265,8 @@ class Keeper:
                 entry["device"] = dev
                 if self.topo.device(dev).kind == "pbx" and st.get("state") == "active":
                     entry["answers"] = self.pbx_answers(dev)
+                elif st.get("state") == "active" and self.probes.get((dev, st["name"])):
+                    entry["answers"] = self.probes[(dev, st["name"])]()
                 procs.append(entry)
         return {
             **self.state,
@@ -319,6 +356,7 @@ class Keeper:
         self.start_pbxs()
         self.start_emulators()
         self.wait_pbxs()
+        self.start_stack()
         self.write_state(
             phase="ready",
             ready_after_s=round(time.monotonic() - t0, 3),
@@ -343,10 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m virtual.keeper")
     ap.add_argument("--topology", required=True)
     ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--no-swarm", action="store_true", help="do not start the agent swarms with the lab")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = Path(args.run_dir)
-    keeper = Keeper(load(args.topology), run_dir)
+    keeper = Keeper(load(args.topology), run_dir, autostart_swarm=not args.no_swarm)
     signal.signal(signal.SIGTERM, lambda *_: keeper.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: keeper.stop_event.set())
     try:

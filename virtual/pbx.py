@@ -351,8 +351,10 @@ def stop(proc: subprocess.Popen[bytes] | int, timeout: float = 5.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    deadline = t0 + timeout
     orphaned_since: float | None = None
+    nudged = False
     while True:
         if isinstance(proc, subprocess.Popen):
             proc.poll()
@@ -360,6 +362,11 @@ def stop(proc: subprocess.Popen[bytes] | int, timeout: float = 5.0) -> None:
         if not main_alive and not group_members(pid):
             break
         now = time.monotonic()
+        if not nudged and now - t0 > 0.2:
+            # A child still initialising when the main relays SIGTERM keeps the main's handler (which
+            # only sets a flag) and never exits; by now it has its own handler, so tell it again.
+            _signal_group(pid, signal.SIGTERM)
+            nudged = True
         if not main_alive:
             orphaned_since = orphaned_since or now
         if now >= deadline or (orphaned_since is not None and now - orphaned_since > 0.5):

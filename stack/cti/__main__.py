@@ -21,6 +21,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m stack.cti", description="Site CTI server")
     ap.add_argument("--site", required=True)
     ap.add_argument("--bind", required=True, type=hostport, help="ADDR:PORT to listen on")
+    ap.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="another address to listen on (same port), e.g. the host's management address",
+    )
     ap.add_argument("--pbx-rpc", default=None, help="Kamailio JSON-RPC URL, e.g. http://198.18.1.10:5071/RPC")
     ap.add_argument("--ul", default=None, help="this site's unified login, e.g. http://198.18.1.30:8080")
     ap.add_argument("--secret-env", required=True, help="environment variable holding the lab secret")
@@ -41,7 +48,7 @@ async def run(args: argparse.Namespace, secret: str) -> None:
         pbx_fail_after=args.pbx_fail_after,
         epoch_interval=args.epoch_interval,
     )
-    await srv.start(*args.bind)
+    await srv.start([args.bind[0], *args.also_listen] if args.also_listen else args.bind[0], args.bind[1])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -207,7 +207,7 @@ class CtiServer:
 
     # ---- life cycle -------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str | list[str], port: int) -> None:
         await self.pbx.start()
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
         self._server = await asyncio.start_server(self._serve, host, port, limit=P.MAX_LINE, backlog=1024)

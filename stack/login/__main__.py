@@ -26,6 +26,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m stack.login", description="Site unified login")
     ap.add_argument("--site", required=True)
     ap.add_argument("--bind", required=True, type=hostport, help="ADDR:PORT of the HTTP API")
+    ap.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="another address for the HTTP API (same port), e.g. the host's management address",
+    )
     ap.add_argument("--db", required=True, help="SQLite file for sessions and rules")
     ap.add_argument("--topology", required=True, help="topology YAML (agent directory)")
     ap.add_argument("--peer", default=None, help="the other site's UL, e.g. http://198.18.2.30:8080")
@@ -66,8 +73,8 @@ async def run(args: argparse.Namespace) -> None:
     )
     runner = web.AppRunner(ul.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.bind[0], args.bind[1], backlog=1024)
-    await site.start()
+    for addr in [args.bind[0], *args.also_listen]:
+        await web.TCPSite(runner, addr, args.bind[1], backlog=1024).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
