@@ -321,9 +321,15 @@ class Keeper:
                 f.flush()
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        for sup in self.supervisors.values():
-            sup.stop_all()
+    def shutdown(self, grace: float = 0.5) -> None:
+        """Ask every service to stop, all at once, for at most `grace` seconds. Whatever is left dies with
+        this process: the kernel kills a PID namespace's members when its init exits."""
+        stoppers = [threading.Thread(target=sup.stop_all, daemon=True) for sup in self.supervisors.values()]
+        for t in stoppers:
+            t.start()
+        deadline = time.monotonic() + grace
+        for t in stoppers:
+            t.join(max(0.0, deadline - time.monotonic()))
         for s in self.servers:
             s.close()
         for c in self.consoles.values():
@@ -394,8 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("lab failed to start")
         keeper.write_state(phase="failed", error=f"{type(e).__name__}: {e}")
         keeper.shutdown()
-        return 1
-    return 0
+        logging.shutdown()
+        os._exit(1)
+    logging.shutdown()
+    os._exit(0)  # do not wait for server threads: the kernel ends everything of the lab with us
 
 
 if __name__ == "__main__":
