@@ -35,7 +35,7 @@ def start_once(spec: pbx.PbxSpec) -> tuple[float, float, subprocess.Popen[bytes]
     t1 = time.monotonic()
     with open(spec.log_file, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    pbx.wait_ready(HOST, SIP_PORT, 10.0, proc)
+    pbx.wait_ready(HOST, SIP_PORT, 10.0, proc, spec.boot_id)
     return t1 - t0, time.monotonic() - t1, proc
 
 

@@ -640,10 +640,10 @@ def _source_host(source: str | tuple[str, int] | None) -> tuple[str | None, int]
     return source, 0
 
 
-def options_ping(
+def options(
     host: str, port: int, timeout: float = 1.0, source: str | tuple[str, int] | None = None
-) -> int | None:
-    """Send OPTIONS to the server itself; the final status code, or None if nothing answered in time.
+) -> SipMessage | None:
+    """Send OPTIONS to the server itself; its final response, or None if nothing answered in time.
 
     ``source`` is a local address (or ``(address, port)``) to send from. Socket errors such as ICMP
     port-unreachable also count as no answer, so this is safe to poll while the server starts.
@@ -655,9 +655,17 @@ def options_ping(
             req = ua.build_request(
                 "OPTIONS", uri, f"<sip:probe@{ua.local_host}>;tag={secrets.token_hex(6)}", f"<{uri}>"
             )
-            return ua.transaction(req, timeout)[-1].status
+            return ua.transaction(req, timeout)[-1]
     except (TimeoutError, OSError):
         return None
+
+
+def options_ping(
+    host: str, port: int, timeout: float = 1.0, source: str | tuple[str, int] | None = None
+) -> int | None:
+    """The status code :func:`options` gets (200 from a live PBX), or None if nothing answered."""
+    resp = options(host, port, timeout, source)
+    return resp.status if resp is not None else None
 
 
 def register(

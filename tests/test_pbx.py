@@ -39,7 +39,7 @@ def _run(spec: PbxSpec) -> Iterator[subprocess.Popen[bytes]]:
     with open(spec.log_file, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        pbx.wait_ready(spec.listen, spec.sip_port, 5.0, proc)
+        pbx.wait_ready(spec.listen, spec.sip_port, 5.0, proc, spec.boot_id)
         yield proc
     finally:
         t0 = time.monotonic()
@@ -172,6 +172,9 @@ def test_bad_config_fails_fast(tmp_path: Path) -> None:
 
 def test_options_answered_200(pbx_a: PbxSpec) -> None:
     assert sipprobe.options_ping(HOST, pbx_a.sip_port) == 200
+    resp = sipprobe.options(HOST, pbx_a.sip_port)
+    assert resp is not None and resp.header("X-Pbx-Boot") == pbx_a.boot_id != ""
+    assert resp.header("Server") == "hil-pbx sha-pbx1"
 
 
 def test_options_over_tcp(pbx_a: PbxSpec) -> None:
@@ -462,6 +465,18 @@ def test_two_instances_same_extensions(pbx_a: PbxSpec, pbx_b: PbxSpec) -> None:
     assert pbx_a.pid_file.read_text() != pbx_b.pid_file.read_text()
 
 
+def test_second_pbx_on_a_busy_port_is_not_reported_ready(pbx_a: PbxSpec, tmp_path: Path) -> None:
+    dup = PbxSpec("dup", HOST, pbx_a.sip_port, 25109, "lab", tmp_path, EXTS)
+    proc = pbx.start(dup)
+    try:
+        with pytest.raises(RuntimeError):  # pbx_a answers OPTIONS, but this Kamailio died on bind()
+            pbx.wait_ready(HOST, dup.sip_port, 3.0, proc, dup.boot_id)
+        assert "Address already in use" in dup.log_file.read_text()
+    finally:
+        pbx.stop(proc)
+    assert sipprobe.options_ping(HOST, pbx_a.sip_port) == 200  # the first one is untouched
+
+
 def test_nonce_of_one_pbx_is_rechallenged_by_the_other(pbx_a: PbxSpec, pbx_b: PbxSpec) -> None:
     """A phone that moves with cached credentials gets a fresh 401, not a 403 that would stop it."""
     with SipUdpClient(HOST, pbx_a.sip_port) as ua:
@@ -496,6 +511,7 @@ def test_events_pushed_to_cti(pbx_ev: PbxSpec, cti_rx: SipUdpClient) -> None:
     assert first and first[0]["event"] == "registered" and first[0]["ext"] == "1030"
     assert first[0]["contact"] == "sip:1030@127.0.0.1:25080" and first[0]["expires"] == 5
     assert first[0]["pbx"] == "sha-pbx2" and first[0]["source"] == "127.0.0.1:25080"
+    assert first[0]["boot"] == pbx_ev.boot_id and first[0]["seq"] >= 1
     with SipUdpClient(HOST, pbx_ev.sip_port, local_port=25081) as phone:
         assert phone.register("1031", EXTS["1031"]).status == 200
         assert phone.register("1031", EXTS["1031"], expires=0).status == 200
@@ -517,13 +533,15 @@ def test_crash_kills_workers_and_restart_starts_empty(tmp_path: Path) -> None:
     spec = PbxSpec("crash", HOST, 25066, 25106, "lab", tmp_path, EXTS)
     proc = pbx.start(spec)
     try:
-        pbx.wait_ready(HOST, spec.sip_port, 5.0, proc)
+        pbx.wait_ready(HOST, spec.sip_port, 5.0, proc, spec.boot_id)
         assert sipprobe.register(HOST, spec.sip_port, "1040", EXTS["1040"]) == 200
         pbx.kill(proc)
         assert pbx.group_members(proc.pid) == []
         assert sipprobe.options_ping(HOST, spec.sip_port, timeout=0.3) is None
+        first_boot = spec.boot_id
         proc = pbx.start(spec)  # same ports and work dir, as the keeper does after a PBX fault
-        pbx.wait_ready(HOST, spec.sip_port, 5.0, proc)
+        pbx.wait_ready(HOST, spec.sip_port, 5.0, proc, spec.boot_id)
+        assert spec.boot_id != first_boot  # a restart is visible from outside
         assert pbx.lookup(HOST, spec.rpc_port, "1040") == []  # memory-only location table
         assert sipprobe.register(HOST, spec.sip_port, "1040", EXTS["1040"]) == 200
     finally:
@@ -534,7 +552,7 @@ def test_crash_kills_workers_and_restart_starts_empty(tmp_path: Path) -> None:
 def test_stop_reaps_workers_orphaned_by_a_killed_main(tmp_path: Path) -> None:
     spec = PbxSpec("orphan", HOST, 25067, 25107, "lab", tmp_path, EXTS)
     proc = pbx.start(spec)
-    pbx.wait_ready(HOST, spec.sip_port, 5.0, proc)
+    pbx.wait_ready(HOST, spec.sip_port, 5.0, proc, spec.boot_id)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(5)
     assert sipprobe.options_ping(HOST, spec.sip_port, timeout=0.5) == 200  # workers still serve SIP

@@ -72,6 +72,8 @@ class Keeper:
         self.consoles: dict[str, Any] = {}
         self.supervisors: dict[str, Any] = {}
         self.probes: dict[tuple[str, str], Any] = {}
+        self.pdus: dict[str, Any] = {}
+        self.powered_off: dict[str, list[str]] = {}  # device -> services that ran when its power went
         self.autostart_swarm = autostart_swarm
         self.logs = run_dir / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -139,6 +141,7 @@ class Keeper:
                 realm="lab",
                 workdir=work,
                 extensions=exts,
+                rpc_also_listen=[str(d.spec.mgmt)] if d.spec.mgmt else [],
             )
             argv = netns.nsenter_argv(ns_path(d.name)) + pbx.write_files(spec)
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
@@ -232,12 +235,63 @@ class Keeper:
                 continue
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
             lsock = netns.listener_in(ns_path(d.name), str(d.spec.mgmt), d.spec.ssh_port)
-            factory = host_session_factory(d.name, sup)
+            factory = host_session_factory(d.name, sup, netns_argv=netns.nsenter_argv(ns_path(d.name)))
             server = SSHServer(lsock, key, {host_user: host_pass}, factory, name=d.name)
             server.start()
             self.servers.append(server)
             known.append(_known_line(str(d.spec.mgmt), d.spec.ssh_port, key))
         (self.run_dir / "known_hosts").write_text("\n".join(known) + "\n")
+
+    # -- power distribution units -------------------------------------------------------------------
+    def start_pdus(self) -> None:
+        """Each PDU's CLI on its console (a pty), switching the outlets' hosts through power()."""
+        from virtual.console import PtyConsole
+        from virtual.pdu import PowerBackend, pdu_session_factory
+
+        login = self.topo.model.credentials.console
+        users = {login.username: login.password.reveal()} if login else {}
+        for pdu in self.topo.of_kind("pdu"):
+            outlets = {n: o.connects for n, o in pdu.spec.outlets.items()}
+            backend = PowerBackend(outlets, self.power)
+            self.pdus[pdu.name] = backend
+            factory = pdu_session_factory(pdu.name, outlets, backend, users)
+            self.consoles[pdu.spec.console] = PtyConsole(factory, hostname=pdu.name)
+
+    def power(self, device: str, on: bool) -> None:
+        """An outlet feeding ``device`` switched. Off: its services die at once (SIGKILL, as a power cut)
+        and its interfaces lose link. On: links up, then the services that ran come back (booting)."""
+        from virtual.services import ServiceError
+
+        if device not in self.net.namespaces:
+            log.warning("power %s: not a host of this lab; outlet switched, nothing fed", device)
+            return
+        sup = self.supervisors.get(device)
+        ifaces = [ifname for ifname, _ in self.net.addresses.get(device, [])]
+        if not on:
+            running = [st["name"] for st in sup.status_all() if st["pid"]] if sup else []
+            self.powered_off[device] = [str(n) for n in running]
+            for name in running:
+                try:
+                    sup.kill(str(name), signal.SIGKILL)  # type: ignore[union-attr]
+                except ServiceError:
+                    pass
+            for ifname in ifaces:
+                netns.set_link(ifname, False, ns_path(device))
+            return
+        for ifname in ifaces:
+            netns.set_link(ifname, True, ns_path(device))
+        names = self.powered_off.pop(device, [])
+        if sup and names:
+            threading.Thread(target=self._boot, args=(device, sup, names), daemon=True).start()
+
+    def _boot(self, device: str, sup: Any, names: list[str]) -> None:
+        from virtual.services import ServiceError
+
+        for name in names:
+            try:
+                sup.start(name)
+            except ServiceError as e:
+                log.warning("power on %s: %s did not start: %s", device, name, e)
 
     # -- status and control ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -361,6 +415,7 @@ class Keeper:
         self.attach_controller()
         self.start_pbxs()
         self.start_emulators()
+        self.start_pdus()
         self.wait_pbxs()
         self.start_stack()
         self.write_state(

@@ -7,7 +7,7 @@ Use (the lab keeper prefixes argv to enter the site's PBX network namespace)::
 
     spec = PbxSpec("sha-pbx1", "198.18.1.10", 5060, 5080, "sha.lab", Path("/run/lab/sha-pbx1"), creds)
     proc = start(spec, prefix=["ip", "netns", "exec", "sha-pbx"])   # or Popen(prefix + write_files(spec))
-    wait_ready("198.18.1.10", 5060, 3.0)                             # OPTIONS answered 200
+    wait_ready("198.18.1.10", 5060, 3.0, proc, spec.boot_id)         # OPTIONS 200 from this start
     ...
     stop(proc)          # or kill(proc) to crash it as a fault would (main and workers at once)
 
@@ -18,7 +18,8 @@ is in memory only (usrloc db_mode 0, use_domain 0: the AOR is the bare extension
 extension (save flag 0x04), so a phone re-registering from a new address replaces its old binding.
 
 SIP behaviour (UDP and TCP on ``listen:sip_port``):
-- OPTIONS to the server itself (no user part) -> 200: the readiness and CTI liveness probe.
+- OPTIONS to the server itself (no user part) -> 200 with ``X-Pbx-Boot: <boot_id>`` (new at every
+  start): the readiness and CTI liveness probe; a changed boot id shows a restart from outside.
 - REGISTER: unknown extension -> 403; no or stale credentials -> 401 (qop=auth); wrong password or an
   auth user other than the To user -> 403; otherwise 200 and the contact is in the location table.
   ``Expires: 0`` removes it. Expires are clamped to 5..7200 s (default 3600).
@@ -71,10 +72,15 @@ How a CTI learns registration changes:
    (uac module, ``uac_req_send``, stateful via tm) to ``event_target`` with ``Content-Type:
    application/json`` and a body ``{"event": "registered"|"unregistered"|"expired", "pbx": <name>,
    "ext": <ext>, "contact": <uri or "">, "expires": <seconds left>, "source": "<ip>:<port>" or "",
-   "ts": <unix time>}``; "expired" comes from the usrloc timer (every ``expiry_check_s``, default 10 s)
-   when a phone stops refreshing. Why SIP MESSAGE: the base ``kamailio`` package the Makefile installs
-   has no HTTP client module (http_client / http_async_client come in separate Debian module packages
-   the lab does not install), uac_req_send needs nothing beyond tm, and tm retransmits over UDP.
+   "callid": <REGISTER Call-ID>, "cseq": <int>, "seq": <int>, "boot": <boot_id>, "ts": <unix time>}``.
+   MESSAGEs leave from several workers and may arrive out of order: ``seq`` increases PBX-wide from 1
+   per ``boot`` and is taken under a per-extension lock with save(), so a CTI applies an event only if
+   its (boot, seq) is newer than the last one applied for that extension. ``"`` and ``\\`` in Call-ID or
+   contact become ``_`` (the body is built in the config script). "expired" comes from the usrloc
+   timer (every ``expiry_check_s``, default 10 s) when a phone stops refreshing.
+   Why SIP MESSAGE: the base ``kamailio`` package the Makefile installs has no HTTP client module
+   (http_client / http_async_client come in separate Debian module packages the lab does not install),
+   uac_req_send needs nothing beyond tm, and tm retransmits over UDP.
    The CTI (stack/cti/server.py) polls today, so it needs a small SIP/UDP listener answering 200 to
    use the events. Events are hints, not the truth: MESSAGEs sent while the CTI is down are dropped
    after the tm timeout, so a CTI must reconcile with ``ul.dump`` on (re)start.
@@ -89,13 +95,14 @@ import json
 import math
 import os
 import re
+import secrets
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +137,8 @@ class PbxSpec:
     DNS, so more would only add context switches); ``tcp_children`` serve SIP over TCP and JSON-RPC.
     ``log_registers`` adds one NOTICE line per REGISTER to the log (off: errors only).
     ``allocator`` is Kamailio's memory manager (``-x``): tlsf (default), fm, or qm (slow, for debugging).
+    ``boot_id`` is set by :func:`write_files` (new at every start) and sent by the PBX in the
+    ``X-Pbx-Boot`` header of its OPTIONS answer: pass it to :func:`wait_ready`.
     ``shm_mb`` is reserved, not used up front (~26 MB PSS for a running PBX with 10,000 extensions);
     256 MB because a 10,000-phone storm with events on and the CTI down holds ~90 MB of MESSAGE
     transactions until tm gives up on them (4 s).
@@ -143,6 +152,7 @@ class PbxSpec:
     workdir: Path
     extensions: dict[str, str]
     event_target: str | None = None
+    rpc_also_listen: list[str] = field(default_factory=list)
     children: int = 4
     tcp_children: int = 3
     log_registers: bool = False
@@ -151,6 +161,7 @@ class PbxSpec:
     pkg_mb: int = 32
     allocator: str = "tlsf"
     kamailio: str = KAMAILIO
+    boot_id: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -232,6 +243,10 @@ def render_config(spec: PbxSpec) -> str:
         "HASH_BITS": str(bits),
         "EXPIRY_CHECK": str(spec.expiry_check_s),
         "EVENT_URI": event_uri(spec.event_target) if spec.event_target else "",
+        "BOOT_ID": spec.boot_id or "none",
+        # JSON-RPC also on e.g. the management address, so the controller observes the PBX from outside
+        # the data plane (a cut data link must not blind the harness)
+        "RPC_EXTRA_LISTEN": "".join(f"listen=tcp:{a}:{spec.rpc_port}\n" for a in spec.rpc_also_listen),
     }
 
     def fill(match: re.Match[str]) -> str:
@@ -251,11 +266,13 @@ def write_files(spec: PbxSpec) -> list[str]:
     """Write the config and credential table under ``spec.workdir``; return the foreground argv.
 
     The argv runs Kamailio in the foreground (``-DD``) logging to stderr (``-E``), with its pid file and
-    runtime dir inside the work dir so two PBXs on one machine never share /run/kamailio.
+    runtime dir inside the work dir so two PBXs on one machine never share /run/kamailio. Sets a new
+    ``spec.boot_id`` for this start.
     """
     spec.workdir.mkdir(parents=True, exist_ok=True)
     spec.db_dir.mkdir(exist_ok=True)
     spec.run_dir.mkdir(exist_ok=True)
+    spec.boot_id = secrets.token_hex(8)
     lines = ["ext(str) ha1(str)\n"]
     lines += [f"{ext}:{ha1(ext, spec.realm, pw)}\n" for ext, pw in spec.extensions.items()]
     table = spec.db_dir / CRED_TABLE
@@ -400,16 +417,22 @@ def kill(proc: subprocess.Popen[bytes] | int) -> None:
 
 
 def wait_ready(
-    host: str, port: int, timeout: float = 5.0, proc: subprocess.Popen[bytes] | None = None
+    host: str,
+    port: int,
+    timeout: float = 5.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    boot_id: str | None = None,
 ) -> float:
     """Poll OPTIONS until the PBX answers 200; return the seconds waited.
 
-    Raises TimeoutError, or RuntimeError at once if ``proc`` (the Kamailio child) has exited, which is
-    what a bad config or a port already in use looks like.
+    With ``boot_id`` (``spec.boot_id``) only an answer carrying it counts, so an older PBX still
+    answering on the same address cannot pass for this start (a pid file cannot tell: Kamailio writes
+    it before binding its sockets). Raises TimeoutError, or RuntimeError at once if ``proc`` (the
+    Kamailio child) has exited, which is what a bad config or a port in use looks like.
     """
     # harness/sipprobe.py is the one SIP prober of the product (stdlib only); imported here, not at
     # module level, so importing virtual.pbx never pulls in the harness package.
-    from harness.sipprobe import options_ping
+    from harness.sipprobe import options
 
     t0 = time.monotonic()
     # Short pings first (a ping sent before the socket is bound is simply lost), longer ones later so a
@@ -421,8 +444,10 @@ def wait_ready(
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
             raise TimeoutError(f"PBX {host}:{port} not answering OPTIONS after {timeout:.1f}s")
-        if options_ping(host, port, timeout=min(per_ping, left)) == 200:
-            return time.monotonic() - t0
+        resp = options(host, port, timeout=min(per_ping, left))
+        if resp is not None and resp.status == 200:
+            if boot_id is None or resp.header("X-Pbx-Boot") == boot_id:
+                return time.monotonic() - t0
         per_ping = min(per_ping * 1.5, 1.0)
 
 
