@@ -5,10 +5,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := kamailio tcpdump tshark sip-tester iproute2 nftables iptables iputils-ping procps tcpreplay \
-	util-linux python3-venv
+	util-linux python3-venv chromium
 STAMP := .hil
 
-.PHONY: run test setup deb venv lint clean
+.PHONY: run test setup deb venv npm lint clean
 
 run: setup
 	$(VENV)/bin/hil run
@@ -16,10 +16,10 @@ run: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-setup: deb venv
+setup: deb venv npm
 
 deb: $(STAMP)/deb
-$(STAMP)/deb:
+$(STAMP)/deb: Makefile
 	@mkdir -p $(STAMP)
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -39,9 +39,18 @@ $(STAMP)/venv: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# Allure 3 (the npm package `allure`, no Java) builds the HTML report: `hil report`. Exact versions from
+# package-lock.json into ./node_modules; npm ci rewrites node_modules/.package-lock.json, the target.
+npm: node_modules/.package-lock.json
+node_modules/.package-lock.json: package.json package-lock.json | $(STAMP)/deb
+	@command -v npm >/dev/null || { echo "installing Debian packages: nodejs npm"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(STAMP) $(VENV) reports/allure-results reports/allure-report
+	rm -rf $(STAMP) $(VENV) node_modules reports/allure-results reports/allure-report

@@ -90,6 +90,32 @@ def lab_down() -> None:
         click.echo("no lab is up")
 
 
+@lab.command("restore")
+@topology_option
+@click.option("--journal", "journal", type=click.Path(dir_okay=False), default=None, help="fault journal")
+@click.option("--all", "include_live", is_flag=True, help="also faults of a controller that still runs")
+@_friendly
+def lab_restore(topology_file: str | None, journal: str | None, include_live: bool) -> None:
+    """Heal every fault a controller left open in the journal (e.g. one killed with SIGKILL)."""
+    from harness import faults
+    from harness.lab import open_lab
+    from virtual import lab as vlab
+
+    topo = topology_mod.load(topology_file)
+    if topo.kind == "virtual" and vlab.find(topo.name) is None:
+        click.echo("no lab is up: nothing to restore")
+        return
+    the_lab = open_lab(topo, bring_up=False)
+    results = faults.restore(the_lab, journal, include_live=include_live)
+    if not results:
+        click.echo("no open faults")
+    for r in results:
+        extra = r.get("reason") or r.get("error") or (f"via {r['via']}" if r.get("via") else "")
+        click.echo(f"{r['result']:<8} {r['id']} {r['kind']} {r['target']} {extra}".rstrip())
+    if any(r["result"] == "failed" for r in results):
+        sys.exit(EXIT_FAIL)
+
+
 @lab.command("status")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @_friendly
@@ -285,6 +311,43 @@ def validate(topology_file: str | None) -> None:
         f"{topo.file}: ok: {topo.kind} lab {topo.name}, {len(topo.sites)} sites, {summary}, "
         f"{len(topo.agents())} agents"
     )
+
+
+@main.command("report")
+@click.option("--results", default="reports/allure-results", show_default=True, help="Allure results")
+@click.option("--out", default="reports/allure-report", show_default=True, help="where the HTML report goes")
+@click.option("--name", default="hil failover lab", show_default=True, help="the report's title")
+@_friendly
+def report_cmd(results: str, out: str, name: str) -> None:
+    """Build the HTML report from the Allure results with Allure 3 (npm `allure`, installed by make setup)."""
+    from harness import report
+
+    t0 = time.monotonic()
+    try:
+        index = report.build_report(results, out, name=name)
+    except report.ReportError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(e, report.ReportInputError) else EXIT_FAIL)
+    click.echo(f"report built in {time.monotonic() - t0:.1f} s: {index}")
+    click.echo(f"open it with: {report.allure_cli()} open {index.parent}  (it needs HTTP, not file://)")
+
+
+@main.command("gate")
+@click.option("--policy", default=None, help="release policy (default: ./gate.yaml, else the repository's)")
+@click.option("--results", default="reports/allure-results", show_default=True, help="Allure results")
+@click.option("--out", default="reports", show_default=True, help="for gate.json, gate.md, gate-junit.xml")
+@_friendly
+def gate_cmd(policy: str | None, results: str, out: str) -> None:
+    """Judge a run for release: exit 0 ship, 1 do not ship, 2 could not judge (evidence missing)."""
+    from harness import gate
+
+    rep = gate.run_gate(policy, results)
+    click.echo(gate.table(rep))
+    for line in rep.problems:
+        click.echo(f"error: {line}", err=True)
+    paths = gate.write_outputs(rep, out)
+    click.echo(f"written: {', '.join(str(p) for p in paths.values())}")
+    sys.exit(rep.exit_code)
 
 
 if __name__ == "__main__":
