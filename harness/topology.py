@@ -134,6 +134,7 @@ class UlNode(Node):
 
 class HostNode(Node):
     role: Literal["agents", "caller", "capture", "other"] = "other"
+    extension: str | None = Field(None, description="a caller host's own extension (the test caller)")
 
 
 class Port(Strict):
@@ -332,6 +333,7 @@ class Topology:
         """Every extension a PBX must accept: all pools of all sites, and the lab's own phones."""
         exts = [a.extension for a in self.agents()]
         exts += [d.spec.extension for d in self.of_kind("phone") if d.spec.extension]
+        exts += [d.spec.extension for d in self.of_kind("host") if d.spec.extension]
         return exts
 
     def management_path(self) -> set[tuple[str, str]]:
@@ -492,7 +494,7 @@ def _cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
         width = len(pool.extensions.split("-")[0])
         for n in rng[: pool.count]:
             owner.setdefault(str(n).zfill(width), base)
-    for ph in t.of_kind("phone"):
+    for ph in t.of_kind("phone") + t.of_kind("host"):
         ext = ph.spec.extension
         if ext and ext in owner:
             yield f"{ph.path}.extension", f"extension {ext} is also in {owner[ext]}"

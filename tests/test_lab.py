@@ -61,7 +61,7 @@ def test_status_json(lab: Lab) -> None:
     pbx = [p for p in st["processes"] if p["device"].endswith("pbx1")]
     assert len(pbx) == 2 and all(p["answers"] and p["host_pid"] for p in pbx)
     assert all(st["ssh"].values()), st["ssh"]
-    assert set(st["consoles"]) == {"sha-con1", "ntg-con1"}
+    assert {"sha-con1", "ntg-con1"} <= set(st["consoles"])
     for p in pbx:  # the PID is the real kamailio, seen from the controller
         assert "kamailio" in Path(f"/proc/{p['host_pid']}/cmdline").read_bytes().decode()
 

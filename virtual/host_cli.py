@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +32,10 @@ __all__ = [
 ]
 
 Result = tuple[int, str, str]
+_NET_TOOLS = ("nft", "iptables", "tc")
+# Options that would read files of the keeper (nft -f, includes, tc -batch): refused.
+_NET_TOOL_REFUSED = {"nft": ("-f", "-I", "--includepath"), "tc": ("-b", "-batch")}
+_NET_TOOL_TIMEOUT = 15.0
 _SHOW_PROPERTIES = (
     "Id",
     "Names",
@@ -82,8 +88,10 @@ class HostCLI(LineSessionBase):
         *,
         files: Iterable[str | os.PathLike[str]] = (),
         username: str = "root",
+        netns_argv: list[str] | None = None,
     ) -> None:
         self.hostname = hostname
+        self.netns_argv = list(netns_argv) if netns_argv is not None else None
         self.supervisor = supervisor
         self.username = username or "root"
         self._files = [Path(f) for f in files]
@@ -101,6 +109,11 @@ class HostCLI(LineSessionBase):
             "whoami": lambda args: (0, self.username + "\n", ""),
             "sleep": self._sleep,
         }
+        if self.netns_argv is not None:
+            # Packet filters and qdiscs are real: the binaries run inside this host's own network
+            # namespace, so a fault injected over SSH acts on the host's real traffic, as on hardware.
+            for tool in _NET_TOOLS:
+                self._commands[tool] = lambda args, tool=tool: self._net_tool(tool, args)
 
     # -- shell ---------------------------------------------------------------------------------
 
@@ -175,6 +188,24 @@ class HostCLI(LineSessionBase):
         if args and args[0] == "-n":
             args, newline = args[1:], ""
         return 0, " ".join(args) + newline, ""
+
+    def _net_tool(self, tool: str, args: list[str]) -> Result:
+        """nft / iptables / tc, for real, in this host's network namespace (never the keeper's)."""
+        bad = [a for a in args if a in _NET_TOOL_REFUSED.get(tool, ()) or a.startswith("--file")]
+        if bad:
+            return 2, "", f"{tool}: option {bad[0]} is not supported on this lab host\n"
+        binary = shutil.which(tool) or f"/usr/sbin/{tool}"
+        try:
+            r = subprocess.run(
+                [*(self.netns_argv or []), binary, *args],
+                capture_output=True,
+                text=True,
+                timeout=_NET_TOOL_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 1, "", f"{tool}: {exc}\n"
+        return r.returncode, r.stdout, r.stderr
 
     def _sleep(self, args: list[str]) -> Result:
         time.sleep(min(float(args[0]), 60.0))
@@ -450,12 +481,19 @@ HostShell = HostCLI  # the name the keeper uses
 
 
 def host_session_factory(
-    hostname: str, supervisor: ServiceSupervisor, files: Iterable[str | os.PathLike[str]] = ()
+    hostname: str,
+    supervisor: ServiceSupervisor,
+    files: Iterable[str | os.PathLike[str]] = (),
+    netns_argv: list[str] | None = None,
 ) -> Callable[[str], HostCLI]:
-    """A session_factory for SSHServer: one HostCLI per SSH session, all on one supervisor."""
+    """A session_factory for SSHServer: one HostCLI per SSH session, all on one supervisor.
+
+    ``netns_argv`` (e.g. ``nsenter --net=/run/netns/sha-pbx1 --``) enables nft, iptables and tc, run in
+    that namespace; without it those commands are "not found" rather than acting on the keeper.
+    """
     paths = list(files)
 
     def factory(username: str = "root") -> HostCLI:
-        return HostCLI(hostname, supervisor, files=paths, username=username)
+        return HostCLI(hostname, supervisor, files=paths, username=username, netns_argv=netns_argv)
 
     return factory

@@ -169,13 +169,17 @@ class ServiceSupervisor:
         return self.start(name)
 
     def kill(self, name: str, sig: int) -> None:
-        """Send one signal to the main process only (``systemctl kill -s SIG``)."""
+        """Send a signal to every process of the unit, as ``systemctl kill -s SIG`` does by default
+        (--kill-whom=all): a paused kamailio must have its workers paused too, or it still answers."""
         unit = self._unit(name)
         with self._cv:
             if unit.proc is None:
                 raise ServiceError(f"Failed to kill unit {name}.service: No main process to kill")
             proc = unit.proc
             self._signal(unit, sig)
+            # the unit's process group is led by our unreaped child, so its id cannot have been reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
             # Let the effect show before returning, so a status read right after reflects it.
             if sig == signal.SIGKILL:
                 self._cv.wait_for(lambda: unit.proc is not proc, _SIGNAL_SETTLE)

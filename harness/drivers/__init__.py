@@ -51,4 +51,58 @@ def driver_for(lab: Lab, name: str, steps: Steps | None = None) -> Any:
             trust_new_host_keys=trust,
         )
         return HostDriver(name, access, steps)
+    if d.kind == "phone":
+        from harness.drivers.phone import PhoneAccess, phone_driver
+
+        if creds.phone is None:
+            raise DeviceError(f"{lab.topology.file}: credentials.phone is needed to drive {name}")
+        access_p = PhoneAccess(
+            host=str(d.spec.mgmt or d.spec.address),
+            port=d.spec.api_port,
+            username=creds.phone.username,
+            password=reveal(creds.phone.password, "credentials.phone.password"),
+        )
+        return phone_driver(d.spec.vendor, name, access_p, steps)
+    if d.kind == "console":
+        return console_for(lab, name, steps)
+    if d.kind == "pdu":
+        from harness.drivers.power import power_driver
+
+        return power_driver(name, d.spec.model, console_for(lab, d.spec.console, steps), steps)
     raise DeviceError(f"{name}: no driver for device kind {d.kind!r} yet")
+
+
+def console_url(lab: Lab, console: str) -> str:
+    """Where a console port is: its device path or socket:// URL; the lab's pty for `url: virtual`."""
+    spec = lab.topology.device(console).spec
+    if spec.url != "virtual":
+        return str(spec.url)
+    if lab.handle is None:
+        raise DeviceError(f"{console}: url 'virtual' needs the virtual lab to be up")
+    path = lab.handle.state().get("consoles", {}).get(console)  # type: ignore[attr-defined]
+    if not path:
+        raise DeviceError(f"{console}: the virtual lab serves no console of that name")
+    return str(path)
+
+
+def console_for(lab: Lab, console: str, steps: Steps | None = None) -> Any:
+    """The driver for a console port: the vendor CLI of the device it is cabled to (switch), or plain."""
+    from harness.credentials import reveal
+    from harness.drivers.console import ConsoleAccess, ConsoleDriver, SwitchConsole
+
+    con = lab.topology.device(console)
+    if con.kind != "console":
+        raise DeviceError(f"{console} is a {con.kind}, not a console port")
+    login = lab.topology.model.credentials.console
+    access = ConsoleAccess(
+        url=console_url(lab, console),
+        baudrate=con.spec.baudrate,
+        username=login.username if login else None,
+        password=reveal(login.password, "credentials.console.password") if login else None,
+    )
+    target = lab.topology.devices.get(con.spec.device)
+    if target is not None and target.kind == "switch":
+        sw = lab.topology.model.credentials.switch
+        secret = reveal(sw.secret, "credentials.switch.secret") if sw and sw.secret else None
+        return SwitchConsole(target.name, access, target.spec.device_type, secret, steps)
+    return ConsoleDriver(con.spec.device, access, steps)
