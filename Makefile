@@ -13,8 +13,15 @@ STAMP := .hil
 run: setup
 	$(VENV)/bin/hil run
 
+# The project's own tests, then the scenario suite: on the default lab, then the scale scenario on the
+# 1,000-agent lab (both sessions always run; the target fails if either does).
 test: setup
 	$(PY) -m pytest -q tests
+	@rc=0; \
+	$(PY) -m pytest -q -p no:cacheprovider scenarios -m "not scale" --alluredir reports/allure-results || rc=1; \
+	$(PY) -m pytest -q -p no:cacheprovider scenarios -m scale --topology topologies/virtual-1k.yaml \
+		--alluredir reports/allure-results || rc=1; \
+	exit $$rc
 
 setup: deb venv npm
 

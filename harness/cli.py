@@ -183,22 +183,25 @@ def _probe_ssh(topo: topology_mod.Topology) -> dict[str, bool]:
 
 @main.command("run")
 @topology_option
+@click.option("--dry-run", is_flag=True, help="print every device action the suite would take; touch nothing")
+@click.option("--policy", default=None, help="release gate policy (default: ./gate.yaml)")
+@click.option("--no-scale", is_flag=True, help="skip the 1,000-agent scale session")
 @_friendly
-def run(topology_file: str | None) -> None:
-    """The main job: lab up, show its status, lab down (the scenario suite joins here)."""
-    from virtual import lab as vlab
+def run(topology_file: str | None, dry_run: bool, policy: str | None, no_scale: bool) -> None:
+    """The main job: virtual lab up, the scenario suite, the Allure report, the gate verdict, lab down.
 
-    topo = topology_mod.load(topology_file)
+    Ctrl-C at any point heals the faults in place and takes the lab down. Exit code: the gate's (0 ship,
+    1 do not ship, 2 could not judge), 130 when interrupted.
+    """
+    from harness import mainjob
+
     t0 = time.monotonic()
-    h = vlab.up(topo)
-    click.echo(f"lab {h.name} is up in {time.monotonic() - t0:.2f} s")
-    try:
-        ctx = click.get_current_context()
-        ctx.invoke(lab_status, as_json=False)
-    finally:
-        t1 = time.monotonic()
-        vlab.down(h)
-        click.echo(f"lab is down in {time.monotonic() - t1:.2f} s")
+    res = mainjob.run(topology_file, dry_run=dry_run, policy=policy, scale=not no_scale, out=click.echo)
+    if not dry_run:
+        click.echo("")
+        click.echo(mainjob.summary(res))
+    click.echo(f"done in {time.monotonic() - t0:.0f} s")
+    sys.exit(res.exit_code)
 
 
 @main.group()
@@ -348,6 +351,69 @@ def gate_cmd(policy: str | None, results: str, out: str) -> None:
     paths = gate.write_outputs(rep, out)
     click.echo(f"written: {', '.join(str(p) for p in paths.values())}")
     sys.exit(rep.exit_code)
+
+
+# ---- benchmarks: thin wrappers that run the scripts in bench/ (options after the known ones pass through)
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def _bench(script: str, argv: list[str]) -> None:
+    import subprocess
+
+    from harness.topology import REPO_ROOT
+
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / script), *argv], cwd=REPO_ROOT)
+    sys.exit(r.returncode)
+
+
+def _json_arg(json_file: str | None) -> list[str]:
+    return ["--json", json_file] if json_file else []
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks of the product, each against a peer in the same run; figures to a JSON file.
+
+    Run them in a network namespace of your own (one virtual lab per namespace):
+    unshare --net sh -c 'ip link set lo up; HIL_RUN_DIR=/tmp/hil-bench hil bench failover ...'
+    """
+
+
+@bench.command("failover", context_settings=_PASS_THROUGH)
+@click.option("--agents", type=click.Choice(["100", "1000", "10000"]), default="100", show_default=True)
+@click.option(
+    "--fault", type=click.Choice(["pbx-kill", "pbx-port", "cti-kill"]), default="pbx-kill", show_default=True
+)
+@click.option("--json", "json_file", default=None, help="write the figures here")
+@click.pass_context
+def bench_failover(ctx: click.Context, agents: str, fault: str, json_file: str | None) -> None:
+    """Failover of N agents (half at the faulted site): detection, recovery p50/p95/max, CPU, memory, PNG."""
+    _bench("bench_failover.py", ["--agents", agents, "--fault", fault, *_json_arg(json_file), *ctx.args])
+
+
+@bench.command("register", context_settings=_PASS_THROUGH)
+@click.option("--json", "json_file", default=None, help="write the figures here")
+@click.pass_context
+def bench_register(ctx: click.Context, json_file: str | None) -> None:
+    """The swarm's REGISTER rate (digest auth) against SIPp's, same kamailio, same run."""
+    _bench("bench_register.py", [*_json_arg(json_file), *ctx.args])
+
+
+@bench.command("capture", context_settings=_PASS_THROUGH)
+@click.option("--json", "json_file", default=None, help="write the figures here")
+@click.pass_context
+def bench_capture(ctx: click.Context, json_file: str | None) -> None:
+    """Capture drops at 20,000 and 50,000 packets/s, and decoding rate against tshark -T fields."""
+    _bench("bench_capture.py", [*_json_arg(json_file), *ctx.args])
+
+
+@bench.command("lab", context_settings=_PASS_THROUGH)
+@click.option("--json", "json_file", default=None, help="write the figures here")
+@click.pass_context
+def bench_lab(ctx: click.Context, json_file: str | None) -> None:
+    """Lab up and down times, the default and the 10,000-agent topology."""
+    _bench("bench_lab.py", [*_json_arg(json_file), *ctx.args])
 
 
 if __name__ == "__main__":

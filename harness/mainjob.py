@@ -1,0 +1,292 @@
+"""The main job (`hil run`, `make run`): lab up, the scenario suite, the Allure report, the gate, lab down.
+
+Why the suite runs as a pytest child process: the scenarios are pytest tests (fixtures, markers, Allure
+results), and a child keeps the controller that owns the lab alive and in charge if a test crashes. On
+Ctrl-C the child gets the SIGINT too (same process group) and heals its faults on the way out; this parent
+then heals whatever the fault journal still holds (its controller is gone by then) and takes the lab down.
+
+The scale scenario needs 1,000 agents, so on a smaller virtual lab the job runs it in a second pytest
+session on ``topologies/virtual-1k.yaml`` (same Allure results), as `make test` does.
+
+``dry_run``: nothing is brought up or touched. The suite runs with ``--dry-run`` (every fault contributes
+its ``plan()``, every driver its steps) and the job prints the whole plan of device actions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import topology as topology_mod
+from harness.topology import REPO_ROOT
+
+SCALE_TOPOLOGY = REPO_ROOT / "topologies" / "virtual-1k.yaml"
+SCALE_AGENTS = 1000
+
+
+@dataclass
+class Session:
+    """One pytest session of the suite and what it reported."""
+
+    name: str
+    topology: Path
+    markers: str | None
+    returncode: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class JobResult:
+    sessions: list[Session] = field(default_factory=list)
+    gate_exit: int | None = None
+    report: Path | None = None
+    gate_files: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    exit_code: int = 0
+    plan: str = ""
+
+
+def _junit_counts(path: Path) -> dict[str, int]:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    out = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for s in suites:
+        for k in out:
+            out[k] += int(s.get(k, 0) or 0)
+    out["passed"] = out["tests"] - out["failures"] - out["errors"] - out["skipped"]
+    return out
+
+
+def pytest_argv(
+    topology: Path, markers: str | None, results: Path, reports: Path, policy: str | None, dry_run: bool,
+    junit: Path,
+) -> list[str]:  # fmt: skip
+    argv = [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-q", "-ra"]
+    argv += ["--topology", str(topology), "--alluredir", str(results), "--junitxml", str(junit)]
+    argv += ["--hil-reports", str(reports)]
+    if markers:
+        argv += ["-m", markers]
+    if policy:
+        argv += ["--gate-policy", policy]
+    if dry_run:
+        argv.append("--dry-run")
+    return argv
+
+
+def _run_child(argv: list[str], out: Callable[[str], None]) -> int:
+    """Run pytest and wait. The child has a process group of its own, so a Ctrl-C reaches this parent only;
+    the parent then sends the child exactly one SIGINT (a second one would cut pytest's teardown, which is
+    where faults heal and captures stop), waits for it, and re-raises."""
+    out("$ " + " ".join(argv[2:]))
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)  # pytest tears down: faults heal, the capture stops
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        raise
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) end the job the way Ctrl-C does: heal, lab down. SIGINT is restored to Python's
+    default even if the job was started with it ignored (a background job of a shell)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raiser(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, raiser)
+    signal.signal(signal.SIGHUP, raiser)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _heal_leftovers(topo: topology_mod.Topology, out: Callable[[str], None]) -> None:
+    """Heal every fault a (now dead) suite left in the journal."""
+    try:
+        from harness import faults
+        from harness.lab import open_lab
+
+        lab = open_lab(topo, bring_up=False)
+        for r in faults.restore(lab):
+            out(f"healed a leftover fault: {r}")
+    except Exception as e:  # the lab may already be gone: nothing left to heal then
+        out(f"restore: {type(e).__name__}: {e}")
+
+
+def run(
+    topology_file: str | None,
+    *,
+    dry_run: bool = False,
+    policy: str | None = None,
+    scale: bool = True,
+    out: Callable[[str], None] = print,
+    reports: Path = REPO_ROOT / "reports",
+) -> JobResult:
+    """The whole job; see the module docstring. Returns what happened (exit code in ``exit_code``)."""
+    topo = topology_mod.load(topology_file)
+    policy = policy or (str(REPO_ROOT / "gate.yaml") if (REPO_ROOT / "gate.yaml").exists() else None)
+    results = reports / "allure-results"
+    res = JobResult()
+    for p in (results, reports / "histories", reports / "verdicts", reports / "pcap"):
+        shutil.rmtree(p, ignore_errors=True)
+    (reports / "plan.jsonl").unlink(missing_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+
+    sessions = [Session("suite", Path(topo.file), None if dry_run else "not scale")]
+    if not dry_run and scale and topo.kind == "virtual" and len(topo.agents()) < SCALE_AGENTS:
+        if SCALE_TOPOLOGY.exists():
+            sessions.append(Session("scale", SCALE_TOPOLOGY, "scale"))
+    elif not dry_run and scale:
+        sessions[0].markers = None  # this lab is big enough (or physical): scale runs in the same session
+
+    try:
+        with _terminate_as_interrupt():
+            _run_sessions(sessions, res, results, reports, policy, dry_run, out)
+    except KeyboardInterrupt:
+        res.interrupted = True
+        res.exit_code = 130
+        return res
+
+    if dry_run:
+        from harness.scenario import format_plan, read_plan
+
+        res.plan = format_plan(read_plan(reports / "plan.jsonl"))
+        out(res.plan or "(no plan: no scenario was collected)")
+        failed = [s for s in res.sessions if s.returncode not in (0, 5)]
+        res.exit_code = 1 if failed else 0
+        return res
+
+    from harness import gate, report
+
+    try:
+        res.report = report.build_report(results, reports / "allure-report", name="hil failover lab")
+    except report.ReportError as e:
+        out(f"report: {e}")
+    try:
+        rep = gate.run_gate(policy, results)
+        out(gate.table(rep))
+        for line in rep.problems:
+            out(f"gate: {line}")
+        res.gate_files = gate.write_outputs(rep, reports)
+        res.gate_exit = rep.exit_code
+    except Exception as e:  # a broken gate must not hide the suite's own result
+        out(f"gate: {type(e).__name__}: {e}")
+    suite_failed = any(s.returncode not in (0,) for s in res.sessions)
+    res.exit_code = res.gate_exit if res.gate_exit is not None else (1 if suite_failed else 0)
+    return res
+
+
+def _run_sessions(
+    sessions: list[Session], res: JobResult, results: Path, reports: Path, policy: str | None, dry_run: bool,
+    out: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Each pytest session of the suite on its lab: up, leftovers healed, pytest, down (if ours)."""
+    for s in sessions:
+        stopo = topology_mod.load(s.topology)
+        t0 = time.monotonic()
+        handle, owned = (None, False) if dry_run else _bring_up(stopo, out)
+        try:
+            if not dry_run:
+                _heal_leftovers(stopo, out)  # a killed earlier run may have left a fault in place
+            junit = reports / f"junit-{s.name}.xml"
+            junit.unlink(missing_ok=True)  # a killed session must not report the last run's counts
+            argv = pytest_argv(s.topology, s.markers, results, reports, policy, dry_run, junit)
+            s.returncode = _run_child(argv, out)
+            s.counts = _junit_counts(junit)
+        except KeyboardInterrupt:
+            out("interrupted: healing faults and taking the lab down")
+            if not dry_run:
+                _heal_leftovers(stopo, out)
+            raise
+        finally:
+            if owned:
+                _take_down(handle, out)
+        s.seconds = time.monotonic() - t0
+        res.sessions.append(s)
+
+
+def _bring_up(topo: topology_mod.Topology, out: Callable[[str], None]) -> tuple[Any, bool]:
+    """The lab up (a virtual one), and whether this job brought it up (and so must take it down)."""
+    if topo.kind != "virtual":
+        return None, False
+    from virtual import lab as vlab
+
+    running = vlab.find()
+    if running is not None and running.name == topo.name:
+        out(f"lab {topo.name} is already up: using it (and leaving it up)")
+        return running, False
+    if running is not None:
+        raise vlab.LabError(f"lab {running.name} is up; the job needs {topo.name}: run `hil lab down` first")
+    t0 = time.monotonic()
+    h = vlab.up(topo)
+    out(f"lab {h.name} is up in {time.monotonic() - t0:.1f} s")
+    return h, True
+
+
+def _take_down(handle: Any, out: Callable[[str], None]) -> None:
+    from virtual import lab as vlab
+
+    t0 = time.monotonic()
+    vlab.down(handle)
+    out(f"lab {handle.name} is down in {time.monotonic() - t0:.1f} s")
+
+
+def summary(res: JobResult, reports: Path = REPO_ROOT / "reports") -> str:
+    """The short summary at the end of the job: sessions, gate verdict, and where the report is."""
+    lines = []
+    for s in res.sessions:
+        c = s.counts
+        counts = (
+            ", ".join(f"{c.get(k, 0)} {k}" for k in ("passed", "failures", "errors", "skipped")) if c else ""
+        )
+        lines.append(
+            f"{s.name} ({s.topology.name}): pytest exit {s.returncode}, {counts} in {s.seconds:.0f} s"
+        )
+    if res.gate_exit is not None:
+        word = {0: "SHIP", 1: "DO NOT SHIP", 2: "COULD NOT JUDGE"}.get(res.gate_exit, str(res.gate_exit))
+        lines.append(f"gate: {word} (exit {res.gate_exit}); {reports / 'gate.md'}")
+    if res.report is not None:
+        lines.append(f"report: {res.report}  (open: {_allure_hint(res.report)})")
+    lines.append(f"evidence: {reports / 'histories'}, {reports / 'pcap'}, {reports / 'verdicts'}")
+    return "\n".join(lines)
+
+
+def _allure_hint(index: Path) -> str:
+    try:
+        from harness import report
+
+        return f"{report.allure_cli()} open {index.parent}"
+    except Exception:
+        return str(index)
