@@ -528,9 +528,13 @@ def check_no_split_brain(
     done: dict[str, list[_Interval]] = defaultdict(list)
     evidence_sites: set[str] = set()
 
+    exact_end: dict[tuple[str, str], tuple[float, Any]] = {}  # last captured logout/fence: (t, epoch)
+
     def close(agent: str, site: str, t: float, exact: bool) -> None:
         iv = open_.pop((agent, site), None)
         last_absent[(agent, site)] = t
+        if exact:
+            exact_end[(agent, site)] = (t, iv.epoch if iv is not None else None)
         if iv is None:
             return
         by_site[site].discard(agent)
@@ -567,9 +571,23 @@ def check_no_split_brain(
                 continue
             evidence_sites.add(site)
             listed = _sessions(ev)
+            # A snapshot shows the table at one instant between the query and its reply (`read_ms`): an
+            # exact, captured login or logout inside that window may be newer than the snapshot.
+            since = ev.t - float(_val(ev).get("read_ms") or 0.0) / 1000.0
             for agent, ss in listed.items():
+                ended = exact_end.get((agent, site))
+                if (
+                    (agent, site) not in open_
+                    and ended
+                    and ended[0] >= since
+                    and ended[1] in (None, ss[-1][1])
+                ):
+                    continue  # the snapshot predates the captured end of this very session
                 active(agent, site, ev.t, ss[-1][1], exact=False)
             for agent in list(by_site[site] - listed.keys()):
+                iv = open_[(agent, site)]
+                if iv.start_exact and iv.def_start >= since:
+                    continue  # the snapshot predates the captured login
                 close(agent, site, ev.t, exact=False)
             last_snap[site] = ev.t
         elif ev.kind in (CTI, AGENT_STATE):

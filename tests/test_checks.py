@@ -689,3 +689,29 @@ def test_checkers_are_pure() -> None:
 if __name__ == "__main__":
     for path in write_examples(HERE):
         print(path)
+
+
+def _snapshot_in_flight(rec: Rec, read_ms: float | None) -> None:
+    """sha's fence of a00001 is captured at 10.00 and ntg's login at 10.05; a sha snapshot whose query left
+    at 9.95 and whose reply arrived at 10.10 still lists the old session."""
+    rec.cti(9.0, "sha", {"a00001": ("ready", 1)})
+    rec.cti(9.0, "ntg", {})
+    rec.cti_msg(10.0, "sha", "a00001", "fenced", 1)
+    rec.cti_msg(10.05, "ntg", "a00001", "login", 2, "ready")
+    v = {"site": "sha", "sessions": [{"agent": "a00001", "state": "ready", "epoch": 1, "extension": "1001"}]}
+    if read_ms is not None:
+        v["read_ms"] = read_ms
+    rec.at(10.1).observe("cti_snapshot", "sha-cti1", v)
+    rec.cti(11.0, "sha", {})
+    rec.cti(11.0, "ntg", {"a00001": ("ready", 2)})
+
+
+def test_snapshot_older_than_a_captured_fence_is_no_split_brain(rec: Rec) -> None:
+    _snapshot_in_flight(rec, read_ms=150.0)
+    assert check_no_split_brain(rec.h).result == "valid"
+
+
+def test_snapshot_after_a_captured_fence_is_split_brain(rec: Rec) -> None:
+    """The same listing with no read window (or one that ends before the fence) is a real overlap."""
+    _snapshot_in_flight(rec, read_ms=None)
+    assert check_no_split_brain(rec.h).result == "invalid"
