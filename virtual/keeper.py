@@ -346,7 +346,8 @@ class Keeper:
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    def serve_control(self) -> None:
+    def bind_control(self) -> socket.socket:
+        """Listen before the lab says it is ready, so a status request right after `up` finds the socket."""
         path = self.run_dir / "control.sock"
         if path.exists():
             path.unlink()
@@ -355,6 +356,9 @@ class Keeper:
         os.chmod(path, 0o600)
         srv.listen(16)
         srv.settimeout(0.2)
+        return srv
+
+    def serve_control(self, srv: socket.socket) -> None:
         while not self.stop_event.is_set():
             try:
                 conn, _ = srv.accept()
@@ -418,6 +422,8 @@ class Keeper:
         self.start_pdus()
         self.wait_pbxs()
         self.start_stack()
+        control = threading.Thread(target=self.serve_control, args=(self.bind_control(),), daemon=True)
+        control.start()
         self.write_state(
             phase="ready",
             ready_after_s=round(time.monotonic() - t0, 3),
@@ -426,8 +432,6 @@ class Keeper:
             mgmt_veths=self.net.mgmt_veths,
             consoles={k: c.path for k, c in self.consoles.items()},
         )
-        control = threading.Thread(target=self.serve_control, daemon=True)
-        control.start()
         while not self.stop_event.wait(1.0):
             self.reap_orphans()
         self.shutdown()
