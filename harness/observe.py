@@ -441,11 +441,69 @@ class CapturePoint:
     bpf: str
 
 
+def _span_sources(lab: Lab, sw: Any) -> dict[str, Any]:
+    """Ports of a switch that face a PBX or a CTI: what its SPAN session mirrors."""
+    out = {}
+    for pname, port in sw.spec.ports.items():
+        if port.connects in lab.topology.devices and lab.topology.device(port.connects).kind in (
+            "pbx",
+            "cti",
+        ):
+            out[pname] = lab.topology.device(port.connects)
+    return out
+
+
+def span_points(lab: Lab) -> list[CapturePoint]:
+    """One capture per site switch that has a SPAN port cabled to the controller (`span_port`,
+    `capture_interface`): the controller's own interface, with a filter for that site's SIP and CTI ports.
+    This is how a physical lab is captured, and the virtual lab emulates it (tc mirred)."""
+    out = []
+    for sw in lab.topology.of_kind("switch"):
+        if not (sw.spec.span_port and sw.spec.capture_interface):
+            continue
+        parts = set()
+        for dev in _span_sources(lab, sw).values():
+            if dev.kind == "pbx":
+                parts |= {f"udp port {dev.spec.sip_port}", f"tcp port {dev.spec.sip_port}"}
+            else:
+                parts.add(f"tcp port {dev.spec.port}")
+        if parts:
+            bpf = " or ".join(sorted(parts))
+            out.append(
+                CapturePoint(f"{sw.name}-span", sw.name, sw.site, sw.spec.capture_interface, None, bpf)
+            )
+    return out
+
+
+_SPAN_DONE: set[tuple[str, str]] = set()
+
+
+def configure_span(lab: Lab, steps: Any = None) -> None:
+    """Point each switch's SPAN session at its capture port, through the switch's own CLI (netmiko), once
+    per lab run: sources are the ports facing the site's PBX and CTI, both directions."""
+    from harness.drivers import driver_for
+
+    run = str(getattr(lab.handle, "keeper_pid", "physical"))
+    for sw in lab.topology.of_kind("switch"):
+        if not (sw.spec.span_port and sw.spec.capture_interface) or (run, sw.name) in _SPAN_DONE:
+            continue
+        with driver_for(lab, sw.name, steps) as drv:
+            for port in _span_sources(lab, sw):
+                drv.span(port, sw.spec.span_port, session=1)
+        _SPAN_DONE.add((run, sw.name))
+
+
 def capture_points(lab: Lab) -> list[CapturePoint]:
-    """The PBX and CTI switch ports of a virtual lab, seen from the bridge side in the lab's core
-    namespace (so the capture is outside the device, as a SPAN port would be)."""
+    """Where the scenario's captures run: the switches' SPAN ports where the topology has them (physical
+    labs, and the virtual lab's default topology); otherwise, in a virtual lab, the PBX and CTI switch ports
+    seen from the bridge side in the lab's core namespace."""
+    spans = span_points(lab)
+    if spans:
+        return spans
     if lab.handle is None:
-        raise ObserveError("capture points of a physical lab (SPAN ports) are not wired yet")
+        raise ObserveError(
+            f"{lab.topology.file}: no switch has span_port and capture_interface: nowhere to capture"
+        )
     ports = lab.handle.state().get("ports") or {}  # type: ignore[attr-defined]
     netns = f"/proc/{lab.handle.keeper_pid}/ns/net"  # type: ignore[attr-defined]
     out = []
@@ -482,6 +540,8 @@ class LabCapture:
         self.clock_offset = time.time() - time.monotonic()
 
     def start(self) -> LabCapture:
+        if any(p.device in self.lab.topology.devices and p.name.endswith("-span") for p in self.points):
+            configure_span(self.lab)
         started = []
         try:
             for c in self.captures:

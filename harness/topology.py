@@ -148,7 +148,10 @@ class Switch(Strict):
     mgmt: ipaddress.IPv4Address
     ssh_port: int = Field(22, ge=1, le=65535)
     console: str | None = None
-    span_port: str | None = Field(None, description="port toward the capture interface, if any")
+    span_port: str | None = Field(None, description="SPAN destination port, cabled to the controller")
+    capture_interface: str | None = Field(
+        None, description="the controller's network interface on span_port: where captures run"
+    )
     ports: dict[str, Port]
 
 
@@ -430,6 +433,22 @@ def _cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
             yield f"{sw.path}.console", f"{sw.spec.console!r} is not a console port of this topology"
         if sw.spec.span_port and sw.spec.span_port not in sw.spec.ports:
             yield f"{sw.path}.span_port", f"{sw.spec.span_port!r} is not a port of {sw.name}"
+        elif sw.spec.span_port:
+            span = sw.spec.ports[sw.spec.span_port]
+            if span.cuttable:
+                yield (
+                    f"{sw.path}.ports.{sw.spec.span_port}",
+                    "the SPAN port carries the capture: not cuttable",
+                )
+            if span.connects and span.connects in t.devices:
+                yield (
+                    f"{sw.path}.ports.{sw.spec.span_port}.connects",
+                    "the SPAN destination port must not connect a lab device (it forwards no traffic)",
+                )
+            if not sw.spec.capture_interface:
+                yield f"{sw.path}.capture_interface", "required with span_port: the controller's NIC on it"
+        if sw.spec.capture_interface and len(sw.spec.capture_interface) > 15:
+            yield f"{sw.path}.capture_interface", "an interface name has at most 15 characters"
 
     for lname, link in links.items():
         for end in ("a", "b"):

@@ -224,3 +224,49 @@ def test_nothing_left_behind(own_netns, how: str) -> None:
     r = hil("lab", "status")
     assert r.returncode == 1 and "no lab is up" in r.stdout
     assert not (run_dir / "virtual-two-site").exists()
+
+
+def test_span_capture_on_the_controllers_interface(lab: Lab, tmp_path: Path) -> None:
+    """Captures run where a physical lab has them: on the controller's NIC on each switch's SPAN port,
+    the SPAN session set through the switch CLI by netmiko (the virtual switch mirrors with tc)."""
+    from harness.decode import decode_pcap
+    from harness.observe import LabCapture
+
+    cap = LabCapture(lab, tmp_path)
+    assert {p.iface for p in cap.points} == {"hilcap-sha", "hilcap-ntg"}
+    cap.start()
+    try:
+        ext = lab.topology.device("sha-phone1").spec.extension
+        for pbx in ("sha-pbx1", "ntg-pbx1"):
+            d = lab.topology.device(pbx)
+            with netns.entered(lab.ns_path("sha-phone1")):
+                assert (
+                    sipprobe.register(str(d.spec.address), d.spec.sip_port, ext, lab.sip_password(ext)) == 200
+                )
+        cti = lab.topology.device("sha-cti1").spec
+        s = netns.socket_in(lab.ns_path("sha-agents1"))
+        s.settimeout(2)
+        s.connect((str(cti.address), cti.port))
+        s.sendall(b'{"type": "status"}\n')
+        s.recv(4096)
+        s.close()
+    finally:
+        results = cap.stop()
+    assert all(r.complete for r in results), [r.to_dict() for r in results]
+    regs = {}
+    cti_msgs = 0
+    for r in results:
+        for ev in decode_pcap(r.pcap_path, cti_ports=(cti.port,)).events:
+            if (
+                ev.protocol == "sip"
+                and ev.status == 200
+                and ev.cseq_method == "REGISTER"
+                and ev.extension == ext
+            ):
+                regs[r.name] = regs.get(r.name, 0) + 1
+            cti_msgs += ev.protocol == "cti"
+    assert set(regs) == {"sha-sw1-span", "ntg-sw1-span"}, regs  # each PBX's 200 seen once, at its own site
+    assert all(n == 1 for n in regs.values()), regs
+    assert cti_msgs >= 2
+    with driver_for(lab, "sha-sw1") as sw:
+        assert "Gi0/23" in sw._show("span_state", "show monitor session all")

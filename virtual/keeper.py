@@ -43,6 +43,9 @@ class PortBackend:
         self.switch = switch
         self.net = net
         self.spec = topo.device(switch).spec
+        self._mirror_lock = threading.Lock()
+        self.mirrors: dict[int, tuple[dict[str, str], str | None]] = {}
+        self._mirrored: set[str] = set()
 
     def _veth(self, port: str) -> str:
         return self.net.port_veth(self.switch, port)
@@ -53,6 +56,33 @@ class PortBackend:
 
     def state(self, port: str) -> tuple[bool, bool]:
         return netns.link_state(self._veth(port))
+
+    def set_mirror(self, session: int, sources: dict[str, str], destination: str | None) -> None:
+        """SPAN with tc: copies of each source port's traffic leave through the destination port's veth.
+
+        The bridge-side veth's ingress is what the device sends (rx at the switch), its egress what the
+        device receives (tx). Ports that leave the session lose their mirror filters."""
+        with self._mirror_lock:
+            self.mirrors[session] = (dict(sources), destination) if destination else ({}, None)
+            wanted: dict[str, tuple[set[str], str]] = {}
+            for srcs, dst in self.mirrors.values():
+                if dst is None:
+                    continue
+                for port, direction in srcs.items():
+                    dirs = {"rx": {"ingress"}, "tx": {"egress"}}.get(direction, {"ingress", "egress"})
+                    wanted[port] = (dirs, self._veth(dst))
+            for port in set(self._mirrored) - set(wanted):
+                subprocess.run(["tc", "qdisc", "del", "dev", self._veth(port), "clsact"], capture_output=True)
+            for port, (dirs, dst) in wanted.items():
+                veth = self._veth(port)
+                subprocess.run(["tc", "qdisc", "del", "dev", veth, "clsact"], capture_output=True)
+                _tc(["qdisc", "add", "dev", veth, "clsact"])
+                for d in sorted(dirs):  # u32 matching everything: this kernel has no cls_matchall
+                    match_all = ["protocol", "all", "u32", "match", "u32", "0", "0"]
+                    mirror = ["action", "mirred", "egress", "mirror", "dev", dst]
+                    _tc(["filter", "add", "dev", veth, d, *match_all, *mirror])
+            self._mirrored = set(wanted)
+            log.info("switch %s SPAN session %d: %s -> %s", self.switch, session, sources, destination)
 
     def description(self, port: str) -> str:
         p = self.spec.ports[port]
@@ -110,8 +140,11 @@ class Keeper:
         """Wait for the controller's management veth (added from outside) and put it on the mgmt bridge."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._has_link(CORE_MGMT_IF):
+            spans = [pp.veth for pp in self.net.span_ports()]
+            if self._has_link(CORE_MGMT_IF) and all(self._has_link(v) for v in spans):
                 self._ip(["link", "set", CORE_MGMT_IF, "master", MGMT_BRIDGE, "up"])
+                for v in spans:  # SPAN destinations: up, but never on the bridge
+                    self._ip(["link", "set", v, "up"])
                 return
             time.sleep(0.02)
         raise RuntimeError("the controller's management veth never arrived")
@@ -435,6 +468,12 @@ class Keeper:
         while not self.stop_event.wait(1.0):
             self.reap_orphans()
         self.shutdown()
+
+
+def _tc(args: list[str]) -> None:
+    r = subprocess.run(["tc", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"tc {' '.join(args)}: {r.stderr.strip()}")
 
 
 def _known_line(addr: str, port: int, key: Any) -> str:

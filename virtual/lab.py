@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import credentials
-from harness.topology import REPO_ROOT, Topology
-from virtual.netplan import CORE_MGMT_IF, HOST_MGMT_IF
+from harness.topology import REPO_ROOT, Topology, load
+from virtual.netplan import CORE_MGMT_IF, HOST_MGMT_IF, plan
 
 REQUIRED_TOOLS = ("ip", "unshare", "nsenter", "kamailio")
 
@@ -204,8 +204,9 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
         if running.name == topo.name:
             return running
         raise LabError(f"lab {running.name} is already up; run `hil lab down` first")
-    if _has_link(HOST_MGMT_IF):
-        raise LabError(f"interface {HOST_MGMT_IF} already exists in this namespace: is another lab up here?")
+    for name in [HOST_MGMT_IF, *(str(pp.span_to) for pp in plan(topo).span_ports())]:
+        if _has_link(name):
+            raise LabError(f"interface {name} already exists in this namespace: is another lab up here?")
 
     run_dir = run_base() / topo.name
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -245,6 +246,20 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
         )
         _ip("addr", "add", cidr, "dev", HOST_MGMT_IF)
         _ip("link", "set", HOST_MGMT_IF, "up")
+        for pp in plan(topo).span_ports():  # the controller's capture NICs on the switches' SPAN ports
+            _ip(
+                "link",
+                "add",
+                str(pp.span_to),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                pp.veth,
+                "netns",
+                str(keeper_pid),
+            )
+            _ip("link", "set", str(pp.span_to), "up")
         _wait_phase(handle, proc, {"ready"}, timeout)
     except BaseException:
         handle.signal(signal.SIGKILL)
@@ -330,8 +345,16 @@ def down(handle: LabHandle | None = None, timeout: float = 5.0) -> bool:
         pass
     # The kernel destroys the lab's namespaces asynchronously; our end of the management veth is the one
     # object in the controller's namespace, made by up(): delete it now rather than wait for the kernel.
-    if _has_link(HOST_MGMT_IF):
-        subprocess.run(["ip", "link", "del", HOST_MGMT_IF], capture_output=True)
+    topo_file = h.state().get("topology")
+    ours = [HOST_MGMT_IF]
+    if topo_file:
+        try:
+            ours += [str(pp.span_to) for pp in plan(load(topo_file)).span_ports()]
+        except Exception:  # a topology edited since: the kernel still removes these with the lab
+            pass
+    for name in ours:
+        if _has_link(name):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
     _archive_logs(h.run_dir)
     shutil.rmtree(h.run_dir, ignore_errors=True)
     return True

@@ -29,6 +29,7 @@ class PortPlan:
     peer_ns: str | None  # namespace of the far end (None: core, i.e. an inter-site link or nothing)
     peer_if: str
     link: str | None = None
+    span_to: str | None = None  # a SPAN destination: its peer is this interface in the controller's namespace
 
 
 @dataclass
@@ -40,6 +41,9 @@ class NetPlan:
     addresses: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # ns -> [(ifname, cidr)]
     core_batch: list[str] = field(default_factory=list)
     mgmt_prefix: int = 24
+
+    def span_ports(self) -> list[PortPlan]:
+        return [pp for pp in self.ports.values() if pp.span_to]
 
     def port_veth(self, switch: str, port: str) -> str:
         return self.ports[(switch, port)].veth
@@ -93,7 +97,12 @@ def plan(topo: Topology) -> NetPlan:
             veth = _ifname(sw.name, f"-{pi}", f"s{si}-{pi}")
             ref = f"{sw.name}:{pname}"
             target = port.connects
-            if target in topo.model.links or ref in link_ends:
+            if pname == sw.spec.span_port and sw.spec.capture_interface:
+                # made from outside by the controller (like its management veth); never on the bridge
+                p.ports[(sw.name, pname)] = PortPlan(
+                    sw.name, pname, pi, veth, None, "", span_to=sw.spec.capture_interface
+                )
+            elif target in topo.model.links or ref in link_ends:
                 lname, other = link_ends[ref]
                 p.ports[(sw.name, pname)] = PortPlan(sw.name, pname, pi, veth, None, "", lname)
             elif target and target in topo.devices and target in p.namespaces:
@@ -113,11 +122,14 @@ def plan(topo: Topology) -> NetPlan:
                 a = p.ports[tuple(link.a.split(":", 1))]  # type: ignore[index]
                 bb = p.ports[tuple(link.b.split(":", 1))]  # type: ignore[index]
                 b.append(f"link add {a.veth} type veth peer name {bb.veth}")
+        elif pp.span_to:
+            continue
         elif pp.peer_ns:
             b.append(f"link add {pp.veth} type veth peer name {pp.peer_if} netns {pp.peer_ns}")
         else:
             b.append(f"link add {pp.veth} type veth peer name {pp.peer_if}")
     for (swname, _pname), pp in p.ports.items():
         br = p.bridges[[s.name for s in switches].index(swname)]
-        b.append(f"link set {pp.veth} master {br} up")
+        if not pp.span_to:
+            b.append(f"link set {pp.veth} master {br} up")
     return p
