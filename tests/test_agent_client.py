@@ -47,6 +47,9 @@ class World:
     conns: list[FakeConn] = field(default_factory=list)
     epoch: int = 0
     logouts: list[str] = field(default_factory=list)
+    lefts: list[dict[str, Any] | None] = field(default_factory=list)
+    wire: list[tuple[str, str]] = field(default_factory=list)  # (site, type) of every request, in order
+    hold: float = 0.0  # what the UL says to wait before the CTI login
 
     def push(self, site: str, event: dict[str, Any]) -> None:
         for c in self.conns:
@@ -62,10 +65,17 @@ class FakeUl:
         return self.w.sites[url.rsplit("/", 1)[-1]].ul_up
 
     async def login(
-        self, url: str, agent: str, password: str, avoid: list[str], timeout: float
+        self,
+        url: str,
+        agent: str,
+        password: str,
+        avoid: list[str],
+        timeout: float,
+        left: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         site = url.rsplit("/", 1)[-1]
         self.w.logins.append((site, avoid))
+        self.w.lefts.append(left)
         s = self.w.sites[site]
         if not s.ul_up or s.ul_login_fails:
             raise UlUnavailable("down")
@@ -89,6 +99,7 @@ class FakeUl:
             "cti": {"host": f"cti-{at}", "port": 7000},
             "pbx": {"host": f"pbx-{at}", "port": 5060},
             "via": via,
+            "hold": self.w.hold,
         }
 
     async def logout(self, url: str, token: str, timeout: float) -> None:
@@ -105,6 +116,7 @@ class FakeConn:
     async def request(self, msg: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
         s = self.w.sites[self.site]
         self.sent.append(msg)
+        self.w.wire.append((self.site, msg["type"]))
         if self.closed:
             raise CtiError("disconnected")
         if s.cti_hung or not s.cti_up:
@@ -138,6 +150,8 @@ class FakeConn:
             self.on_close()
 
     async def close(self, logout: bool = False) -> None:
+        if logout and not self.closed:
+            self.w.wire.append((self.site, "logout"))
         self.closed = True
 
 
@@ -481,5 +495,44 @@ def test_set_state_validates(state: str) -> None:
         assert c.conn.state == state
         with pytest.raises(ValueError):
             await c.set_state("on_call")
+
+    run(go())
+
+
+def test_planned_switch_is_break_before_make() -> None:
+    """The old CTI hears the logout before the new CTI hears the login; the UL is told how long the
+    client has been silent at the site it left."""
+
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.rule = "ntg"
+        w.push("sha", {"event": "switch_ordered", "target": "ntg", "rule": "r1"})
+        await until(lambda: c.site == "ntg" and c.phase == "online")
+        assert w.wire.index(("sha", "logout")) < w.wire.index(("ntg", "login"))
+        left = w.lefts[-1]
+        assert left is not None and left["site"] == "sha" and 0 <= left["seconds"] < 1.0
+        await c.stop()
+
+    run(go())
+
+
+def test_unplanned_failover_leaves_first_and_waits_the_uls_hold() -> None:
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        w.hold = 0.3
+        w.sites["sha"].pbx_up = False
+        w.push("sha", {"event": "pbx_link_down"})
+        await until(lambda: c.site == "ntg" and c.phase == "online", timeout=3.0)
+        assert w.wire.index(("sha", "logout")) < w.wire.index(("ntg", "login"))
+        replied = c.events.recent(event="ul_reply")[-1]["mono"]
+        logged = c.events.recent(event="cti_login")[-1]["mono"]
+        assert logged - replied >= 0.29 and c.events.recent(event="hold")
+        await c.stop()
 
     run(go())

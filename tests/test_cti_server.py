@@ -23,6 +23,7 @@ class FakePbxAndUl:
 
     def __init__(self) -> None:
         self.registered: set[str] = set()
+        self.removed: list[str] = []  # extensions ``ul.rm`` removed
         self.up = True
         self.epochs: dict[str, dict[str, Any]] = {}
         self.runner: web.AppRunner | None = None
@@ -31,6 +32,10 @@ class FakePbxAndUl:
         if not self.up:
             await asyncio.sleep(0.5)
         body = await request.json()
+        if body["method"] == "ul.rm":
+            self.removed.append(body["params"][1])
+            self.registered.discard(body["params"][1])
+            return web.json_response({"jsonrpc": "2.0", "id": 1, "result": None})
         if body["method"] == "ul.dump":
             aors = [{"AoR": e} for e in sorted(self.registered)]
             return web.json_response(
@@ -216,6 +221,73 @@ def test_garbage_and_oversized_lines_cost_only_their_connection() -> None:
         w2.close()
         ack = await conn.request({"type": "heartbeat", "seq": 2})
         assert ack["pbx_link"] == "up" and "a00001" in srv.sessions
+        await conn.close()
+
+    with_cti(body)
+
+
+def test_lease_ends_a_silent_session_and_a_late_message_does_not_renew_it() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        srv.lease, srv.lease_late = 0.6, 0.2
+        conn, events = await agent(fake, "a00001", "10001")
+        for _ in range(4):  # heartbeats keep it alive past the lease
+            await asyncio.sleep(0.25)
+            await conn.request({"type": "heartbeat", "seq": 1, "t": int(time.monotonic() * 1000)})
+        assert "a00001" in srv.sessions
+        s = srv.sessions["a00001"]
+        heard = s.heard
+        # a heartbeat the client sent 1 s ago (a TCP retransmission after a cut heals) does not renew
+        await conn.request({"type": "heartbeat", "seq": 2, "t": int((time.monotonic() - 1.0) * 1000)})
+        assert s.heard == heard
+        took = await wait_for(lambda: "a00001" not in srv.sessions, timeout=2.0)
+        assert took < 0.6 + 0.4 and srv.expired == 1
+        assert not [e for e in events if e.get("event") == "fenced"]  # nothing pushed
+        sessions = await query("127.0.0.1", CTI, {"type": "sessions"})
+        assert sessions["sessions"] == [] and sessions["expired"] == 1 and sessions["lease"] == 0.6
+        await conn.close()
+
+    with_cti(body)
+
+
+def test_token_not_valid_before_nbf() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        fake.epochs["a00001"] = {"site": "sha", "epoch": 5, "status": "active"}
+        claims = {"agent": "a00001", "site": "sha", "epoch": 5, "ext": "10001", "nbf": time.time() + 0.5}
+        tok = auth.mint(SECRET, claims, 60)
+        conn = await CtiConnection.open("127.0.0.1", CTI)
+        try:
+            await conn.request({"type": "login", "token": tok})
+            raise AssertionError("accepted before nbf")
+        except CtiError as err:
+            assert err.code == "not_yet" and 0 < err.reply["retry_after"] <= 0.5
+        await asyncio.sleep(0.55)
+        assert (await conn.request({"type": "login", "token": tok}))["type"] == "login_ok"
+        await conn.close()
+
+    with_cti(body)
+
+
+def test_fence_removes_the_stale_binding_unless_active_here() -> None:
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        conn, _ = await agent(fake, "a00001", "10001", epoch=100)
+        adm = await CtiConnection.open("127.0.0.1", CTI)
+
+        def fence(agent: str, epoch: int, site: str, ext: str) -> dict[str, Any]:
+            return auth.sign_message(SECRET, {"type": "admin", "op": "fence", "agent": agent, "epoch": epoch,
+                                              "site": site, "extension": ext})  # fmt: skip
+
+        # the same site with an older epoch: the agent is legitimately here, nothing is touched
+        assert (await adm.request(fence("a00001", 99, "sha", "10001")))["fenced"] is False
+        await asyncio.sleep(0.1)
+        assert fake.removed == [] and "a00001" in srv.sessions
+        # the agent is now active at ntg: session dropped and the extension's binding removed here
+        assert (await adm.request(fence("a00001", 200, "ntg", "10001")))["fenced"] is True
+        await wait_for(lambda: fake.removed == ["10001"])
+        # no session left here (a lease ran out, or reconciliation after the site came back): still unbound
+        fake.registered.add("10009")
+        assert (await adm.request(fence("a00009", 300, "ntg", "10009")))["fenced"] is False
+        await wait_for(lambda: "10009" in fake.removed)
+        await adm.close()
         await conn.close()
 
     with_cti(body)

@@ -103,6 +103,12 @@ class FakeCtiAdmin:
         self.sent.append((op, fields))
         return {"type": "admin_ok"}
 
+    async def fence(self, agent: str, epoch: int, site: str, extension: str) -> bool:
+        await self.send("fence", agent=agent, epoch=epoch, site=site, extension=extension)
+        return self.confirm
+
+    confirm = True  # what the CTI says: dropped (True) or no answer (False)
+
     async def close(self) -> None:
         pass
 
@@ -235,8 +241,9 @@ def test_fencing_and_reconcile_after_restart(tmp_path: Path) -> None:
         _, old = await p.login("sha", "a00001")
         _, new = await p.login("ntg", "a00001")
         assert new["epoch"] > old["epoch"]
-        assert p.uls["sha"].cti_admin.sent[-1] == (
-            "fence", {"agent": "a00001", "epoch": new["epoch"], "site": "ntg"})  # fmt: skip
+        fenced = {"agent": "a00001", "epoch": new["epoch"], "site": "ntg", "extension": old["extension"]}
+        assert p.uls["sha"].cti_admin.sent[-1] == ("fence", fenced)  # before ntg answered: synchronous
+        assert new["hold"] == 0 and "nbf" not in auth.verify(SECRET, new["token"])
         assert "a00001" not in {
             s["agent"] for s in (await asyncio.to_thread(ulc.sessions, p.url("sha")))["sessions"]
         }
@@ -252,7 +259,12 @@ def test_fencing_and_reconcile_after_restart(tmp_path: Path) -> None:
         await p.until(lambda: ul.reconciled)
         assert not first["reconciled"] or first["site"] == "ntg"
         assert ul.store.sessions["a00003"].site == "ntg" and ul.store.sessions["a00003"].epoch == a3n["epoch"]
-        assert ("fence", {"agent": "a00003", "epoch": a3n["epoch"], "site": "ntg"}) in ul.cti_admin.sent
+        fenced = {"agent": "a00003", "epoch": a3n["epoch"], "site": "ntg", "extension": a3n["extension"]}
+        assert ("fence", fenced) in ul.cti_admin.sent
+        # sha was away when ntg logged a00003 in: nobody confirmed the drop, so ntg's token waits for
+        # the old session's lease (lease + margin; the client told nothing of its silence)
+        assert a3n["hold"] == pytest.approx(3.5)
+        assert auth.verify(SECRET, a3n["token"])["nbf"] > time.time() + 2
         sha = {s["agent"] for s in (await asyncio.to_thread(ulc.sessions, p.url("sha")))["sessions"]}
         ntg = {s["agent"] for s in (await asyncio.to_thread(ulc.sessions, p.url("ntg")))["sessions"]}
         assert not sha & ntg and {"a00001", "a00003"} <= ntg

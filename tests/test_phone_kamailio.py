@@ -497,3 +497,28 @@ def test_standalone_phone_process(pbx_a: PbxSpec) -> None:
     log = err.decode()
     assert '"event": "registered"' in log and '"event": "unregistered"' in log
     assert EXTS["19261"] not in log and "s3cret-api" not in log
+
+
+def test_cti_unbind_removes_the_binding_with_ul_rm(pbx_a: PbxSpec) -> None:
+    """The CTI's removal of a fenced agent's stale registration (``ul.rm location <ext>``) against a real
+    Kamailio 5.6: the binding is gone, and a second removal is harmless."""
+    from stack.cti.server import CtiServer
+
+    async def main() -> None:
+        ep = await SipEndpoint.open(HOST, 26140)
+        phone = Phone(ep, "19260", EXTS["19260"], (HOST, A_SIP))
+        assert await phone.register()
+        assert await asyncio.to_thread(contacts, A_RPC, "19260")
+        cti = CtiServer("sha", "s", pbx_rpc=f"http://{HOST}:{A_RPC}/RPC", ul_url=None, lease=0)
+        await cti.pbx.start()
+        try:
+            assert await cti.unbind("19260")
+            assert await asyncio.to_thread(contacts, A_RPC, "19260") == []
+            await cti.unbind("19260")  # nothing left: Kamailio answers without an error, nothing breaks
+            assert await asyncio.to_thread(contacts, A_RPC, "19260") == []
+        finally:
+            await cti.pbx.close()
+            phone.close()
+            ep.close()
+
+    asyncio.run(main())

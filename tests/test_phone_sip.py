@@ -314,3 +314,31 @@ def test_ten_thousand_idle_phones_are_small_and_taskless() -> None:
     size, tasks = asyncio.run(main())
     assert tasks == 0
     assert size / 10_000 < 2048, f"{size / 10_000:.0f} bytes per idle phone"
+
+
+def test_move_ends_the_register_in_flight_to_the_old_registrar() -> None:
+    """A REGISTER still retransmitting to a dead PBX stops when the phone moves (so that PBX, back within
+    timer F, never binds the phone again); the old PBX is sent an un-REGISTER instead."""
+
+    async def body(ep: SipEndpoint, new: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        t_old, dead = await loop.create_datagram_endpoint(
+            lambda: FakeRegistrar([lambda m: (0, "", "")]), local_addr=("127.0.0.1", 26908)
+        )
+        try:
+            phone = Phone(ep, "19007", "secret", ("127.0.0.1", 26908), expires=60)
+            first = asyncio.ensure_future(phone.register())  # in flight: the old PBX says nothing
+            await asyncio.sleep(0.12)
+            assert dead.requests and not phone.registered
+            assert await phone.move_to(new)
+            assert not await first  # the old transaction ended (as a timeout), it did not bind
+            sent = len([r for r in dead.requests if r.get("expires") != "0"])
+            await asyncio.sleep(0.6)  # longer than timer F: nothing more goes to the old PBX
+            assert len([r for r in dead.requests if r.get("expires") != "0"]) == sent
+            assert any(r.get("expires") == "0" for r in dead.requests)  # the un-REGISTER
+            assert phone.registered and phone.registrar == new
+            phone.close()
+        finally:
+            t_old.close()
+
+    _run_fake([_ok], 26907, body)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from urllib.parse import urlsplit
 
 from stack.cti.server import CtiServer
 
@@ -31,11 +32,29 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pbx-rpc", default=None, help="Kamailio JSON-RPC URL, e.g. http://198.18.1.10:5071/RPC")
     ap.add_argument("--ul", default=None, help="this site's unified login, e.g. http://198.18.1.30:8080")
     ap.add_argument("--secret-env", required=True, help="environment variable holding the lab secret")
+    ap.add_argument(
+        "--pbx-sip",
+        default=None,
+        help="PBX SIP HOST:PORT for the OPTIONS half of the liveness probe (default: the RPC host, 5060; "
+        "'none' to probe over JSON-RPC only)",
+    )
     ap.add_argument("--poll-interval", type=float, default=0.5, help="seconds between PBX polls")
     ap.add_argument("--pbx-fail-after", type=int, default=2, help="failed polls before the link is down")
     ap.add_argument("--epoch-interval", type=float, default=2.0, help="seconds between epoch sweeps")
+    ap.add_argument(
+        "--lease", type=float, default=2.5, help="seconds without a message before a session ends (0: never)"
+    )
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
+
+
+def _pbx_sip(args: argparse.Namespace) -> tuple[str, int] | None:
+    if args.pbx_sip is not None:
+        return None if args.pbx_sip == "none" else hostport(args.pbx_sip)
+    if not args.pbx_rpc:
+        return None
+    host = urlsplit(args.pbx_rpc).hostname
+    return (host, 5060) if host else None
 
 
 async def run(args: argparse.Namespace, secret: str) -> None:
@@ -46,7 +65,9 @@ async def run(args: argparse.Namespace, secret: str) -> None:
         ul_url=args.ul,
         poll_interval=args.poll_interval,
         pbx_fail_after=args.pbx_fail_after,
+        pbx_sip=_pbx_sip(args),
         epoch_interval=args.epoch_interval,
+        lease=args.lease,
     )
     await srv.start([args.bind[0], *args.also_listen] if args.also_listen else args.bind[0], args.bind[1])
     stop = asyncio.Event()

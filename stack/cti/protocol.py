@@ -29,6 +29,7 @@ ERRORS = {
     "phone_not_registered": "the PBX has no registration for the extension",
     "pbx_unreachable": "the CTI cannot reach its PBX",
     "forbidden": "an admin message whose signature does not verify",
+    "not_yet": "the token is not valid yet (nbf): the old site's lease has not surely expired; retry_after",
 }
 
 

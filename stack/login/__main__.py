@@ -43,6 +43,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sip-secret-env", default=None, help="variable from which extension passwords derive")
     ap.add_argument("--token-ttl", type=float, default=12 * 3600.0)
     ap.add_argument("--peer-interval", type=float, default=1.0, help="seconds between peer health checks")
+    ap.add_argument("--lease", type=float, default=2.5, help="the CTIs' session lease (seconds)")
+    ap.add_argument(
+        "--lease-margin", type=float, default=1.0, help="added to the lease for an unconfirmed fence"
+    )
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -70,6 +74,8 @@ async def run(args: argparse.Namespace) -> None:
         sip_secret=_env(args.sip_secret_env, True),
         token_ttl=args.token_ttl,
         peer_interval=args.peer_interval,
+        lease=args.lease,
+        lease_margin=args.lease_margin,
     )
     runner = web.AppRunner(ul.app(), access_log=None)
     await runner.setup()

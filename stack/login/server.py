@@ -45,6 +45,7 @@ class CtiAdmin:
         self._conn: CtiConnection | None = None
         self._lock = asyncio.Lock()
         self._down_until = 0.0  # after a failed connect, skip for a while: a dead CTI must not stall logins
+        self._refused = False  # the last connect was refused: no CTI process, so no sessions either
 
     async def send(self, op: str, **fields: Any) -> dict[str, Any] | None:
         msg = auth.sign_message(self.secret, {"type": "admin", "op": op, **fields})
@@ -54,8 +55,13 @@ class CtiAdmin:
                     if time.monotonic() < self._down_until:
                         return None
                     try:
-                        self._conn = await CtiConnection.open(self.host, self.port, timeout=1.0)
-                    except CtiError:
+                        reader, writer = await asyncio.wait_for(
+                            asyncio.open_connection(self.host, self.port), 1.0
+                        )
+                        self._conn = CtiConnection(reader, writer, None, None)
+                        self._refused = False
+                    except (TimeoutError, OSError) as err:
+                        self._refused = isinstance(err, ConnectionRefusedError)
                         self._down_until = time.monotonic() + 2.0
                         return None
                 conn = self._conn
@@ -66,6 +72,14 @@ class CtiAdmin:
                     return err.reply
                 await conn.close()
         return None
+
+    async def fence(self, agent: str, epoch: int, site: str, extension: str) -> bool:
+        """Have the CTI drop the agent's session; True once it surely holds none (it said so, or no CTI
+        process listens: a refused connection)."""
+        reply = await self.send("fence", agent=agent, epoch=epoch, site=site, extension=extension)
+        if reply is None:
+            return self._refused
+        return reply.get("type") == "admin_ok"
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -90,6 +104,8 @@ class UnifiedLogin:
         token_ttl: float = 12 * 3600.0,
         peer_interval: float = 1.0,
         peer_timeout: float = 1.0,
+        lease: float = 2.5,
+        lease_margin: float = 1.0,
     ) -> None:
         self.site = site
         self.secret = secret
@@ -102,6 +118,10 @@ class UnifiedLogin:
         self.token_ttl = token_ttl
         self.peer_interval = peer_interval
         self.peer_timeout = aiohttp.ClientTimeout(total=peer_timeout)
+        # The CTIs' session lease, and what to add to it (the CTI's lease sweep and late-message
+        # tolerance): an old session nobody could confirm dropped is surely gone lease + margin after
+        # its client last sent it anything.
+        self.lease, self.lease_margin = lease, lease_margin
         self.started = time.time()
         self.reconciled = self.peer_url is None
         self.peer_up: bool | None = None
@@ -221,7 +241,7 @@ class UnifiedLogin:
                 new_rules.append(rule)
         for row in lost:
             self.counters["fenced"] += 1
-            await self.cti_admin.send("fence", agent=row.agent, epoch=row.epoch, site=row.site)
+            await self.cti_admin.fence(row.agent, row.epoch, row.site, row.extension)
         for rule in new_rules:
             await self.order_switch(rule)
 
@@ -230,23 +250,51 @@ class UnifiedLogin:
     def attrs(self, agent: Agent) -> dict[str, str]:
         return {scope: agent.attribute(scope) for scope in SCOPES}
 
-    async def allocate_here(self, agent: Agent, via: str, tell_peer: bool) -> dict[str, Any]:
-        """A session at this site with a fresh epoch; the peer is told so it fences its own."""
+    def hold_for(self, quiet: dict[str, Any] | None, site: str) -> float:
+        """Seconds before an old session at ``site`` that nobody confirmed dropped has surely ended by its
+        lease: lease + margin, less how long the client has been silent there (``quiet``, its word)."""
+        silent = 0.0
+        if isinstance(quiet, dict) and quiet.get("site") == site:
+            with contextlib.suppress(TypeError, ValueError):
+                silent = max(0.0, float(quiet.get("seconds", 0.0)))
+        return round(max(0.0, self.lease + self.lease_margin - silent), 3)
+
+    async def allocate_here(
+        self,
+        agent: Agent,
+        via: str,
+        tell_peer: bool,
+        quiet: dict[str, Any] | None = None,
+        hold: float = 0.0,
+    ) -> dict[str, Any]:
+        """A session at this site with a fresh epoch. With ``tell_peer`` the peer fences its own session
+        first (synchronously, through its CTI); when that is not confirmed, the token is not valid before
+        the old session's lease has surely run out (``nbf``, ``hold`` seconds from now)."""
         epoch = self.store.next_epoch(agent.id)
         row = SessionRow(agent.id, self.site, epoch, agent.extension, "active", time.time(), via)
         self.store.put_session(row)
-        if tell_peer and self.peer_url and self.peer_up is not False:
-            with contextlib.suppress(PeerUnavailable):
-                reply = await self._peer("POST", "/v1/fence", row.view())
-                if reply.get("stale"):  # the peer holds a newer epoch (clock skew): go above it
-                    row.epoch = self.store.next_epoch(agent.id, int(reply["epoch"]))
-                    self.store.put_session(row)
-                    await self._peer("POST", "/v1/fence", row.view())
-        token = auth.mint(
-            self.secret,
-            {"agent": agent.id, "site": self.site, "epoch": row.epoch, "ext": agent.extension},
-            self.token_ttl,
-        )
+        if tell_peer and self.peer_url:
+            dropped = False
+            if self.peer_up is not False:
+                with contextlib.suppress(PeerUnavailable):
+                    reply = await self._peer("POST", "/v1/fence", row.view())
+                    if reply.get("stale"):  # the peer holds a newer epoch (clock skew): go above it
+                        row.epoch = self.store.next_epoch(agent.id, int(reply["epoch"]))
+                        self.store.put_session(row)
+                        reply = await self._peer("POST", "/v1/fence", row.view())
+                    dropped = bool(reply.get("dropped"))
+            if not dropped:
+                peer = next((s for s in self.directory.sites if s != self.site), "")
+                hold = max(hold, self.hold_for(quiet, peer))
+        claims: dict[str, Any] = {
+            "agent": agent.id,
+            "site": self.site,
+            "epoch": row.epoch,
+            "ext": agent.extension,
+        }
+        if hold > 0:
+            claims["nbf"] = round(time.time() + hold, 3)
+        token = auth.mint(self.secret, claims, self.token_ttl)
         sip_pw = auth.derive_password(self.sip_secret, agent.extension) if self.sip_secret else None
         return {
             "agent": agent.id,
@@ -259,9 +307,12 @@ class UnifiedLogin:
             "cti": {"host": self.cti[0], "port": self.cti[1]},
             "pbx": {"host": self.pbx[0], "port": self.pbx[1]},
             "via": via,
+            "hold": round(hold, 3),
         }
 
-    async def login(self, agent: Agent, avoid: list[str]) -> dict[str, Any]:
+    async def login(
+        self, agent: Agent, avoid: list[str], quiet: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Design step 4: a planned-switch rule decides where; the result is registration information."""
         self.counters["login"] += 1
         rule = self.store.match(self.attrs(agent))
@@ -272,11 +323,25 @@ class UnifiedLogin:
         if rule is not None and rule.target in avoid and rule.target != self.site:
             note = f"rule {rule.id} targets {rule.target}, which the client avoids: allocated at {self.site}"
         if want_remote:
+            # The agent leaves this site: its session here is dropped before the peer may activate it.
+            hold = 0.0
+            cur = self.store.sessions.get(agent.id)
+            if cur is not None and cur.site == self.site and cur.status == "active":
+                target = rule.target if rule is not None and rule.target != self.site else ""
+                target = target or next((s for s in self.directory.sites if s != self.site), "")
+                self.counters["fenced"] += 1
+                if not await self.cti_admin.fence(agent.id, cur.epoch + 1, target, agent.extension):
+                    hold = self.hold_for(quiet, self.site)
             try:
                 reg = await self._peer(
                     "POST",
                     "/v1/allocate",
-                    {"agent": agent.id, "rule": rule.id if rule else None, "requested_by": self.site},
+                    {
+                        "agent": agent.id,
+                        "rule": rule.id if rule else None,
+                        "requested_by": self.site,
+                        "hold": hold,
+                    },
                 )
                 row = SessionRow(
                     agent.id, reg["site"], int(reg["epoch"]), agent.extension, "active", time.time(), "remote"
@@ -289,7 +354,7 @@ class UnifiedLogin:
                 where = rule.target if rule else "the peer site"
                 note = f"planned switch to {where}: remote UL unreachable ({err}); allocated at {self.site}"
         self.counters["local"] += 1
-        reg = await self.allocate_here(agent, "local", tell_peer=True)
+        reg = await self.allocate_here(agent, "local", tell_peer=True, quiet=quiet)
         return {**reg, "rule": rule.id if rule else None, "note": note}
 
     async def order_switch(self, rule: Rule) -> int:
@@ -363,7 +428,10 @@ class UnifiedLogin:
         avoid = body.get("avoid") or []
         if not isinstance(avoid, list):
             raise _bad("avoid must be a list of site codes")
-        return web.json_response(await self.login(agent, [str(s) for s in avoid]))
+        quiet = body.get("left")
+        return web.json_response(
+            await self.login(agent, [str(s) for s in avoid], quiet if isinstance(quiet, dict) else None)
+        )
 
     async def h_logout(self, request: web.Request) -> web.Response:
         body = await self._json(request)
@@ -385,7 +453,11 @@ class UnifiedLogin:
         agent = self.directory.agents.get(str(body.get("agent")))
         if agent is None:
             return web.json_response({"error": "unknown_agent"}, status=404)
-        reg = await self.allocate_here(agent, "remote", tell_peer=False)
+        try:
+            hold = max(0.0, float(body.get("hold") or 0.0))
+        except (TypeError, ValueError):
+            raise _bad("hold must be a number") from None
+        reg = await self.allocate_here(agent, "remote", tell_peer=False, hold=hold)
         self.counters["login"] += 1
         return web.json_response(reg)
 
@@ -394,11 +466,15 @@ class UnifiedLogin:
         row = SessionRow(**{k: raw[k] for k in SessionRow.__dataclass_fields__})
         old = self.store.merge_session(row)
         cur = self.store.sessions.get(row.agent)
+        dropped = True  # nothing active here to drop
         if old is not None and old.site == self.site and old.status == "active" and row.site != self.site:
+            # Synchronous: the peer activates the agent only once this site's CTI has dropped it.
             self.counters["fenced"] += 1
-            self._spawn(self.cti_admin.send("fence", agent=row.agent, epoch=row.epoch, site=row.site))
+            dropped = await self.cti_admin.fence(row.agent, row.epoch, row.site, row.extension)
         stale = old is None and cur is not None and cur.epoch > row.epoch
-        return web.json_response({"ok": True, "stale": stale, "epoch": cur.epoch if cur else row.epoch})
+        return web.json_response(
+            {"ok": True, "stale": stale, "epoch": cur.epoch if cur else row.epoch, "dropped": dropped}
+        )
 
     async def h_sync(self, request: web.Request) -> web.Response:
         body = await self._signed(request)

@@ -642,6 +642,7 @@ class Phone:
         "_nc",
         "_call",
         "_last_final",
+        "_inflight",
         "counts",
     )
 
@@ -690,6 +691,9 @@ class Phone:
         self._nc = 0
         self._call: _Call | None = None
         self._last_final: tuple[str, bytes] | None = None  # (Call-ID, 487/603) of the last refused INVITE
+        # REGISTER transactions (expires > 0) in flight, by their registrar: a move ends those toward the
+        # old registrar, so a dead PBX that comes back within timer F never gets the phone back.
+        self._inflight: dict[asyncio.Future[SipMessage | None], tuple[str, int]] = {}
         self.counts = [0, 0, 0]  # registrations, refreshes, failures
         endpoint.attach(self)
 
@@ -773,6 +777,7 @@ class Phone:
         self._active = False
         self._gen += 1
         self._cancel_timer()
+        self._drop_inflight(("", 0))  # a REGISTER still in flight must not bind after this
         was = self._registered
         bound = self._bound
         self._registered = False
@@ -796,6 +801,7 @@ class Phone:
         self._registered = False
         self._bound = None
         self._fails = 0
+        stale = self._drop_inflight(new)
         if old_bound is not None and old_bound == new:
             self._bound = old_bound  # same server: a plain re-register refreshes the binding
         else:
@@ -805,10 +811,26 @@ class Phone:
                 # retransmitting thousands of un-REGISTERs to it for timer F would only add load.
                 give_up = min(self.endpoint.timers.timer_f, 8 * self.endpoint.timers.t1)
                 self.endpoint.spawn(self._do_register(old_bound, 0, old_call_id, give_up))
+            for where in stale - {old_bound}:
+                # A REGISTER was in flight there and may have arrived: take it back the same way.
+                give_up = min(self.endpoint.timers.timer_f, 8 * self.endpoint.timers.t1)
+                self.endpoint.spawn(self._do_register(where, 0, old_call_id, give_up))
         if was and old != new:
             self._emit("unregistered", registrar=old, code=None, reason="moved")
         self._active = True
         return await self._register_cycle(gen)
+
+    def _drop_inflight(self, keep: tuple[str, int]) -> set[tuple[str, int]]:
+        """End every REGISTER in flight to a registrar other than ``keep`` (no more retransmissions; its
+        awaiting side sees a timeout); returns those registrars."""
+        gone = set()
+        for fut, where in list(self._inflight.items()):
+            if where != keep:
+                gone.add(where)
+                del self._inflight[fut]
+                if not fut.done():
+                    fut.set_result(None)
+        return gone
 
     async def restart(self, pause: float = 1.0) -> bool:
         """What a reboot does to the account: drop any call (silently, as a rebooting phone does),
@@ -920,6 +942,8 @@ class Phone:
         self._pending += 1
         try:
             for _ in range(5):
+                if expires and registrar != self.registrar:
+                    return 0, "moved", 0  # the phone moved meanwhile: never (re-)register at the old one
                 self._cseq += 1
                 branch = new_branch()
                 data = (
@@ -937,7 +961,13 @@ class Phone:
                     f"User-Agent: {ep.user_agent}\r\n"
                     f"Content-Length: 0\r\n\r\n"
                 ).encode()
-                resp = await ep.request(data, registrar, branch, give_up=give_up)
+                fut = ep.request(data, registrar, branch, give_up=give_up)
+                if expires:
+                    self._inflight[fut] = registrar
+                try:
+                    resp = await fut
+                finally:
+                    self._inflight.pop(fut, None)
                 if resp is None:
                     return 0, "timeout", 0
                 st = resp.status
