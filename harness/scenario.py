@@ -741,12 +741,43 @@ def label_test(module: str, feature: str | None, story: str, severity: str | Non
     report.apply_labels(epic="failover", feature=feat, story=story, severity=severity)
 
 
-def write_session_reports(results_dir: str | Path, topology_file: str | None) -> None:
-    """environment.properties and categories.json, once per session."""
+def device_facts(lab: Lab) -> dict[str, Any]:
+    """What the devices say they are, for the report's environment: kamailio's version (JSON-RPC
+    `core.version`), each switch's `show version` / `display version`, each phone's firmware. A device that
+    does not answer is noted, not fatal: the report must not fail on a fact."""
+    import json as json_mod
+    import urllib.request
+
+    from harness.drivers import driver_for
+
+    facts: dict[str, Any] = {"kamailio": {}, "switch": {}, "phone": {}}
+    for d in lab.topology.of_kind("pbx"):
+        url = f"http://{d.spec.mgmt or d.spec.address}:{d.spec.rpc_port}/RPC"
+        body = json_mod.dumps({"jsonrpc": "2.0", "method": "core.version", "id": 1}).encode()
+        try:
+            req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=3) as r:
+                facts["kamailio"][d.name] = str(json_mod.load(r).get("result", "")).strip()
+        except Exception as e:
+            facts["kamailio"][d.name] = f"unreachable: {type(e).__name__}"
+    for kind in ("switch", "phone"):
+        for d in lab.topology.of_kind(kind):
+            try:
+                with driver_for(lab, d.name) as drv:
+                    facts[kind][d.name] = drv.facts()
+            except Exception as e:
+                facts[kind][d.name] = {"error": f"{type(e).__name__}: {e}"[:200]}
+    return facts
+
+
+def write_session_reports(results_dir: str | Path, topology_file: str | None, lab: Lab | None = None) -> None:
+    """environment.properties (with the devices' facts when a lab is at hand) and categories.json, once
+    per session."""
     from harness import report
 
     topo = topology_file or str(REPO_ROOT / "topologies" / "virtual-two-site.yaml")
-    report.write_environment(results_dir, topology=topo)
+    facts = device_facts(lab) if lab is not None else None
+    report.write_environment(results_dir, facts, topology=topo)
     report.write_categories(results_dir)
 
 
