@@ -942,6 +942,7 @@ class Injector:
                 self.history.invoke(NEMESIS, "fault.inject", hv, sync=True)
         try:
             fault.inject()
+            injected_at = time.monotonic()  # the fault's time counts from here, not from its verification
         except BaseException as e:
             if self.history is not None:
                 self.history.info(NEMESIS, "fault.inject", {"id": fault.id}, error=f"{type(e).__name__}: {e}")
@@ -955,7 +956,8 @@ class Injector:
         if self.history is not None:
             self.history.ok(NEMESIS, "fault.inject", {"id": fault.id})
         limit = min(duration, fault.max_duration) if duration else fault.max_duration
-        timer = threading.Timer(limit, self._expire, args=(fault,))
+        left = max(0.0, limit - (time.monotonic() - injected_at))  # a 300 ms blip stays near 300 ms
+        timer = threading.Timer(left, self._expire, args=(fault,))
         timer.daemon = True
         timer.name = f"fault-{fault.id}-max-duration"
         self._timers[fault.id] = timer
