@@ -480,6 +480,38 @@ class Scenario:
         self._expect(what, not bad, detail)
         return not bad
 
+    def converge(
+        self,
+        expected: Mapping[str, str],
+        what: str,
+        timeout: float = 10.0,
+        states: Sequence[str] | None = None,
+    ) -> float | None:
+        """Wait until a read shows the placement exactly as :meth:`hold` wants it (each agent registered and
+        logged in once, at its expected site): the seconds it took, or None. Kept as an expectation."""
+        if self.dry_run:
+            return 0.0
+        assert self.observer is not None
+        exts = agents_extensions(self.lab)
+        t0 = time.monotonic()
+        seen = self.observer.reads
+        bad: dict[str, Any] = {"(no read yet)": None}
+        while time.monotonic() - t0 < timeout:
+            with self.observer._cond:  # noqa: SLF001
+                self.observer._cond.wait(0.1)  # noqa: SLF001
+                if self.observer.reads == seen:
+                    continue
+                seen = self.observer.reads
+                bad = self.observer.view.misplaced(expected, exts, states)
+            if not bad:
+                break
+        took = time.monotonic() - t0 if not bad else None
+        detail: dict[str, Any] = {"timeout": timeout, "took": None if took is None else round(took, 3)}
+        if bad:
+            detail.update(count=len(bad), sample=dict(list(bad.items())[:3]))
+        self._expect(what, not bad, detail)
+        return took
+
     def _expect(self, what: str, ok: bool, detail: dict[str, Any]) -> None:
         self.expectations.append({"what": what, "ok": ok, **detail})
         if self.history is not None:

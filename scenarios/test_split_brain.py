@@ -23,6 +23,9 @@ def test_split_brain_failed_site_comes_back(scenario: Scenario) -> None:
             with scenario.phase("verify: failed over"):
                 scenario.wait_placement(moved, f"agents of {SITE} at {REMOTE}")
     with scenario.phase("verify: the site is back, every agent at exactly one site"):
+        # the returning PBX still holds the bindings the phones could not remove while it was cut off;
+        # the site's CTI removes them once it learns of the fence (no_split_brain covers sessions throughout)
+        scenario.converge(moved, f"the stale bindings at {SITE} removed, every agent once at {REMOTE}", 10.0)
         scenario.hold(moved, f"nobody returns to {SITE} or stays doubled", 6.0)
     with scenario.phase("verify-revert"):
         scenario.finish()

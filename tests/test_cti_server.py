@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from stack.common import auth
@@ -289,5 +290,37 @@ def test_fence_removes_the_stale_binding_unless_active_here() -> None:
         await wait_for(lambda: "10009" in fake.removed)
         await adm.close()
         await conn.close()
+
+    with_cti(body)
+
+
+def test_a_binding_the_pbx_could_not_remove_yet_is_removed_when_it_answers() -> None:
+    """A site coming back heals its ports one by one: a fence may reach the CTI while its PBX is still cut
+    off. The removal is retried after the next good dump, so no stale binding outlives the fence."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        adm = await CtiConnection.open("127.0.0.1", CTI)
+        fake.registered.add("10015")
+        await wait_for(lambda: "10015" in srv.pbx.registered)
+        real_rpc = srv.pbx._rpc
+
+        async def cut_off(*a: Any, **kw: Any) -> Any:
+            raise aiohttp.ClientConnectionError("no route to host")
+
+        srv.pbx._rpc = cut_off  # type: ignore[method-assign]
+        msg = {
+            "type": "admin",
+            "op": "fence",
+            "agent": "a00015",
+            "epoch": 300,
+            "site": "ntg",
+            "extension": "10015",
+        }
+        await adm.request(auth.sign_message(SECRET, msg))
+        await wait_for(lambda: "10015" in srv.unbind_pending)
+        assert fake.removed == []
+        srv.pbx._rpc = real_rpc  # type: ignore[method-assign]
+        await wait_for(lambda: fake.removed == ["10015"] and not srv.unbind_pending)
+        await adm.close()
 
     with_cti(body)

@@ -272,12 +272,13 @@ class CtiServer:
         self.max_errors = max_errors
         # Lease: a session that hears nothing from its client for ``lease`` s ends here (a CTI cut off
         # from its agents must not keep them logged in while they work at the other site). A message that
-        # arrives more than ``lease_late`` s later than the client's clock says it should does not renew
-        # it (TCP retransmissions after a cut heals). 0 disables the lease.
+        # arrives more than ``lease_late`` s later than the client's clock says it should renews it only as
+        # of its send time (TCP retransmissions after a cut heals). 0 disables the lease.
         self.lease = lease
         self.lease_late = lease_late
         self.expired = 0  # sessions ended by their lease
         self.unbound = 0  # PBX bindings removed after a fence
+        self.unbind_pending: set[str] = set()  # extensions whose removal failed: retried after each dump
         self.sessions: dict[str, Session] = {}
         self.conns: set[Connection] = set()
         self._server: asyncio.Server | None = None
@@ -339,6 +340,11 @@ class CtiServer:
                 before = self.pbx.registered
                 if await self.pbx.dump() and self.pbx.up:
                     self._phone_changes(before)
+                    for ext in list(self.unbind_pending):
+                        if ext in self.pbx.registered:
+                            await self.unbind(ext)
+                        else:
+                            self.unbind_pending.discard(ext)
             self._dump_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dump_now.wait(), self.pbx.dump_pause())
@@ -428,8 +434,12 @@ class CtiServer:
         except RpcError:
             return False  # 404: nothing registered
         except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError, OSError) as err:
-            log.warning("cti %s: could not remove the binding of %s: %s", self.site, ext, err)
+            # the PBX may still be cut off (a site coming back heals its ports one by one): retry after
+            # the next successful dump, or the stale binding outlives the fence
+            self.unbind_pending.add(ext)
+            log.warning("cti %s: could not remove the binding of %s yet: %s", self.site, ext, err)
             return False
+        self.unbind_pending.discard(ext)
         self.pbx.registered.discard(ext)
         self.pbx.confirmed.pop(ext, None)
         self.unbound += 1
@@ -469,7 +479,10 @@ class CtiServer:
         return n
 
     def _renew(self, s: Session, req: dict[str, Any]) -> None:
-        """A message from the client renews its session's lease, unless it arrives late."""
+        """A message from the client renews its session's lease as of when the client sent it (in this
+        server's clock: its send time plus the least transit seen). A message held up by TCP retransmission
+        after a short cut still proves the client was alive then; one held up longer than the lease (a
+        long cut healing) renews nothing, so it cannot revive a session."""
         now = time.monotonic()
         sent = req.get("t")
         if isinstance(sent, int | float) and not isinstance(sent, bool):
@@ -477,6 +490,7 @@ class CtiServer:
             if s.offset is None or off < s.offset:
                 s.offset = off
             if off - s.offset > self.lease_late:
+                s.heard = max(s.heard, sent / 1000.0 + s.offset)
                 return
         s.heard = now
 
