@@ -475,7 +475,7 @@ def span_points(lab: Lab) -> list[CapturePoint]:
     return out
 
 
-_SPAN_DONE: set[tuple[str, str]] = set()
+_SPAN_DONE: set[tuple[str, str, bool]] = set()
 
 
 def configure_span(lab: Lab, steps: Any = None) -> None:
@@ -484,13 +484,14 @@ def configure_span(lab: Lab, steps: Any = None) -> None:
     from harness.drivers import driver_for
 
     run = str(getattr(lab.handle, "keeper_pid", "physical"))
+    dry = bool(steps is not None and steps.dry_run)
     for sw in lab.topology.of_kind("switch"):
-        if not (sw.spec.span_port and sw.spec.capture_interface) or (run, sw.name) in _SPAN_DONE:
+        if not (sw.spec.span_port and sw.spec.capture_interface) or (run, sw.name, dry) in _SPAN_DONE:
             continue
         with driver_for(lab, sw.name, steps) as drv:
             for port in _span_sources(lab, sw):
                 drv.span(port, sw.spec.span_port, session=1)
-        _SPAN_DONE.add((run, sw.name))
+        _SPAN_DONE.add((run, sw.name, dry))
 
 
 def capture_points(lab: Lab) -> list[CapturePoint]:

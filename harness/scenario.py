@@ -249,7 +249,11 @@ class Scenario:
 
     def start(self) -> Scenario:
         """Start the evidence: lab snapshot, roster, capture, snapshots, and a baseline read."""
-        if self.dry_run or self.history is not None:
+        if self.dry_run:
+            if self.settings.capture and observe.span_points(self.lab):
+                observe.configure_span(self.lab, self.steps)  # the plan shows the SPAN set-up, sends nothing
+            return self
+        if self.history is not None:
             return self
         try:
             for p in (self.history_path,):
@@ -765,12 +769,19 @@ def allure_step(name: str) -> Any:
     return allure.step(name)
 
 
-def label_test(module: str, feature: str | None, story: str, severity: str | None) -> None:
-    """Allure labels of a scenario (epic, feature, story, severity); nothing without an Allure session."""
+def label_test(
+    module: str,
+    feature: str | None,
+    story: str,
+    severity: str | None,
+    site: str | Sequence[str] | None = None,
+) -> None:
+    """Allure labels of a scenario (epic, feature, story, severity, and the sites it involves: the one it
+    fails and the one it expects agents at); nothing without an Allure session."""
     from harness import report
 
     feat = feature or module.rsplit(".", 1)[-1].removeprefix("test_").replace("_", " ")
-    report.apply_labels(epic="failover", feature=feat, story=story, severity=severity)
+    report.apply_labels(epic="failover", feature=feat, story=story, severity=severity, site=site)
 
 
 def device_facts(lab: Lab) -> dict[str, Any]:
