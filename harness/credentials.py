@@ -65,19 +65,16 @@ def reveal(secret: Secret | None, what: str) -> str:
 def redact(text: str, values: list[str] | None = None) -> str:
     """Remove every known secret value from text bound for a log or a report."""
     if values is None:
-        values = [os.environ[s] for s in _known_vars() if s in os.environ]
+        values = [os.environ[s] for s in _KNOWN if s in os.environ]
     for v in sorted(values, key=len, reverse=True):
         if len(v) >= 4:
             text = text.replace(v, "******")
     return text
 
 
-_KNOWN: set[str] = set()
+_KNOWN: set[str] = {STACK_SECRET_VAR}  # variables whose values redact() removes
 
 
 def register(topo: Topology) -> None:
+    """Redact this topology's secrets from every log line and report from now on."""
     _KNOWN.update(referenced(topo))
-
-
-def _known_vars() -> set[str]:
-    return _KNOWN

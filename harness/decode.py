@@ -529,57 +529,14 @@ class _Decoder:
     def _sip_datagram(
         self, payload: bytes, n: int, ts: float, src: str, sport: int, dst: str, dport: int
     ) -> None:
-        """One UDP datagram = one SIP message. ``_sip_event`` inlined: this is the hot path."""
+        """One UDP datagram = one SIP message."""
         h = parse_sip_tuple(payload)
         if h is None:
             if payload.strip(b"\r\n\0"):
                 self.stats.malformed_sip += 1
             # else: a keep-alive (RFC 5626 CRLF, or a NUL byte), not a message
             return
-        self.stats.sip_messages += 1
-        (method, status, reason, _ruri, ruri_user, ruri_host, call_id, cseq, cseq_method, from_user, to_user,
-         contact, expires, _clen, _hlen) = h  # fmt: skip
-        registrar = None
-        if method is None:
-            extension = to_user
-            if cseq_method == "REGISTER":
-                registrar = src
-                if expires is None and contact is None and 200 <= status < 300:
-                    expires = 0  # a 2xx lists every binding left (RFC 3261 10.3): none left
-        elif method == "REGISTER":
-            extension = to_user
-            registrar = ruri_host or dst
-        else:
-            extension = ruri_user or to_user
-        self.events.append(
-            _new_event(
-                (
-                    ts,
-                    n,
-                    "sip",
-                    "udp",
-                    src,
-                    sport,
-                    dst,
-                    dport,
-                    method,
-                    status,
-                    reason,
-                    call_id,
-                    cseq,
-                    cseq_method,
-                    extension,
-                    registrar,
-                    expires,
-                    from_user,
-                    to_user,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-            )  # fmt: skip
-        )
+        self._sip_event(h, n, ts, "udp", src, sport, dst, dport)
 
     def _sip_event(
         self,

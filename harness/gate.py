@@ -228,6 +228,19 @@ def scenario_id(result: Mapping[str, Any]) -> str:
     return f"{base}[{','.join(params)}]" if params else base
 
 
+def _read_json_object(path: Path, problems: list[tuple[str, str, str]]) -> Mapping[str, Any] | None:
+    """The JSON object in a file, or None with the reason added to ``problems``."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problems.append((str(path), "", f"not readable JSON: {e}"))
+        return None
+    if not isinstance(obj, Mapping):
+        problems.append((str(path), "", "must be a JSON object"))
+        return None
+    return obj
+
+
 def read_results(results_dir: str | Path) -> tuple[list[TestRun], list[tuple[str, str, str]]]:
     """Every test result of a directory, and the problems met (file, field, what) reading them.
 
@@ -248,13 +261,8 @@ def read_results(results_dir: str | Path) -> tuple[list[TestRun], list[tuple[str
         if not n.endswith("-container.json"):
             continue
         f = str(d / n)
-        try:
-            c = json.loads((d / n).read_text())
-        except (OSError, ValueError) as e:
-            problems.append((f, "", f"not readable JSON: {e}"))
-            continue
-        if not isinstance(c, Mapping):
-            problems.append((f, "", "must be a JSON object"))
+        c = _read_json_object(d / n, problems)
+        if c is None:
             continue
         fixture_atts: list[Attachment] = []
         for key in ("befores", "afters"):
@@ -268,13 +276,8 @@ def read_results(results_dir: str | Path) -> tuple[list[TestRun], list[tuple[str
         if not n.endswith("-result.json"):
             continue
         f = str(d / n)
-        try:
-            r = json.loads((d / n).read_text())
-        except (OSError, ValueError) as e:
-            problems.append((f, "", f"not readable JSON: {e}"))
-            continue
-        if not isinstance(r, Mapping):
-            problems.append((f, "", "must be a JSON object"))
+        r = _read_json_object(d / n, problems)
+        if r is None:
             continue
         status = r.get("status")
         if status not in STATUSES:

@@ -152,11 +152,15 @@ class Endpoint:
     def obs_kind(self) -> str:
         return f"{self.kind}_snapshot"
 
+    @property
+    def rpc_url(self) -> str:
+        """A PBX's JSON-RPC URL (kamailio's jsonrpcs over HTTP)."""
+        return f"http://{self.host}:{self.port}/RPC"
+
     def read(self, timeout: float) -> dict[str, Any]:
         """The snapshot value for the history (docs/history.md)."""
         if self.kind == "pbx":
-            url = f"http://{self.host}:{self.port}/RPC"
-            return {"site": self.site, "registrations": pbx_registrations(url, timeout)}
+            return {"site": self.site, "registrations": pbx_registrations(self.rpc_url, timeout)}
         return {"site": self.site, "sessions": cti_sessions(self.host, self.port, timeout)}
 
     def read_timed(self, timeout: float) -> tuple[dict[str, Any], float, float]:

@@ -763,12 +763,6 @@ def scale_unfit(topo: Any, need: int = 1000) -> str | None:
     return None
 
 
-def allure_step(name: str) -> Any:
-    import allure
-
-    return allure.step(name)
-
-
 def label_test(
     module: str,
     feature: str | None,
@@ -788,21 +782,18 @@ def device_facts(lab: Lab) -> dict[str, Any]:
     """What the devices say they are, for the report's environment: kamailio's version (JSON-RPC
     `core.version`), each switch's `show version` / `display version`, each phone's firmware. A device that
     does not answer is noted, not fatal: the report must not fail on a fact."""
-    import json as json_mod
-    import urllib.request
-
     from harness.drivers import driver_for
 
     facts: dict[str, Any] = {"kamailio": {}, "switch": {}, "phone": {}}
-    for d in lab.topology.of_kind("pbx"):
-        url = f"http://{d.spec.mgmt or d.spec.address}:{d.spec.rpc_port}/RPC"
-        body = json_mod.dumps({"jsonrpc": "2.0", "method": "core.version", "id": 1}).encode()
+    for ep in observe.endpoints(lab):
+        if ep.kind != "pbx":
+            continue
         try:
-            req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=3) as r:
-                facts["kamailio"][d.name] = str(json_mod.load(r).get("result", "")).strip()
-        except Exception as e:
-            facts["kamailio"][d.name] = f"unreachable: {type(e).__name__}"
+            facts["kamailio"][ep.device] = str(
+                observe.jsonrpc(ep.rpc_url, "core.version", timeout=3) or ""
+            ).strip()
+        except observe.ObserveError as e:
+            facts["kamailio"][ep.device] = f"unreachable: {e}"[:200]
     for kind in ("switch", "phone"):
         for d in lab.topology.of_kind(kind):
             try:

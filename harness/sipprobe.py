@@ -412,7 +412,7 @@ class SipUdpClient:
         parties that arrive meanwhile are kept for :meth:`recv`.
         """
         self.inflight = req
-        branch = _via_branch(req.header("Via") or "")
+        branch = header_param(req.header("Via") or "", "branch") or ""
         is_invite = req.method == "INVITE"
         responses: list[SipMessage] = []
         deadline = time.monotonic() + timeout
@@ -434,7 +434,7 @@ class SipUdpClient:
             if not msg.is_response:
                 self._pending.append((msg, addr))
                 continue
-            if _via_branch(msg.header("Via") or "") != branch or msg.method != req.method:
+            if (header_param(msg.header("Via") or "", "branch") or "") != branch or msg.method != req.method:
                 continue  # stray retransmission of an earlier transaction
             responses.append(msg)
             status = msg.status or 0
@@ -622,14 +622,6 @@ class SipUdpClient:
         resp = SipMessage(f"SIP/2.0 {code} {reason}", headers, body)
         self.send(resp, addr)
         return resp
-
-
-def _via_branch(via: str) -> str:
-    for part in via.split(";")[1:]:
-        key, _, val = part.partition("=")
-        if key.strip().lower() == "branch":
-            return val.strip()
-    return ""
 
 
 def _source_host(source: str | tuple[str, int] | None) -> tuple[str | None, int]:

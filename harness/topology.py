@@ -303,11 +303,6 @@ class Topology:
         except KeyError:
             raise KeyError(f"no device {name!r} in {self.file}") from None
 
-    def switch_port(self, ref: str) -> tuple[str, str, Port]:
-        sw, _, port = ref.partition(":")
-        spec = self.device(sw).spec
-        return sw, port, spec.ports[port]
-
     def agents(self) -> list[Agent]:
         if self._agents is None:
             out: list[Agent] = []

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from stack.agent.client import AgentClient, Timers, TokenBucket, UlHttp
 from stack.common import auth, directory, sipping
+from stack.common.addr import hostport
 from stack.common.eventlog import EventLog
 from stack.phone.control import LocalPhoneControl
 from stack.phone.ua import Phone, SipEndpoint
@@ -54,11 +55,6 @@ class SharedOptions:
             hit = (now, asyncio.ensure_future(sipping.options(host, port, timeout)))
             self._cache[key] = hit
         return await asyncio.shield(hit[1])
-
-
-def hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class Swarm:

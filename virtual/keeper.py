@@ -139,22 +139,15 @@ class Keeper:
     def attach_controller(self, timeout: float = 10.0) -> None:
         """Wait for the controller's management veth (added from outside) and put it on the mgmt bridge."""
         deadline = time.monotonic() + timeout
+        spans = [pp.veth for pp in self.net.span_ports()]
         while time.monotonic() < deadline:
-            spans = [pp.veth for pp in self.net.span_ports()]
-            if self._has_link(CORE_MGMT_IF) and all(self._has_link(v) for v in spans):
+            if netns.link_exists(CORE_MGMT_IF) and all(netns.link_exists(v) for v in spans):
                 self._ip(["link", "set", CORE_MGMT_IF, "master", MGMT_BRIDGE, "up"])
                 for v in spans:  # SPAN destinations: up, but never on the bridge
                     self._ip(["link", "set", v, "up"])
                 return
             time.sleep(0.02)
         raise RuntimeError("the controller's management veth never arrived")
-
-    def _has_link(self, name: str) -> bool:
-        try:
-            netns.link_flags(name)
-            return True
-        except OSError:
-            return False
 
     # -- services ------------------------------------------------------------------------------------
     def start_pbxs(self) -> None:

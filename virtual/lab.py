@@ -22,6 +22,7 @@ from typing import Any
 
 from harness import credentials
 from harness.topology import REPO_ROOT, Topology, load
+from virtual import netns
 from virtual.netplan import CORE_MGMT_IF, HOST_MGMT_IF, plan
 
 REQUIRED_TOOLS = ("ip", "unshare", "nsenter", "kamailio")
@@ -205,7 +206,7 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
             return running
         raise LabError(f"lab {running.name} is already up; run `hil lab down` first")
     for name in [HOST_MGMT_IF, *(str(pp.span_to) for pp in plan(topo).span_ports())]:
-        if _has_link(name):
+        if netns.link_exists(name):
             raise LabError(f"interface {name} already exists in this namespace: is another lab up here?")
 
     run_dir = run_base() / topo.name
@@ -266,16 +267,6 @@ def up(topo: Topology, timeout: float = 30.0) -> LabHandle:
         proc.wait()
         raise
     return handle
-
-
-def _has_link(name: str) -> bool:
-    from virtual import netns
-
-    try:
-        netns.link_flags(name)
-        return True
-    except OSError:
-        return False
 
 
 def _ip(*args: str) -> None:
@@ -353,7 +344,7 @@ def down(handle: LabHandle | None = None, timeout: float = 5.0) -> bool:
         except Exception:  # a topology edited since: the kernel still removes these with the lab
             pass
     for name in ours:
-        if _has_link(name):
+        if netns.link_exists(name):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
     _archive_logs(h.run_dir)
     shutil.rmtree(h.run_dir, ignore_errors=True)

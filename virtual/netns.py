@@ -96,6 +96,14 @@ def link_flags(ifname: str, ns_path: str | None = None) -> int:
     return flags
 
 
+def link_exists(ifname: str, ns_path: str | None = None) -> bool:
+    try:
+        link_flags(ifname, ns_path)
+        return True
+    except OSError:
+        return False
+
+
 def link_state(ifname: str, ns_path: str | None = None) -> tuple[bool, bool]:
     """(administratively up, carrier): what a switch shows as enabled/disabled and connected/notconnect."""
     flags = link_flags(ifname, ns_path)

@@ -726,7 +726,8 @@ class SwitchCLI(LineSessionBase):
             ]
         return lines
 
-    def _ios_interface_config(self, port: Port) -> list[str]:
+    def _interface_config(self, port: Port) -> list[str]:
+        """The ``interface`` stanza both vendors share: name, description, shutdown."""
         lines = [f"interface {port.full}"]
         description = self._description(port)
         if description:
@@ -737,11 +738,11 @@ class SwitchCLI(LineSessionBase):
 
     def _ios_show_run(self, only: Port | None = None) -> list[str]:
         if only:
-            body = self._ios_interface_config(only) + ["end"]
+            body = self._interface_config(only) + ["end"]
         else:
             body = ["!", "version 15.2", f"hostname {self.hostname}", "!"]
             for port in self.ports.ports:
-                body += self._ios_interface_config(port) + ["!"]
+                body += self._interface_config(port) + ["!"]
             body += self._ios_span_config() + ["!", "end"]
         size = sum(len(line) + 1 for line in body)
         return ["Building configuration...", "", f"Current configuration : {size} bytes", "!"] + body + [""]
@@ -990,12 +991,7 @@ class SwitchCLI(LineSessionBase):
         return lines
 
     def _vrp_interface_config(self, port: Port) -> list[str]:
-        lines = [f"interface {port.full}"]
-        description = self._description(port)
-        if description:
-            lines.append(f" description {description}")
-        if not self._state(port)[0]:
-            lines.append(" shutdown")
+        lines = self._interface_config(port)
         with self.config.lock:
             for n, mirror in sorted(self.config.mirrors.items()):
                 direction = mirror.sources.get(port.name)

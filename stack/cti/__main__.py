@@ -10,12 +10,8 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from stack.common.addr import hostport
 from stack.cti.server import CtiServer
-
-
-def hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,13 +13,9 @@ import sys
 from aiohttp import web
 
 from stack.common import directory
+from stack.common.addr import hostport
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
-
-
-def hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
