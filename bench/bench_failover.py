@@ -61,6 +61,8 @@ from harness.capture import Capture  # noqa: E402
 from harness.decode import decode_pcap, iter_frames  # noqa: E402
 from harness.lab import Lab, close_lab, open_lab  # noqa: E402
 from harness.observe import ObserveError, cti_query, jsonrpc, parse_ul_dump  # noqa: E402
+from stack.common.loop import name as loop_name  # noqa: E402
+from stack.swarm import parse as swarm_args  # noqa: E402
 
 TOPOLOGIES = {
     100: "topologies/virtual-two-site.yaml",
@@ -507,6 +509,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(all_agents) != args.agents:
         raise SystemExit(f"error: {topo_file} has {len(all_agents)} agents, not {args.agents}")
     doc: dict[str, Any] = {"bench": "failover", **machine()}
+    sw = swarm_args(["--topology", "x", "--site", "sha"])
     doc["setup"] = {
         "agents": args.agents,
         "fault": args.fault,
@@ -515,7 +518,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Path(topo_file).relative_to(ROOT) if Path(topo_file).is_relative_to(ROOT) else topo_file
         ),
         "timers": "stack defaults: heartbeat 1 s x 3 misses, confirmation 1 s, CTI PBX liveness probe "
-        "0.5 s x 2, swarm UL login pacing 200/s (burst 50) per site",
+        f"0.5 s x 2, swarm UL login pacing {sw.rate:.0f}/s (burst {sw.burst:.0f}) per site",
+        "event_loop": loop_name(),
         "not_ready_every": args.not_ready_every,
     }
     out_dir = Path(args.out_dir)
@@ -747,9 +751,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # In-run yardstick: the swarm paces UL logins (token bucket); no failover can beat detection plus
             # the paced logins. measured / floor says how much the rest of the chain adds, and it compares
             # across runs on a noisy machine better than seconds do.
-            from stack.swarm import parse as swarm_args
-
-            sw = swarm_args(["--topology", "x", "--site", "sha"])
             floor = detection + max(0.0, n - sw.burst) / sw.rate
             figures["pacing_floor_s"] = fig(
                 floor, "s", how=f"detection + (agents - {sw.burst:.0f}) / {sw.rate:.0f} per s"

@@ -29,6 +29,7 @@ from stack.agent.client import AgentClient, Timers, TokenBucket, UlHttp
 from stack.common import auth, directory, sipping
 from stack.common.addr import hostport
 from stack.common.eventlog import EventLog
+from stack.common.loop import run_main
 from stack.phone.control import LocalPhoneControl
 from stack.phone.ua import Phone, SipEndpoint
 
@@ -218,8 +219,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sip-secret-env", default="LAB_SIP_SECRET")
     ap.add_argument("--limit", type=int, default=None, help="only the first N agents of the site")
     ap.add_argument("--pool", action="append", default=None, help="only these pools (repeatable)")
-    ap.add_argument("--rate", type=float, default=200.0, help="UL logins per second (token bucket)")
-    ap.add_argument("--burst", type=float, default=50.0)
+    ap.add_argument("--rate", type=float, default=400.0, help="UL logins per second (token bucket)")
+    ap.add_argument("--burst", type=float, default=100.0)
     ap.add_argument("--expires", type=int, default=300, help="REGISTER expiry the phones ask for")
     ap.add_argument("--initial-state", choices=("ready", "not_ready"), default="ready")
     ap.add_argument("--heartbeat", type=float, default=d.heartbeat)
@@ -288,7 +289,7 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(run(args))
+    run_main(run(args))
     return 0
 
 

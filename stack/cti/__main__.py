@@ -11,6 +11,7 @@ import sys
 from urllib.parse import urlsplit
 
 from stack.common.addr import hostport
+from stack.common.loop import run_main
 from stack.cti.server import CtiServer
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print(f"error: environment variable {args.secret_env} is not set", file=sys.stderr)
         return 2
-    asyncio.run(run(args, secret))
+    run_main(run(args, secret))
     return 0
 
 

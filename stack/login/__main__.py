@@ -14,6 +14,7 @@ from aiohttp import web
 
 from stack.common import directory
 from stack.common.addr import hostport
+from stack.common.loop import run_main
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
 
@@ -90,7 +91,7 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(run(args))
+    run_main(run(args))
     return 0
 
 

@@ -22,6 +22,7 @@ import sys
 
 from aiohttp import web
 
+from stack.common.loop import run_main
 from stack.phone.api import default_facts, make_app
 from stack.phone.ua import Phone, PhoneEvent, SipEndpoint, SipTimers
 
@@ -140,7 +141,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(message)s")
-    return asyncio.run(run(args))
+    return run_main(run(args))
 
 
 if __name__ == "__main__":
