@@ -21,6 +21,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,32 +31,45 @@ from stack.common import auth, directory, sipping
 from stack.common.addr import hostport
 from stack.common.eventlog import EventLog
 from stack.common.loop import run_main
+from stack.cti import client as cti_client
 from stack.phone.control import LocalPhoneControl
 from stack.phone.ua import Phone, SipEndpoint
 
 log = logging.getLogger("stack.swarm")
 
 
-class SharedOptions:
-    """SIP OPTIONS probes shared by every client of the process: one probe per PBX per ``ttl``.
+class SharedProbe:
+    """A probe shared by every client of the process: one in flight per target, its answer reused for
+    ``ttl`` seconds. ``probe(host, port, timeout)`` is any coroutine function.
 
-    When a PBX fails, thousands of clients confirm at the same moment; each used to open its own UDP socket
-    and send its own OPTIONS (5,000 sockets in a second at 10,000 agents, a tenth of the swarm's CPU in the
-    failover profile). The answer is the same for all of them, so they share one probe in flight and its
-    result for ``ttl`` seconds; the probe still goes over its own socket, apart from the phones'.
+    When a PBX fails, thousands of clients confirm at the same moment, and the answer is the same for all
+    of them. Used for the SIP OPTIONS re-check (each client used to open its own UDP socket: 5,000 sockets
+    in a second at 10,000 agents, a tenth of the swarm's CPU in the failover profile) and for the CTI's
+    report of its PBX link (each client used to open its own TCP connection to ask it). The probe still
+    goes over its own socket, apart from the phones' and the sessions'.
     """
 
-    def __init__(self, ttl: float = 0.5) -> None:
+    def __init__(self, probe: Callable[[str, int, float], Awaitable[Any]], ttl: float = 0.5) -> None:
+        self.probe = probe
         self.ttl = ttl
-        self._cache: dict[tuple[str, int], tuple[float, asyncio.Future[int | None]]] = {}
+        self._cache: dict[tuple[str, int], tuple[float, asyncio.Future[Any]]] = {}
 
-    async def __call__(self, host: str, port: int, timeout: float) -> int | None:
+    async def __call__(self, host: str, port: int, timeout: float) -> Any:
         key, now = (host, port), time.monotonic()
         hit = self._cache.get(key)
         if hit is None or (hit[1].done() and now - hit[0] >= self.ttl):
-            hit = (now, asyncio.ensure_future(sipping.options(host, port, timeout)))
+            hit = (now, asyncio.ensure_future(self.probe(host, port, timeout)))
             self._cache[key] = hit
         return await asyncio.shield(hit[1])
+
+
+async def cti_link_up(host: str, port: int, timeout: float) -> bool:
+    """Whether the CTI at ``host:port`` answers and says its PBX link is up (a fresh connection)."""
+    try:
+        st = await cti_client.query(host, port, {"type": "status"}, timeout)
+    except cti_client.CtiError:
+        return False
+    return st.get("pbx_link") == "up"
 
 
 class Swarm:
@@ -88,7 +102,8 @@ class Swarm:
         self.expires = expires
         self.initial_state = initial_state
         self.ul = UlHttp()
-        self.options = SharedOptions()
+        self.options = SharedProbe(sipping.options)
+        self.cti_link = SharedProbe(cti_link_up)
         self.endpoint: SipEndpoint | None = None
         self.clients: dict[str, AgentClient] = {}
         self.phones: dict[str, Phone] = {}
@@ -105,6 +120,7 @@ class Swarm:
                 a.id, auth.derive_password(self.agent_secret, a.id), a.extension, a.home, self.uls,
                 LocalPhoneControl(phone), timers=self.timers, events=self.events, ul_api=self.ul,
                 pacer=self.pacer, initial_state=self.initial_state, sip_options=self.options,
+                cti_link=self.cti_link,
             )  # fmt: skip
             self.phones[a.id], self.clients[a.id] = phone, client
         for c in self.clients.values():

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from stack.common import sipping
+from stack.common import fastjson, sipping
 from stack.common.eventlog import EventLog
 from stack.cti.client import CtiConnection, CtiError
 from stack.phone.control import PhoneControl
@@ -76,7 +76,9 @@ class UlHttp:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256), json_serialize=fastjson.dumps
+            )
         return self._session
 
     async def health(self, url: str, timeout: float) -> bool:
@@ -125,7 +127,7 @@ class UlHttp:
             async with self._http().post(
                 url + "/v1/login", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as r:
-                reply = await r.json(content_type=None)
+                reply = await r.json(content_type=None, loads=fastjson.loads)
                 if r.status < 500:
                     self._answered[url] = time.monotonic()
                 if r.status in (400, 401, 403, 404):
@@ -189,6 +191,7 @@ def _done(fut: asyncio.Future[None]) -> None:
 
 CtiOpen = Callable[..., Awaitable[Any]]
 SipOptions = Callable[[str, int, float], Awaitable[int | None]]
+CtiLink = Callable[[str, int, float], Awaitable[bool]]  # the CTI says its PBX link is up
 
 
 @dataclass
@@ -217,6 +220,7 @@ class AgentClient:
         ul_api: Any = None,
         cti_open: CtiOpen | None = None,
         sip_options: SipOptions | None = None,
+        cti_link: CtiLink | None = None,
         pacer: TokenBucket | None = None,
         initial_state: str = "ready",
     ) -> None:
@@ -228,6 +232,7 @@ class AgentClient:
         self.ul = ul_api or UlHttp()
         self.cti_open: CtiOpen = cti_open or CtiConnection.open
         self.sip_options: SipOptions = sip_options or sipping.options
+        self.cti_link = cti_link
         self.pacer = pacer
         self.phase = "offline"
         self.site: str | None = None
@@ -674,6 +679,8 @@ class AgentClient:
     async def _cti_status(self, host: str | None, port: int | None) -> bool:
         if not host or not port:
             return False
+        if self.cti_link is not None and not await self.cti_link(host, int(port), self.t.confirm_timeout):
+            return False  # the CTI is gone or says its PBX link is down: the same for every agent there
         try:
             conn = await self.cti_open(host, int(port), timeout=self.t.confirm_timeout)
         except CtiError:

@@ -6,8 +6,9 @@ an optional ``id`` that the reply echoes; server-pushed events carry ``type: "ev
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from stack.common import fastjson
 
 MAX_LINE = 16 * 1024
 STATES = ("ready", "not_ready", "on_call")
@@ -35,12 +36,12 @@ ERRORS = {
 
 def encode(msg: dict[str, Any]) -> bytes:
     """One wire line for ``msg``."""
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    return fastjson.dumpb(msg) + b"\n"
 
 
 def decode(line: bytes) -> dict[str, Any]:
     """The object on one wire line; ValueError when it is not a JSON object."""
-    obj = json.loads(line)
+    obj = fastjson.loads(line)
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
