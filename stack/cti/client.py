@@ -16,31 +16,53 @@ from stack.cti import protocol as P
 
 
 class CtiError(Exception):
-    """An error reply (``code`` from the protocol) or a broken connection (``code`` = "disconnected")."""
+    """An error reply (``code`` from the protocol) or a broken connection (``code`` = "disconnected";
+    ``refused`` when nothing listened at all)."""
 
-    def __init__(self, code: str, reply: dict[str, Any] | None = None) -> None:
+    def __init__(self, code: str, reply: dict[str, Any] | None = None, refused: bool = False) -> None:
         super().__init__(code if reply is None else f"{code}: {reply.get('message', '')}")
         self.code = code
         self.reply = reply or {}
+        self.refused = refused
+
+
+class _Lines(asyncio.Protocol):
+    """Splits the byte stream into lines and hands them to the connection (no reader task: a swarm keeps
+    5,000 connections, and a task woken per heartbeat ack was a large part of its CPU)."""
+
+    def __init__(self, conn: CtiConnection) -> None:
+        self.conn = conn
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if b"\n" not in data:
+            self.buf = buf
+            if len(buf) > P.MAX_LINE * 8:
+                self.conn.abort()
+            return
+        *lines, self.buf = buf.split(b"\n")
+        for line in lines:
+            self.conn.on_line(line)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.shutdown()
 
 
 class CtiConnection:
-    """One TCP connection to a CTI server."""
+    """One TCP connection to a CTI server (open it with :meth:`open`)."""
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        self.reader, self.writer = reader, writer
         self.on_event = on_event
         self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.closed = False
-        self._task = asyncio.create_task(self._read())
 
     @classmethod
     async def open(
@@ -52,37 +74,40 @@ class CtiConnection:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> CtiConnection:
+        conn = cls(on_event, on_close)
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=P.MAX_LINE * 8), timeout
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _Lines(conn), host, port), timeout
             )
         except (TimeoutError, OSError) as err:
-            raise CtiError("disconnected", {"message": str(err) or type(err).__name__}) from None
-        return cls(reader, writer, on_event, on_close)
+            raise CtiError(
+                "disconnected",
+                {"message": str(err) or type(err).__name__},
+                refused=isinstance(err, ConnectionRefusedError),
+            ) from None
+        conn.transport = transport  # type: ignore[assignment]
+        return conn
 
-    async def _read(self) -> None:
+    def on_line(self, line: bytes) -> None:
         try:
-            while True:
-                line = await self.reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = P.decode(line)
-                except ValueError:
-                    continue
-                rid = msg.get("id")
-                fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
-                if fut is not None:
-                    if not fut.done():
-                        fut.set_result(msg)
-                elif msg.get("type") == "event" and self.on_event is not None:
-                    self.on_event(msg)
-        except (OSError, ValueError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._shutdown()
+            msg = P.decode(line)
+        except ValueError:
+            return
+        rid = msg.get("id")
+        fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(msg)
+        elif msg.get("type") == "event" and self.on_event is not None:
+            self.on_event(msg)
 
-    def _shutdown(self) -> None:
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.shutdown()
+
+    def shutdown(self) -> None:
         if self.closed:
             return
         self.closed = True
@@ -90,14 +115,15 @@ class CtiConnection:
             if not fut.done():
                 fut.set_exception(CtiError("disconnected"))
         self._pending.clear()
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
         if self.on_close is not None:
             self.on_close()
 
     async def request(self, msg: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
         """Send ``msg`` and return the reply; raise CtiError for an error reply, loss or timeout."""
-        if self.closed:
+        if self.closed or self.transport is None:
             raise CtiError("disconnected")
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
@@ -107,7 +133,7 @@ class CtiConnection:
         # on the way out, which was a quarter of a 10,000-agent swarm's CPU at steady state (heartbeats).
         timer = loop.call_later(timeout, _expire, fut)
         try:
-            self.writer.write(P.encode({**msg, "id": rid}))
+            self.transport.write(P.encode({**msg, "id": rid}))
             reply = await fut
         except TimeoutError:
             raise CtiError("timeout") from None
@@ -126,10 +152,7 @@ class CtiConnection:
             with contextlib.suppress(CtiError):
                 await self.request({"type": "logout"}, timeout=0.5)
         self.on_close = None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
-        self._shutdown()
+        self.shutdown()
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

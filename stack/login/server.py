@@ -55,13 +55,10 @@ class CtiAdmin:
                     if time.monotonic() < self._down_until:
                         return None
                     try:
-                        reader, writer = await asyncio.wait_for(
-                            asyncio.open_connection(self.host, self.port), 1.0
-                        )
-                        self._conn = CtiConnection(reader, writer, None, None)
+                        self._conn = await CtiConnection.open(self.host, self.port, timeout=1.0)
                         self._refused = False
-                    except (TimeoutError, OSError) as err:
-                        self._refused = isinstance(err, ConnectionRefusedError)
+                    except CtiError as err:
+                        self._refused = err.refused
                         self._down_until = time.monotonic() + 2.0
                         return None
                 conn = self._conn
