@@ -205,7 +205,7 @@ class MemSampler(threading.Thread):
 
 def mgmt(lab: Lab, kind: str, site: str) -> tuple[str, Any]:
     d = lab.topology.of_kind(kind, site)[0]
-    return str(d.spec.mgmt or d.spec.address), d.spec
+    return d.control_address, d.spec
 
 
 def pbx_extensions(lab: Lab, site: str, timeout: float = 5.0) -> set[str]:
@@ -277,11 +277,7 @@ def wait_online(lab: Lab, agents: list[Any], timeout: float) -> tuple[float, dic
 
 
 def set_not_ready(lab: Lab, site: str, agent_ids: list[str]) -> None:
-    host = next(
-        str(h.spec.mgmt or h.spec.address)
-        for h in lab.topology.of_kind("host", site)
-        if h.spec.role == "agents"
-    )
+    host = next(h.control_address for h in lab.topology.of_kind("host", site) if h.spec.role == "agents")
 
     def one(aid: str) -> None:
         body = json.dumps({"state": "not_ready"}).encode()

@@ -178,9 +178,9 @@ def endpoints(lab: Lab) -> list[Endpoint]:
     """Every PBX and CTI of the lab, at the address the controller reaches (management if it has one)."""
     out = []
     for d in lab.topology.of_kind("pbx"):
-        out.append(Endpoint("pbx", d.name, d.site, str(d.spec.mgmt or d.spec.address), d.spec.rpc_port))
+        out.append(Endpoint("pbx", d.name, d.site, d.control_address, d.spec.rpc_port))
     for d in lab.topology.of_kind("cti"):
-        out.append(Endpoint("cti", d.name, d.site, str(d.spec.mgmt or d.spec.address), d.spec.port))
+        out.append(Endpoint("cti", d.name, d.site, d.control_address, d.spec.port))
     return out
 
 

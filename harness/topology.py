@@ -262,6 +262,12 @@ class Device:
     path: str
     spec: Any
 
+    @property
+    def control_address(self) -> str:
+        """Where the controller reaches the device: its management address when it has one (out of band,
+        so a cut data link does not cut the controller off), its data address otherwise."""
+        return str(getattr(self.spec, "mgmt", None) or self.spec.address)
+
 
 DEVICE_KINDS = ("pbx", "cti", "ul", "hosts", "switches", "phones", "consoles", "power")
 KIND_NAMES = {"hosts": "host", "switches": "switch", "phones": "phone", "consoles": "console", "power": "pdu"}

@@ -36,7 +36,7 @@ def ul_urls(lab: Lab) -> dict[str, str]:
     """Each site's UL, at the address the controller reaches (management if it has one)."""
     out = {}
     for d in lab.topology.of_kind("ul"):
-        out.setdefault(d.site, f"http://{d.spec.mgmt or d.spec.address}:{d.spec.port}")
+        out.setdefault(d.site, f"http://{d.control_address}:{d.spec.port}")
     return out
 
 

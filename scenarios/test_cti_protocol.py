@@ -17,7 +17,7 @@ SITE = "sha"
 
 def _cti(scenario: Scenario) -> tuple[str, int]:
     d = scenario.lab.topology.of_kind("cti", SITE)[0]
-    return str(d.spec.mgmt or d.spec.address), d.spec.port
+    return d.control_address, d.spec.port
 
 
 def _send(scenario: Scenario, f: str, value: dict, lines: list[bytes]) -> list:

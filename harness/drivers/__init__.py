@@ -41,9 +41,8 @@ def driver_for(lab: Lab, name: str, steps: Steps | None = None) -> Any:
 
         if creds.host is None:
             raise DeviceError(f"{lab.topology.file}: credentials.host is needed to drive {name}")
-        addr = d.spec.mgmt or d.spec.address
         access = HostAccess(
-            host=str(addr),
+            host=d.control_address,
             port=d.spec.ssh_port,
             username=creds.host.username,
             password=reveal(creds.host.password, "credentials.host.password"),
@@ -57,7 +56,7 @@ def driver_for(lab: Lab, name: str, steps: Steps | None = None) -> Any:
         if creds.phone is None:
             raise DeviceError(f"{lab.topology.file}: credentials.phone is needed to drive {name}")
         access_p = PhoneAccess(
-            host=str(d.spec.mgmt or d.spec.address),
+            host=d.control_address,
             port=d.spec.api_port,
             username=creds.phone.username,
             password=reveal(creds.phone.password, "credentials.phone.password"),
