@@ -187,7 +187,9 @@ class _Fault:
         return self.pair.outcome != "fail"
 
 
-def _fault_key(v: Mapping[str, Any]) -> str:
+def fault_key(v: Any) -> str:
+    """What ties a fault's heal to its inject in the history: its id, else kind@target."""
+    v = v if isinstance(v, Mapping) else {}
     return str(v["id"]) if v.get("id") is not None else f"{v.get('fault')}@{v.get('target')}"
 
 
@@ -200,7 +202,7 @@ def _faults(pairs: Iterable[OpPair]) -> list[_Fault]:
         agents = v.get("agents")
         out.append(
             _Fault(
-                _fault_key(v),
+                fault_key(v),
                 p,
                 v.get("site") or _site_of_name(v.get("target")),
                 [str(a) for a in agents] if isinstance(agents, list) else None,
@@ -898,7 +900,7 @@ def check_faults_healed(
     for flt in faults:
         if not flt.took_effect:
             continue
-        mine = [h for h in heals if _fault_key(_val(h.invoke)) == flt.key and h.invoke.t >= flt.pair.invoke.t]
+        mine = [h for h in heals if fault_key(_val(h.invoke)) == flt.key and h.invoke.t >= flt.pair.invoke.t]
         if any(h.outcome == "ok" for h in mine):
             continue
         if not mine:

@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness.checks import Verdict
+from harness.checks import Verdict, fault_key
 from harness.decode import Event as WireEvent
 from harness.history import Event, Op, pair_ops
 
@@ -55,13 +55,13 @@ def fault_windows(history: Iterable[Event]) -> list[FaultWindow]:
     heals: dict[str, list[Op]] = {}
     for p in pairs:
         if p.invoke.f == "fault.heal" and p.outcome == "ok" and p.completion is not None:
-            heals.setdefault(_fault_key(p.invoke.value), []).append(p.completion)
+            heals.setdefault(fault_key(p.invoke.value), []).append(p.completion)
     out = []
     for p in pairs:
         if p.invoke.f != "fault.inject" or p.outcome == "fail":
             continue
         v = p.invoke.value if isinstance(p.invoke.value, dict) else {}
-        key = _fault_key(v)
+        key = fault_key(v)
         heal = next((h for h in heals.get(key, []) if h.t >= p.invoke.t), None)
         label = f"{v.get('fault', 'fault')} {v.get('target', '')}".strip()
         out.append(
@@ -75,11 +75,6 @@ def fault_windows(history: Iterable[Event]) -> list[FaultWindow]:
             )
         )
     return out
-
-
-def _fault_key(v: Any) -> str:
-    v = v if isinstance(v, dict) else {}
-    return str(v.get("id") or f"{v.get('fault')}@{v.get('target')}")
 
 
 def _figures(recovery: Verdict | Mapping[str, Any]) -> dict[str, Any]:
