@@ -109,11 +109,12 @@ def sample_agents(recovery: Verdict | Mapping[str, Any], n: int = 4) -> list[str
     return picks[:n]
 
 
-def hosts_from_topology(topology_path: str | Path) -> dict[str, str]:
-    """Address -> device name for every node and phone of a topology (lanes of the ladder)."""
+def hosts_from_topology(topology: Any) -> dict[str, str]:
+    """Address -> device name for every node and phone of a topology (lanes of the ladder); ``topology``
+    is a loaded Topology or a file."""
     from harness import topology as topology_mod
 
-    topo = topology_mod.load(topology_path)
+    topo = topology if isinstance(topology, topology_mod.Topology) else topology_mod.load(topology)
     out: dict[str, str] = {}
     for d in topo.devices.values():
         addr = getattr(d.spec, "address", None)

@@ -502,12 +502,8 @@ def _roster_extensions(events: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-def _cti_ports(topology: str | Path | None) -> list[int]:
-    if topology is None:
-        return []
-    from harness import topology as topology_mod
-
-    return sorted({d.spec.port for d in topology_mod.load(topology).of_kind("cti")})
+def _cti_ports(topo: Any) -> list[int]:
+    return sorted({d.spec.port for d in topo.of_kind("cti")}) if topo is not None else []
 
 
 def attach_run(
@@ -585,15 +581,20 @@ def attach_run(
 
     def ladder() -> list[str]:
         wire = list(events) if events is not None else []
+        topo = None
+        if topology is not None:
+            from harness import topology as topology_mod
+
+            topo = topology_mod.load(topology)  # once per scenario: CTI ports and ladder lanes
         if events is None:
             from harness.decode import decode_pcap
 
-            ports = _cti_ports(topology)
+            ports = _cti_ports(topo)
             for p in pcaps:
                 wire.extend(decode_pcap(p, cti_ports=ports).events)
         if not wire:
             return []
-        hosts = plots.hosts_from_topology(topology) if topology is not None else {}
+        hosts = plots.hosts_from_topology(topo) if topo is not None else {}
         exts = _roster_extensions(evs)
         if recov:
             agents = plots.sample_agents(recov[0], sample)
