@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from stack.cti.client import CtiConnection, CtiError, query
 from stack.cti.server import CtiServer
 
 SECRET = "cti-secret"
-CTI, RPC, UL = 27880, 27881, 27882
+CTI, RPC, UL, EVENTS = 27880, 27881, 27882, 27883
 
 
 class FakePbxAndUl:
@@ -25,6 +26,7 @@ class FakePbxAndUl:
     def __init__(self) -> None:
         self.registered: set[str] = set()
         self.removed: list[str] = []  # extensions ``ul.rm`` removed
+        self.lookups: list[str] = []  # extensions ``ul.lookup`` asked for (the liveness probe's not)
         self.up = True
         self.epochs: dict[str, dict[str, Any]] = {}
         self.runner: web.AppRunner | None = None
@@ -43,9 +45,16 @@ class FakePbxAndUl:
                 {"jsonrpc": "2.0", "id": 1, "result": {"Domains": [{"Domain": {"AoRs": aors}}]}}
             )
         ext = body["params"][1]
+        if ext != "cti-liveness-probe":
+            self.lookups.append(ext)
         if ext not in self.registered:
             return web.json_response(
-                {"jsonrpc": "2.0", "id": 1, "error": {"code": 404, "message": "AOR not found"}}
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "error": {"code": 500, "message": "AOR not found in location table"},
+                },
+                status=500,  # as Kamailio 5.6 answers (virtual/pbx.py)
             )
         contact = {"Contact": {"Address": f"sip:{ext}@127.0.0.1", "Expires": 60}}
         return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"AoR": ext, "Contacts": [contact]}})
@@ -73,13 +82,13 @@ def token(agent: str, ext: str, epoch: int, site: str = "sha", ttl: float = 60) 
     return auth.mint(SECRET, {"agent": agent, "site": site, "epoch": epoch, "ext": ext}, ttl)
 
 
-def with_cti(body: Any) -> None:
+def with_cti(body: Any, **kw: Any) -> None:
     async def go() -> None:
         fake = FakePbxAndUl()
         await fake.start()
         srv = CtiServer(
             "sha", SECRET, pbx_rpc=f"http://127.0.0.1:{RPC}/RPC", ul_url=f"http://127.0.0.1:{UL}",
-            poll_interval=0.1, epoch_interval=0.2,
+            poll_interval=0.1, epoch_interval=0.2, **kw,
         )  # fmt: skip
         srv.pbx.timeout = __import__("aiohttp").ClientTimeout(total=0.15)
         await srv.start("127.0.0.1", CTI)
@@ -324,3 +333,59 @@ def test_a_binding_the_pbx_could_not_remove_yet_is_removed_when_it_answers() -> 
         await adm.close()
 
     with_cti(body)
+
+
+def pbx_event(sock: socket.socket, ext: str, event: str, seq: int, boot: str = "b1") -> None:
+    """One registration event as the PBX pushes it (tests/test_cti_events.py checks the listener)."""
+    body = json.dumps({"event": event, "pbx": "sha-pbx1", "ext": ext, "seq": seq, "boot": boot}).encode()
+    sock.sendto(
+        f"MESSAGE sip:127.0.0.1:{EVENTS} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK{seq}\r\n"
+        f"From: <sip:pbx@127.0.0.1>;tag=p\r\nTo: <sip:cti@127.0.0.1>\r\nCall-ID: ev{seq}\r\n"
+        f"CSeq: 1 MESSAGE\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+        ("127.0.0.1", EVENTS),
+    )
+
+
+def test_pushed_events_link_without_lookup_and_reach_the_agent_at_once() -> None:
+    """With ``pbx_events``: link_phone on a pushed registration asks the PBX nothing; a pushed change
+    reaches the linked agent at once (no dump in between: they come every 30 s); an out-of-order event
+    is ignored; "not registered" still asks the PBX (events are hints); a new PBX boot is reconciled."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            await wait_for(lambda: srv.pbx.up and srv.pbx.dumped)
+            dumps = srv.pbx.dumps
+            fake.registered.add("10001")
+            pbx_event(sock, "10001", "registered", 5)
+            await wait_for(lambda: srv.pbx.pushed.get("10001") is True)
+            await wait_for(lambda: srv.pbx.dumps == dumps + 1)  # the first boot seen: one reconciliation
+            dumps = srv.pbx.dumps
+            fake.epochs["a00001"] = {"site": "sha", "epoch": 100, "status": "active"}
+            events: list[dict[str, Any]] = []
+            conn = await CtiConnection.open("127.0.0.1", CTI, on_event=events.append)
+            await conn.request({"type": "login", "agent": "a00001", "token": token("a00001", "10001", 100)})
+            assert (await conn.request({"type": "link_phone", "extension": "10001"}))["type"] == "link_ok"
+            assert fake.lookups == []
+            # a change reaches the agent at once, though the PBX's table (the dump) still lists it
+            pbx_event(sock, "10001", "unregistered", 7)
+            took = await wait_for(lambda: any(e["event"] == "phone_unregistered" for e in events))
+            assert took < 0.2 and "10001" not in srv.pbx.registered
+            pbx_event(sock, "10001", "registered", 6)  # overtaken by seq 7: ignored
+            await asyncio.sleep(0.1)
+            assert not any(e["event"] == "phone_registered" for e in events)
+            ack = await conn.request({"type": "heartbeat", "seq": 1})
+            assert ack["phone"] == "unregistered"
+            # events say "not registered": link_phone asks the PBX (the event that says otherwise may be lost)
+            assert (await conn.request({"type": "link_phone", "extension": "10001"}))["type"] == "link_ok"
+            assert fake.lookups == ["10001"] and srv.pbx.dumps == dumps
+            # the PBX restarted (new boot): seq starts again and a reconciling dump follows
+            fake.registered.discard("10001")
+            pbx_event(sock, "10001", "unregistered", 1, boot="b2")
+            await wait_for(lambda: srv.pbx.dumps == dumps + 1 and srv.pbx.boot == "b2")
+            await conn.close()
+        finally:
+            sock.close()
+
+    with_cti(body, pbx_events=("127.0.0.1", EVENTS))

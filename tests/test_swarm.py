@@ -102,6 +102,7 @@ def test_swarm_logs_in_every_agent_and_fails_over(lab: Lab) -> None:
         until(lambda: admin("/health")["phases"] == {"online": 30}, 5)
         assert admin("/health")["failovers"] == 29
         print(f"\nswarm: PBX kill -> 29 agents at ntg in {took:.2f}s")
+
         def moved() -> int:  # the log reaches the file within its flush interval
             return sum(1 for line in log.read_text().splitlines() if json.loads(line)["event"] == "moved")
 

@@ -81,9 +81,11 @@ How a CTI learns registration changes:
    Why SIP MESSAGE: the base ``kamailio`` package the Makefile installs has no HTTP client module
    (http_client / http_async_client come in separate Debian module packages the lab does not install),
    uac_req_send needs nothing beyond tm, and tm retransmits over UDP.
-   The CTI (stack/cti/server.py) polls today, so it needs a small SIP/UDP listener answering 200 to
-   use the events. Events are hints, not the truth: MESSAGEs sent while the CTI is down are dropped
-   after the tm timeout, so a CTI must reconcile with ``ul.dump`` on (re)start.
+   The CTI consumes them with ``--pbx-events ADDR:PORT`` (stack/cti/pbxevents.py answers each MESSAGE
+   200; the virtual lab points every PBX at its site's CTI, port 5090, virtual/stackservices.py) and
+   answers ``link_phone`` from them without a lookup. Events are hints, not the truth: MESSAGEs sent
+   while the CTI is down are dropped after the tm timeout, so the CTI still reconciles with ``ul.dump``
+   on (re)start, when its link to the PBX comes back, on a new ``boot`` and every 30 s.
 """
 
 from __future__ import annotations

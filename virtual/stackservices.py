@@ -22,6 +22,8 @@ STACK_SECRET = credentials.STACK_SECRET_VAR
 SWARM_ADMIN_PORT = 8081
 SWARM_SIP_PORT = 5060
 PHONE_SIP_PORT = 5060
+# UDP port of each CTI where its site's PBX pushes registration events (SIP MESSAGE, see virtual/pbx.py).
+CTI_EVENT_PORT = 5090
 
 
 @dataclass
@@ -53,6 +55,15 @@ def _py(module: str) -> list[str]:
 def _only(topo: Topology, kind: str, site: str) -> Device | None:
     devs = topo.of_kind(kind, site)
     return devs[0] if devs else None
+
+
+def cti_events(topo: Topology, site: str) -> tuple[str, int] | None:
+    """(address, port) where ``site``'s PBX pushes registration events: the site CTI's data address (the
+    PBX and the CTI share the site's lab network), or None when the site has no CTI or no PBX."""
+    cti, pbx = _only(topo, "cti", site), _only(topo, "pbx", site)
+    if cti is None or pbx is None:
+        return None
+    return str(cti.spec.address), CTI_EVENT_PORT
 
 
 def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned]:
@@ -88,6 +99,9 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
             ]  # fmt: skip
             if ul is not None:
                 argv += ["--ul", f"http://{ul.spec.address}:{ul.spec.port}"]
+            events = cti_events(topo, code)
+            if events is not None:
+                argv += ["--pbx-events", f"{events[0]}:{events[1]}"]
             if s.mgmt:
                 argv += ["--also-listen", str(s.mgmt)]
             out.append(Planned(cti.name, s.service, argv, {}, (str(s.address), s.port)))
@@ -126,4 +140,4 @@ def ready_probe(ns_path: str, probe: tuple[str, int] | None) -> Callable[[], boo
     return lambda: tcp_answers(ns_path, probe[0], probe[1])
 
 
-__all__ = ["Planned", "plan", "ready_probe", "tcp_answers", "REPO_ROOT"]
+__all__ = ["CTI_EVENT_PORT", "Planned", "cti_events", "plan", "ready_probe", "tcp_answers", "REPO_ROOT"]

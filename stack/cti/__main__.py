@@ -1,4 +1,5 @@
-"""``python -m stack.cti --site sha --bind 198.18.1.20:7000 --pbx-rpc URL --ul URL --secret-env VAR``."""
+"""``python -m stack.cti --site sha --bind 198.18.1.20:7000 --pbx-rpc URL --ul URL --secret-env VAR
+[--pbx-events 198.18.1.20:5090]``."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="PBX SIP HOST:PORT for the OPTIONS half of the liveness probe (default: the RPC host, 5060; "
         "'none' to probe over JSON-RPC only)",
     )
+    ap.add_argument(
+        "--pbx-events",
+        default=None,
+        type=hostport,
+        metavar="ADDR:PORT",
+        help="UDP address where the PBX pushes registration events (SIP MESSAGE); without it the CTI "
+        "learns registrations by polling only",
+    )
+    ap.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=30.0,
+        help="with --pbx-events: seconds between the bulk dumps that reconcile the pushed view",
+    )
     ap.add_argument("--poll-interval", type=float, default=0.5, help="seconds between PBX polls")
     ap.add_argument("--pbx-fail-after", type=int, default=2, help="failed polls before the link is down")
     ap.add_argument("--epoch-interval", type=float, default=2.0, help="seconds between epoch sweeps")
@@ -63,6 +78,8 @@ async def run(args: argparse.Namespace, secret: str) -> None:
         poll_interval=args.poll_interval,
         pbx_fail_after=args.pbx_fail_after,
         pbx_sip=_pbx_sip(args),
+        pbx_events=args.pbx_events,
+        reconcile_interval=args.reconcile_interval,
         epoch_interval=args.epoch_interval,
         lease=args.lease,
     )
