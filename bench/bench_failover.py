@@ -465,11 +465,22 @@ def machine() -> dict[str, Any]:
         "versions": {
             "python": platform.python_version(),
             "aiohttp": aiohttp.__version__,
+            **{lib: _dist_version(lib) for lib in ("uvloop", "orjson")},
+            "event_loop": loop_name(),
             "kamailio": ver(["kamailio", "-v"]),
             "tcpdump": ver(["tcpdump", "--version"]),
-            "hil": ver(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) + "+worktree",
+            "hil": ver(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
         },
     }
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def plot(path: Path, times: list[float], detection: float | None, title: str, target: float | None) -> None:
@@ -515,7 +526,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "timers": "stack defaults: heartbeat 1 s x 3 misses, confirmation 1 s, CTI PBX liveness probe "
         f"0.5 s x 2, swarm UL login pacing {sw.rate:.0f}/s (burst {sw.burst:.0f}) per site",
-        "event_loop": loop_name(),
         "not_ready_every": args.not_ready_every,
     }
     out_dir = Path(args.out_dir)
