@@ -38,9 +38,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from stack.common import auth, sipping
+from stack.common import auth, fastjson, sipping
 from stack.cti import pbxevents
 from stack.cti import protocol as P
+from stack.cti.epochs import EpochBatcher
 
 log = logging.getLogger("stack.cti")
 
@@ -382,6 +383,7 @@ class CtiServer:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
+        self._epochs: EpochBatcher | None = None
         self._dump_now = asyncio.Event()
         self.started = time.time()
 
@@ -389,7 +391,11 @@ class CtiServer:
 
     async def start(self, host: str | list[str], port: int) -> None:
         await self.pbx.start()
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=16), json_serialize=fastjson.dumps
+        )
+        if self.ul_url:
+            self._epochs = EpochBatcher(self._http, self.ul_url)
         self._server = await asyncio.start_server(self._serve, host, port, limit=P.MAX_LINE, backlog=1024)
         if self.pbx_events is not None:
             self._events_transport, self.events = await pbxevents.listen(
@@ -517,16 +523,6 @@ class CtiServer:
 
     def link_state(self) -> str:
         return "up" if self.pbx.up else "down"
-
-    async def _ul_get(self, path: str) -> dict[str, Any] | None:
-        assert self._http is not None and self.ul_url
-        try:
-            async with self._http.get(self.ul_url + path, timeout=aiohttp.ClientTimeout(total=1.0)) as r:
-                if r.status != 200:
-                    return None
-                return await r.json()
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
-            return None
 
     async def _epoch_loop(self) -> None:
         assert self._http is not None and self.ul_url
@@ -767,7 +763,7 @@ class CtiServer:
             return P.error("token_invalid", req, detail="agent does not match the token")
         checked = True
         if self.ul_url:
-            cur = await self._ul_get(f"/v1/epoch/{agent}")
+            cur = await self._epochs.get(agent) if self._epochs is not None else None
             if cur is None:
                 checked = False  # UL unreachable: the offline check stands; the sweep checks later
             elif not cur.get("known"):

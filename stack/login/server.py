@@ -504,7 +504,7 @@ class UnifiedLogin:
             row = self.store.sessions.get(str(a))
             if row is not None:
                 out[row.agent] = {"site": row.site, "epoch": row.epoch, "status": row.status}
-        return web.json_response({"agents": out, "reconciled": self.reconciled})
+        return web.json_response({"agents": out, "reconciled": self.reconciled, "started": self.started})
 
     async def h_sessions(self, request: web.Request) -> web.Response:
         everything = request.query.get("all") in ("1", "true", "yes")
