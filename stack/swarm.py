@@ -16,9 +16,7 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import resource
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +27,7 @@ from aiohttp import web
 from stack.agent.client import AgentClient, Timers, TokenBucket, UlHttp
 from stack.common import auth, directory, sipping
 from stack.common.addr import hostport
+from stack.common.daemon import secret_from_env, until_signalled
 from stack.common.eventlog import EventLog
 from stack.common.loop import run_main
 from stack.cti import client as cti_client
@@ -264,11 +263,8 @@ async def run(args: argparse.Namespace) -> None:
     if args.peer_ul:
         uls[peer] = args.peer_ul
     home = args.pbx or (topo.pbx[args.site].address, topo.pbx[args.site].port)
-    secrets = {}
-    for var in (args.agent_secret_env, args.sip_secret_env):
-        if not os.environ.get(var):
-            raise SystemExit(f"error: environment variable {var} is not set")
-        secrets[var] = os.environ[var]
+    agent_secret = secret_from_env(args.agent_secret_env, status=1)
+    sip_secret = secret_from_env(args.sip_secret_env, status=1)
     jitter = args.jitter if args.jitter is not None else max(1.0, len(agents) / args.rate)
     timers = Timers(
         heartbeat=args.heartbeat,
@@ -281,7 +277,7 @@ async def run(args: argparse.Namespace) -> None:
     events = EventLog(size=args.ring, path=args.log)
     swarm = Swarm(
         args.site, agents, uls, home,
-        agent_secret=secrets[args.agent_secret_env], sip_secret=secrets[args.sip_secret_env],
+        agent_secret=agent_secret, sip_secret=sip_secret,
         timers=timers, events=events, rate=args.rate, burst=args.burst, expires=args.expires,
         initial_state=args.initial_state,
     )  # fmt: skip
@@ -291,12 +287,7 @@ async def run(args: argparse.Namespace) -> None:
     await admin.start()
     await swarm.start(args.sip_bind, args.contact_host)
     port = runner.addresses[0][1] if runner.addresses else args.admin[1]
-    print(f"READY swarm {args.site} agents={len(agents)} admin={args.admin[0]}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled(f"READY swarm {args.site} agents={len(agents)} admin={args.admin[0]}:{port}")
     await swarm.stop()
     await runner.cleanup()
     events.close()

@@ -21,6 +21,7 @@ import tty
 from collections.abc import Callable
 
 from virtual.terminal import LineSession, LineSessionBase, Terminal
+from virtual.wakeup import Waker
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,7 @@ class PtyConsole:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.link)
             os.symlink(self.path, self.link)
-        self._wake_r, self._wake_w = os.pipe()
-        self._stop = threading.Event()
+        self._waker = Waker()
         self._thread: threading.Thread | None = None
         self._term = Terminal(self._first_session())
         self.start()
@@ -136,20 +136,15 @@ class PtyConsole:
 
     def close(self) -> None:
         """Stop serving and release the pty (clients then see EOF/hangup). Idempotent."""
-        if self._stop.is_set():
+        if not self._waker.stop(self._thread):
             return
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=2)
         if self.link:
             with contextlib.suppress(OSError):
                 if os.readlink(self.link) == self.path:
                     os.unlink(self.link)
-        for fd in (self.master, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+        self._waker.close()
 
     @property
     def session(self) -> LineSession:
@@ -173,10 +168,10 @@ class PtyConsole:
     def _loop(self) -> None:
         poller = select.poll()
         poller.register(self.master, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stop.is_set():
+        poller.register(self._waker, select.POLLIN)
+        while not self._waker.stopped:
             events = dict(poller.poll(1000))
-            if self._stop.is_set():
+            if self._waker.stopped:
                 return
             event = events.get(self.master, 0)
             if not event & select.POLLIN:
@@ -222,7 +217,7 @@ class PtyConsole:
 
     def _write(self, data: bytes) -> None:
         deadline = time.monotonic() + _WRITE_STALL
-        while data and not self._stop.is_set():
+        while data and not self._waker.stopped:
             try:
                 written = os.write(self.master, data)
                 data = data[written:]

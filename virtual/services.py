@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtual.wakeup import Waker
+
 # Deaths by these signals are a clean exit for systemd (SuccessExitStatus defaults).
 _CLEAN_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE}
 _SIGNAL_SETTLE = 1.0  # seconds kill() waits for STOP/CONT/KILL to show, so a status right after is true
@@ -112,8 +114,7 @@ class ServiceSupervisor:
         self._units: dict[str, _Unit] = {}
         self._cv = threading.Condition()
         self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._waker = Waker()
         for service in services:
             self.add(service)
         self._watcher = threading.Thread(target=self._watch, name="service-reaper", daemon=True)
@@ -256,12 +257,9 @@ class ServiceSupervisor:
         for unit in units:
             with unit.op_lock, self._cv:
                 self._stop_locked(unit)
-        with self._cv:
-            self._wake()
+        self._waker.wake()
         self._watcher.join(timeout=2)
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._waker.close()
 
     # -- machinery (called with self._cv held unless noted) -------------------------------------
 
@@ -302,7 +300,7 @@ class ServiceSupervisor:
         unit.exit_code = unit.exit_signal = None
         unit.stopping = unit.stop_timed_out = False
         self._set_state(unit, "activating" if svc.ready else "active", "success")
-        self._wake()
+        self._waker.wake()
         return proc
 
     def _await_ready(self, unit: _Unit, proc: subprocess.Popen[bytes]) -> None:
@@ -384,10 +382,6 @@ class ServiceSupervisor:
     def _set_state(self, unit: _Unit, state: str, result: str) -> None:
         unit.state, unit.result, unit.since = state, result, time.time()
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-
     def _watch(self) -> None:
         """Reap children the moment they exit (pidfds become readable), so none stays a zombie."""
         while True:
@@ -397,15 +391,14 @@ class ServiceSupervisor:
                 fds = [u.pidfd for u in self._units.values() if u.pidfd >= 0]
                 must_poll = any(u.proc is not None and u.pidfd < 0 for u in self._units.values())
             poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
+            poller.register(self._waker, select.POLLIN)
             for fd in fds:
                 poller.register(fd, select.POLLIN)
             try:
                 poller.poll(200 if must_poll or self._closed else None)
             except OSError:
                 pass  # a pidfd closed under us; rebuild the set
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self._wake_r, 4096)
+            self._waker.drain()
             with self._cv:
                 for unit in self._units.values():
                     self._reap_if_exited(unit)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from paramiko.common import cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_SUCCESS
 
 from virtual.terminal import ExecSession, LineSession, Terminal
+from virtual.wakeup import Waker
 
 log = logging.getLogger(__name__)
 _transport_log = logging.getLogger(f"{__name__}.transport")
@@ -184,8 +185,7 @@ class SSHServer:
         self.users = dict(users)
         self.session_factory = session_factory
         self.name = name
-        self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
+        self._waker = Waker()
         self._thread: threading.Thread | None = None
         self._transports: set[paramiko.Transport] = set()
         self._lock = threading.Lock()
@@ -215,34 +215,27 @@ class SSHServer:
 
     def close(self) -> None:
         """Stop accepting, drop every connection, close the listening socket. Idempotent."""
-        if self._stop.is_set():
+        if not self._waker.stop(self._thread):
             return
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=2)
         with self._lock:
             transports, self._transports = list(self._transports), set()
         for transport in transports:
             transport.close()
         with contextlib.suppress(OSError):
             self.listen_sock.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._waker.close()
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._waker.stopped:
             try:
-                ready, _, _ = select.select([self.listen_sock, self._wake_r], [], [])
-                if self._stop.is_set() or self.listen_sock not in ready:
+                ready, _, _ = select.select([self.listen_sock, self._waker], [], [])
+                if self._waker.stopped or self.listen_sock not in ready:
                     continue
                 sock, peer = self.listen_sock.accept()
             except BlockingIOError:
                 continue
             except OSError as exc:
-                if self._stop.is_set():
+                if self._waker.stopped:
                     return
                 log.warning("%s: accept failed: %s", self.name, exc)
                 time.sleep(0.1)  # EMFILE and friends: do not spin
@@ -262,7 +255,7 @@ class SSHServer:
             transport.set_log_channel(_transport_log.name)
             transport.add_server_key(self.host_key)
             with self._lock:
-                if self._stop.is_set():
+                if self._waker.stopped:
                     raise EOFError("server closing")
                 self._transports = {t for t in self._transports if t.is_active()}
                 self._transports.add(transport)

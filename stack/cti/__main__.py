@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
-import signal
 import sys
 from urllib.parse import urlsplit
 
 from stack.common.addr import hostport
+from stack.common.daemon import secret_from_env, until_signalled
 from stack.common.loop import run_main
 from stack.cti.server import CtiServer
 
@@ -84,23 +82,14 @@ async def run(args: argparse.Namespace, secret: str) -> None:
         lease=args.lease,
     )
     await srv.start([args.bind[0], *args.also_listen] if args.also_listen else args.bind[0], args.bind[1])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY cti {args.site} {args.bind[0]}:{srv.port}", flush=True)
-    await stop.wait()
+    await until_signalled(f"READY cti {args.site} {args.bind[0]}:{srv.port}")
     await srv.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    secret = os.environ.get(args.secret_env)
-    if not secret:
-        print(f"error: environment variable {args.secret_env} is not set", file=sys.stderr)
-        return 2
-    run_main(run(args, secret))
+    run_main(run(args, secret_from_env(args.secret_env)))
     return 0
 
 

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
-import signal
 import sys
 
 from aiohttp import web
 
 from stack.common import directory
 from stack.common.addr import hostport
+from stack.common.daemon import secret_from_env, until_signalled
 from stack.common.loop import run_main
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
@@ -48,27 +46,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _env(name: str | None, required: bool) -> str | None:
-    if name is None:
-        return None
-    value = os.environ.get(name)
-    if required and not value:
-        print(f"error: environment variable {name} is not set", file=sys.stderr)
-        sys.exit(2)
-    return value
+def _optional_secret(var: str | None) -> str | None:
+    return None if var is None else secret_from_env(var)
 
 
 async def run(args: argparse.Namespace) -> None:
     ul = UnifiedLogin(
         args.site,
-        _env(args.secret_env, True) or "",
+        secret_from_env(args.secret_env),
         directory.load(args.topology),
         Store(args.db),
         cti=args.cti,
         pbx=args.pbx,
         peer_url=args.peer,
-        agent_secret=_env(args.agent_secret_env, True),
-        sip_secret=_env(args.sip_secret_env, True),
+        agent_secret=_optional_secret(args.agent_secret_env),
+        sip_secret=_optional_secret(args.sip_secret_env),
         token_ttl=args.token_ttl,
         peer_interval=args.peer_interval,
         lease=args.lease,
@@ -78,12 +70,7 @@ async def run(args: argparse.Namespace) -> None:
     await runner.setup()
     for addr in [args.bind[0], *args.also_listen]:
         await web.TCPSite(runner, addr, args.bind[1], backlog=1024).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY ul {args.site} {args.bind[0]}:{args.bind[1]}", flush=True)
-    await stop.wait()
+    await until_signalled(f"READY ul {args.site} {args.bind[0]}:{args.bind[1]}")
     await runner.cleanup()
     ul.store.close()
 

@@ -16,12 +16,11 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 
 from aiohttp import web
 
+from stack.common.daemon import secret_from_env, until_signalled
 from stack.common.loop import run_main
 from stack.phone.api import default_facts, make_app
 from stack.phone.ua import Phone, PhoneEvent, SipEndpoint, SipTimers
@@ -69,10 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _secret(var: str, what: str) -> str:
-    value = os.environ.get(var)
-    if not value:
-        raise SystemExit(f"{what}: environment variable {var} is not set or empty")
-    return value
+    return secret_from_env(var, status=1, message=f"{what}: environment variable {{var}} is not set or empty")
 
 
 def _log_event(ev: PhoneEvent) -> None:
@@ -120,12 +116,8 @@ async def run(args: argparse.Namespace) -> int:
         )
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     endpoint.spawn(phone.register())  # failures are retried by the phone itself
-    await stop.wait()
+    await until_signalled()
 
     log.info(json.dumps({"event": "stopping", "ext": args.extension}))
     try:
