@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import sys
 import threading
@@ -47,6 +48,9 @@ log = logging.getLogger("hil.scenario")
 
 SWARM_UNIT = "hil-swarm"
 REPORTS = REPO_ROOT / "reports"
+# --fault-seed: a fault waits 0 to this many seconds before it is injected (a heartbeat interval and more:
+# every phase of the agents' 1 s heartbeats and the CTI's 0.5 s PBX probes is reachable).
+FAULT_JITTER_S = 1.5
 
 
 class LabNotReady(Exception):
@@ -221,6 +225,7 @@ class Scenario:
         self.verdicts: list[Verdict] = []
         self.timings: dict[str, float] = {}
         self._stack = ExitStack()
+        self._faults_drawn = 0  # faults this scenario has drawn a seeded delay for
         self.finished = False
         self.expectations: list[dict[str, Any]] = []
         self._injector: Any = None
@@ -340,15 +345,21 @@ class Scenario:
 
         inj = self.injector()
         f = make_fault(self.lab, kind, target, steps=self.steps, **params)
+        delay = self._fault_delay()
         if self.dry_run:
             f.check_safety()
             with self.phase(f"apply: {kind} {target}"):
-                self.plan.append({"fault": kind, "target": target, "params": params, "plan": f.plan()})
+                step = {"fault": kind, "target": target, "params": params, "plan": f.plan()}
+                self.plan.append({**step, "delay_s": delay} if delay is not None else step)
             yield f
             with self.phase(f"revert: {kind} {target}"):
                 self.plan.append({"heal": kind, "target": target, "plan": f.plan_heal()})
             return
         cm = inj.fault(f, duration=duration)
+        if delay is not None:
+            f.check_safety()  # a refusal must not wait for the delay
+            with self.phase(f"fault delay {delay:.3f} s (seed {self.settings.fault_seed})"):
+                time.sleep(delay)
         with self.phase(f"apply: {kind} {target}"):
             active = cm.__enter__()
         try:
@@ -360,6 +371,17 @@ class Scenario:
         else:
             with self.phase(f"revert: {kind} {target}"):
                 cm.__exit__(None, None, None)
+
+    def _fault_delay(self) -> float | None:
+        """With ``--fault-seed``: how long to wait before the next fault of this scenario, drawn from the
+        seed, the scenario's name and the fault's place in it (0 to FAULT_JITTER_S). A fault then lands at
+        a different phase of the agents' heartbeats, the CTI's probes and the phones' refreshes from seed
+        to seed, and the same seed replays the same moments; None without a seed."""
+        seed = self.settings.fault_seed
+        if seed is None:
+            return None
+        self._faults_drawn += 1
+        return round(random.Random(f"{seed}:{self.name}:{self._faults_drawn}").uniform(0, FAULT_JITTER_S), 3)
 
     def wait_healed(self, fault: Any, timeout: float = 10.0) -> bool:
         """Wait until a fault with a ``duration`` has healed itself (the injector no longer holds it)."""
@@ -692,6 +714,8 @@ def format_plan(entries: Sequence[Mapping[str, Any]]) -> str:
                 what = "fault" if "fault" in item else "heal"
                 params = ", ".join(f"{k}={v}" for k, v in (item.get("params") or {}).items())
                 extra = f" ({params})" if params else ""
+                if item.get("delay_s") is not None:
+                    extra += f" after a seeded {item['delay_s']} s"
                 lines.append(f"    {what} {item[what]} on {item['target']}{extra}")
                 for dev, cmd in item.get("plan") or []:
                     lines.append(f"      {dev}: {cmd}")

@@ -100,6 +100,35 @@ def test_dry_run_plans_a_scenario_and_touches_nothing(pytester: pytest.Pytester,
     assert not (reports / "histories").exists()  # nothing was observed, so nothing was recorded
 
 
+def test_fault_seed_draws_replayable_delays(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """--fault-seed: each fault waits a delay drawn from the seed, the scenario and the fault's place in
+    it; the same seed gives the same delays, another seed others, no seed none."""
+    pytester.makepyfile(
+        """
+        def test_two_faults(scenario):
+            with scenario.fault("service_kill", "sha-pbx1", service="kamailio"):
+                pass
+            with scenario.fault("service_kill", "ntg-cti1", service="hil-cti"):
+                pass
+        """
+    )
+
+    def delays(*opts: str) -> list[float | None]:
+        reports = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        res = pytester.runpytest("--dry-run", "--topology", PHYSICAL, "--hil-reports", str(reports), *opts)
+        res.assert_outcomes(passed=1)
+        plan = sc.read_plan(reports / "plan.jsonl")
+        if opts:
+            assert "after a seeded" in sc.format_plan(plan)
+        return [step.get("delay_s") for e in plan for step in e["plan"] if "fault" in step]
+
+    first, again = delays("--fault-seed", "7"), delays("--fault-seed", "7")
+    other = delays("--fault-seed", "8")
+    assert first == again and first != other and len(first) == 2 and first[0] != first[1]
+    assert all(d is not None and 0 <= d <= sc.FAULT_JITTER_S for d in first + other)
+    assert delays() == [None, None]
+
+
 def test_dry_run_refuses_a_fault_that_is_not_fair_game(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(
         """
