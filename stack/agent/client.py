@@ -495,9 +495,12 @@ class AgentClient:
             if done:
                 return task.result()
             with contextlib.suppress(CtiError):
-                await self._request(
-                    conn, {"type": "heartbeat", "seq": int(time.monotonic() * 1000)}, self.t.heartbeat
-                )
+                await self._heartbeat(conn)
+
+    async def _heartbeat(self, conn: Any) -> dict[str, Any]:
+        """One heartbeat on ``conn`` (seq: the send time in ms), answered within a heartbeat interval."""
+        beat = {"type": "heartbeat", "seq": int(time.monotonic() * 1000)}
+        return await self._request(conn, beat, self.t.heartbeat)
 
     async def _phone_to(self, host: str, port: int) -> bool:
         reg = await self.phone.registration()
@@ -559,8 +562,7 @@ class AgentClient:
                 return t
             t0 = time.monotonic()
             try:
-                beat = {"type": "heartbeat", "seq": int(t0 * 1000)}
-                ack = await self._request(self.conn, beat, self.t.heartbeat)
+                ack = await self._heartbeat(self.conn)
                 misses = 0
                 if ack.get("pbx_link") == "down":
                     self._raise(Trouble("broken", "pbx_link_down"))

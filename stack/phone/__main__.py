@@ -20,29 +20,13 @@ import sys
 
 from aiohttp import web
 
+from stack.common.addr import hostport
 from stack.common.daemon import secret_from_env, until_signalled
 from stack.common.loop import run_main
 from stack.phone.api import default_facts, make_app
 from stack.phone.ua import Phone, PhoneEvent, SipEndpoint, SipTimers
 
 log = logging.getLogger("stack.phone.main")
-
-
-def hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        num = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
-    if not 0 <= num < 65536:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}")
-    return host, num
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
