@@ -76,31 +76,228 @@ class Session:
         }
 
 
-class Connection:
-    """One client TCP connection: writes never block the server (a client that stops reading is cut)."""
+class Connection(asyncio.Protocol):
+    """One client TCP connection, served as an ``asyncio.Protocol`` (no reader task, no streams: at 10,000
+    agents the stream reader/writer machinery was a quarter of a surviving CTI's CPU in a failover storm).
+
+    Lines are split in ``data_received`` and handled one after another, in order. Most messages are
+    answered right there, synchronously; ``login`` and ``link_phone`` await I/O (the UL epoch check, the
+    PBX lookup) and run as a task, and while one does, what the client sends next waits unparsed in
+    ``_buf``, handled when it completes (a message is never handled before the previous one is answered).
+    Writes never block the server: a client that stops reading is not read either (its requests wait
+    while the transport's write buffer is above its high-water mark, as ``drain()`` did) and is cut when
+    the buffer passes HIGH_WATER (pushed events keep coming). Reading pauses when more than PENDING_MAX
+    unhandled bytes wait (a client flooding while its login is in flight), so memory stays bounded."""
 
     HIGH_WATER = 256 * 1024
+    PENDING_MAX = 4 * P.MAX_LINE  # unhandled bytes held while a handler awaits, before reading pauses
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self, server: CtiServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.session: Session | None = None
         self.admin = False
         self.errors = 0
         self.closed = False
+        self._buf = b""  # bytes not handled yet: a partial line, or (while blocked) whole lines as well
+        self._task: asyncio.Task[None] | None = None  # the awaiting handler in progress (login, link_phone)
+        self._wpaused = False  # the transport's write buffer is above its high-water mark
+        self._rpaused = False  # we paused reading (too many bytes waiting)
+        self._eof = False  # the client sent EOF: close once what it sent before is answered
+
+    # ---- the public surface the rest of the server uses -------------------------------------------
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
             return
-        if self.writer.transport.get_write_buffer_size() > self.HIGH_WATER:
+        # The buffer can only pass HIGH_WATER above the transport's own high-water mark (paused).
+        if self._wpaused and self.transport.get_write_buffer_size() > self.HIGH_WATER:
             self.close()
             return
-        self.writer.write(P.encode(msg))
+        self.transport.write(P.encode(msg))
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(Exception):
-                self.writer.close()
+            if self.transport is not None:
+                with contextlib.suppress(Exception):
+                    self.transport.close()
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._drop()  # a login still in flight drops its session again when it completes
+
+    def pause_writing(self) -> None:
+        self._wpaused = True
+
+    def resume_writing(self) -> None:
+        self._wpaused = False
+        self._resume()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._task is None and not self._wpaused:
+            self._at_eof()
+        return True  # half-open: the transport stays until the lines sent before EOF are answered
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._task is not None or self._wpaused:
+            self._hold(data)
+            return
+        buf = self._buf + data if self._buf else data
+        if b"\n" not in data:  # ``_buf`` holds no newline here: no whole line yet
+            if len(buf) > P.MAX_LINE:
+                self._too_large()
+            else:
+                self._buf = buf
+            return
+        self._buf = b""
+        self._feed(buf)
+
+    # ---- lines ------------------------------------------------------------------------------------------
+
+    def _hold(self, data: bytes) -> None:
+        """Keep ``data`` for after the handler in progress (or the write pause); pause reading when much
+        waits."""
+        self._buf += data
+        if not self._rpaused and len(self._buf) > self.PENDING_MAX:
+            self._rpaused = True
+            self.transport.pause_reading()
+
+    def _feed(self, buf: bytes) -> None:
+        """Handle the whole lines in ``buf`` in order; stop (keeping the rest) when one starts an awaiting
+        handler or the write side is paused."""
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        for i, line in enumerate(lines):
+            self._line(line)
+            if self.closed:
+                self._drop()  # ended by its own message (logout, too many errors): as ``_serve`` did
+                return
+            if self._task is not None or self._wpaused:
+                tail = lines[i + 1 :]
+                self._hold(b"\n".join(tail) + b"\n" + rest if tail else rest)
+                return
+        if len(rest) > P.MAX_LINE:
+            self._too_large()
+        else:
+            self._buf = rest
+
+    def _resume(self) -> None:
+        """The handler in progress finished or the write side drained: handle what waited."""
+        if self.closed or self._task is not None or self._wpaused:
+            return
+        buf, self._buf = self._buf, b""
+        if b"\n" in buf:
+            self._feed(buf)
+        elif len(buf) > P.MAX_LINE:
+            self._too_large()
+        else:
+            self._buf = buf
+        if self.closed or self._task is not None or self._wpaused:
+            return
+        if self._rpaused:
+            self._rpaused = False
+            self.transport.resume_reading()
+        if self._eof:
+            self._at_eof()
+
+    def _at_eof(self) -> None:
+        """EOF with nothing in progress: a last unterminated line is handled (as ``readline`` returned
+        it), then the connection ends."""
+        rest, self._buf = self._buf, b""
+        if rest and not self.closed:
+            self._line(rest)
+        if self._task is None and not self._wpaused:
+            self._end()
+
+    def _too_large(self) -> None:
+        self._buf = b""
+        self.send(P.error("too_large"))
+        self._end()
+
+    def _end(self) -> None:
+        """The connection is done on our side: its session ends now (as ``_serve``'s ``finally`` did)."""
+        self._drop()
+        self.close()
+
+    def _drop(self) -> None:
+        srv = self.server
+        s = self.session
+        if s is not None and srv.sessions.get(s.agent) is s:
+            del srv.sessions[s.agent]
+        srv.conns.discard(self)
+
+    def _line(self, line: bytes) -> None:
+        """One line: decoded and handled at once, or handed to a task when its handler awaits."""
+        if len(line) > P.MAX_LINE:
+            self._too_large()
+            return
+        if not line or line.isspace():
+            return
+        srv = self.server
+        try:
+            req = P.decode(line)
+        except ValueError:
+            self.errors += 1
+            self.send(P.error("bad_json"))
+            if self.errors >= srv.max_errors:
+                self._end()
+            return
+        kind = req.get("type")
+        if self.session is not None and kind != "logout":
+            srv._renew(self.session, req)
+        if kind == "login" or kind == "link_phone":
+            self._task = asyncio.get_running_loop().create_task(self._awaiting(req, kind))
+            return
+        try:
+            reply = srv._handle_now(self, req, kind)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            self._bad_request(req, err)
+            return
+        except Exception:
+            log.exception("cti %s: handling %r", srv.site, kind)
+            self._end()
+            return
+        if reply is not None:
+            self.send(reply)
+
+    def _bad_request(self, req: dict[str, Any], err: Exception) -> None:
+        self.errors += 1
+        self.send(P.error("bad_request", req, detail=str(err)[:200]))
+        if self.errors >= self.server.max_errors:
+            self._end()
+
+    async def _awaiting(self, req: dict[str, Any], kind: str) -> None:
+        """``login`` or ``link_phone``; then what the client sent meanwhile."""
+        srv = self.server
+        try:
+            if kind == "login":
+                reply = await srv._login(self, req)
+            else:
+                reply = await srv._link(self, req)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            self._task = None
+            self._bad_request(req, err)
+        except Exception:
+            self._task = None
+            log.exception("cti %s: handling %r", srv.site, kind)
+            self._end()
+        else:
+            self._task = None
+            self.send(reply)
+        if self.closed:
+            self._drop()  # closed or lost meanwhile: a session this login made must not outlive it
+            return
+        self._resume()
 
 
 class PbxLink:
@@ -396,7 +593,8 @@ class CtiServer:
         )
         if self.ul_url:
             self._epochs = EpochBatcher(self._http, self.ul_url)
-        self._server = await asyncio.start_server(self._serve, host, port, limit=P.MAX_LINE, backlog=1024)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Connection(self), host, port, backlog=1024)
         if self.pbx_events is not None:
             self._events_transport, self.events = await pbxevents.listen(
                 *self.pbx_events, self._pbx_event, sources=self._pbx_hosts()
@@ -638,72 +836,25 @@ class CtiServer:
 
     # ---- connections ------------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(writer)
-        self.conns.add(conn)
-        try:
-            while not conn.closed:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    conn.send(P.error("too_large"))
-                    break
-                except (ConnectionError, OSError):
-                    break
-                if not line:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    req = P.decode(line)
-                except ValueError:
-                    conn.errors += 1
-                    conn.send(P.error("bad_json"))
-                    if conn.errors >= self.max_errors:
-                        break
-                    continue
-                if conn.session is not None and req.get("type") != "logout":
-                    self._renew(conn.session, req)
-                try:
-                    reply = await self._handle(conn, req)
-                except (KeyError, TypeError, ValueError, AttributeError) as err:
-                    conn.errors += 1
-                    reply = P.error("bad_request", req, detail=str(err)[:200])
-                    if conn.errors >= self.max_errors:
-                        conn.send(reply)
-                        break
-                if reply is not None:
-                    conn.send(reply)
-                    with contextlib.suppress(ConnectionError, OSError):
-                        if writer.transport.get_write_buffer_size() > 64 * 1024:
-                            await writer.drain()
-        finally:
-            s = conn.session
-            if s is not None and self.sessions.get(s.agent) is s:
-                del self.sessions[s.agent]
-            self.conns.discard(conn)
-            conn.close()
-
-    async def _handle(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any] | None:
-        kind = req.get("type")
-        rid = {"id": req["id"]} if "id" in req else {}
+    def _handle_now(self, conn: Connection, req: dict[str, Any], kind: Any) -> dict[str, Any] | None:
+        """The reply to a message whose handling does not await (all but ``login`` and ``link_phone``,
+        which :meth:`_handle` awaits): answered in ``data_received``, with no task."""
         if kind == "heartbeat":
             s = conn.session
             if s is None:
                 return P.error("not_logged_in", req)
-            return {
+            ack = {
                 "type": "heartbeat_ack",
                 "seq": req.get("seq"),
                 "pbx_link": self.link_state(),
                 "phone": self.phone_state(s.extension),
                 "state": s.state,
                 "epoch": s.epoch,
-                **rid,
             }
-        if kind == "login":
-            return await self._login(conn, req)
-        if kind == "link_phone":
-            return await self._link(conn, req)
+            if "id" in req:
+                ack["id"] = req["id"]
+            return ack
+        rid = {"id": req["id"]} if "id" in req else {}
         if kind == "set_state":
             s = conn.session
             if s is None:
@@ -743,6 +894,16 @@ class CtiServer:
         if kind == "admin":
             return self._admin(req)
         return P.error("unknown_type", req)
+
+    async def _handle(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any] | None:
+        """The reply to any message (the connection itself calls :meth:`_handle_now` or the awaiting
+        handler directly)."""
+        kind = req.get("type")
+        if kind == "login":
+            return await self._login(conn, req)
+        if kind == "link_phone":
+            return await self._link(conn, req)
+        return self._handle_now(conn, req, kind)
 
     async def _login(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         token = req["token"]
