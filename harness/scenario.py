@@ -394,6 +394,11 @@ class Scenario:
             time.sleep(0.02)
         return True
 
+    def heal_active(self) -> None:
+        """Heal every fault this scenario's injector still holds (a block that never reached its end)."""
+        if self._injector is not None:
+            self._injector.heal_all()
+
     def injector(self) -> Any:
         """The scenario's fault injector (one per scenario; it heals what a killed run left, first)."""
         if self._injector is None:
@@ -852,8 +857,7 @@ def heal_leftovers(sc: Scenario) -> None:
         return
     from harness import faults
 
-    if sc._injector is not None:  # noqa: SLF001
-        sc._injector.heal_all()  # noqa: SLF001
+    sc.heal_active()
     faults.restore(sc.lab, history=None, steps=sc.steps)
 
 
