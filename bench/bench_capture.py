@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import struct
@@ -38,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sysinfo import describe  # noqa: E402
 from harness.capture import Capture  # noqa: E402
 from harness.decode import decode_pcap  # noqa: E402
 from harness.sipmsg import parse_sip  # noqa: E402
@@ -517,13 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-capture", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args(argv)
-    report: dict[str, Any] = {
-        "load_average_at_start": os.getloadavg(),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
+    report: dict[str, Any] = {"bench": "capture", **describe(("tcpdump", "tshark", "tcpreplay"))}
     with tempfile.TemporaryDirectory(prefix="hilt-cap-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_capture:

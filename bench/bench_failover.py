@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -56,12 +55,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.sysinfo import describe  # noqa: E402
 from harness import topology as topology_mod  # noqa: E402
 from harness.capture import Capture  # noqa: E402
 from harness.decode import decode_pcap, iter_frames  # noqa: E402
 from harness.lab import Lab, close_lab, open_lab  # noqa: E402
 from harness.observe import ObserveError, cti_query, jsonrpc, parse_ul_dump  # noqa: E402
-from stack.common.loop import name as loop_name  # noqa: E402
 from stack.swarm import parse as swarm_args  # noqa: E402
 
 TOPOLOGIES = {
@@ -440,49 +439,6 @@ def verdict(value: float | None, target: float, below: bool = True) -> str:
     return "PASS" if (value <= target if below else value >= target) else "MISS"
 
 
-def machine() -> dict[str, Any]:
-    def ver(argv: list[str]) -> str:
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=5)
-            return (r.stdout or r.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "unknown"
-
-    import aiohttp
-
-    load = os.getloadavg()
-    return {
-        "machine": {
-            "cores": os.cpu_count(),
-            "memory_gib": round(PAGE * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "cpu": next(
-                (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                "unknown",
-            ),
-            "kernel": platform.release(),
-            "loadavg_at_start": [round(x, 2) for x in load],
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "aiohttp": aiohttp.__version__,
-            **{lib: _dist_version(lib) for lib in ("uvloop", "orjson")},
-            "event_loop": loop_name(),
-            "kamailio": ver(["kamailio", "-v"]),
-            "tcpdump": ver(["tcpdump", "--version"]),
-            "hil": ver(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
-        },
-    }
-
-
-def _dist_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def plot(path: Path, times: list[float], detection: float | None, title: str, target: float | None) -> None:
     import matplotlib
 
@@ -515,7 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     all_agents = topo.agents()
     if len(all_agents) != args.agents:
         raise SystemExit(f"error: {topo_file} has {len(all_agents)} agents, not {args.agents}")
-    doc: dict[str, Any] = {"bench": "failover", **machine()}
+    doc: dict[str, Any] = {"bench": "failover", **describe(("kamailio", "tcpdump"))}
     sw = swarm_args(["--topology", "x", "--site", "sha"])
     doc["setup"] = {
         "agents": args.agents,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -17,6 +15,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.sysinfo import describe  # noqa: E402
+
 HIL = [sys.executable, "-m", "harness.cli"]
 TARGETS = {"virtual-two-site": (10.0, 2.0)}
 
@@ -36,6 +38,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", dest="json_file")
     args = ap.parse_args()
+    info = describe(("kamailio",))  # before the runs: the load average at the start
     topos = args.topology or [
         str(ROOT / "topologies/virtual-two-site.yaml"),
         str(ROOT / "topologies/virtual-10k.yaml"),
@@ -74,12 +77,7 @@ def main() -> int:
         )
     doc = {
         "bench": "lab",
-        "machine": {
-            "cores": os.cpu_count(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
+        **info,
         "repeat": args.repeat,
         "results": results,
     }

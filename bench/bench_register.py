@@ -19,7 +19,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -35,6 +34,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sysinfo import describe  # noqa: E402
 from stack.phone.ua import Phone, SipEndpoint  # noqa: E402
 from virtual import pbx  # noqa: E402
 
@@ -180,35 +180,6 @@ def memory_child(n: int, window: int) -> None:
     print(json.dumps(asyncio.run(main())))
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(cmd: list[str]) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return "missing"
-        text = (out.stdout + out.stderr).strip()
-        return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "kamailio": version([pbx.KAMAILIO, "-v"]),
-        "sipp": version(["sipp", "-v"]),
-    }
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--phones", type=int, default=2000, help="registrations per tool per round")
@@ -234,7 +205,7 @@ def main() -> int:
     }
     results: dict[str, Any] = {
         "bench": "bench_register",
-        "machine": machine(),
+        **describe(("kamailio", "sipp")),
         "params": {"phones": n, "window": args.window, "rounds": args.rounds, "kamailio_children": 4},
     }
     with tempfile.TemporaryDirectory(prefix="bench_register_") as tmp:
