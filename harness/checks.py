@@ -531,12 +531,20 @@ def check_no_split_brain(
     evidence_sites: set[str] = set()
 
     exact_end: dict[tuple[str, str], tuple[float, Any]] = {}  # last captured logout/fence: (t, epoch)
+    # Epochs of sessions seen ending, per (agent, site). A session is its epoch and begins with a login: a
+    # later state read of an ended epoch, with no login since, is a message held up in transit (a reply the
+    # CTI wrote while its port was down, retransmitted by TCP when the cut healed, is captured then), not a
+    # session that came back. Such reads are counted and open nothing.
+    ended_epochs: dict[tuple[str, str], set[Any]] = defaultdict(set)
+    late_reads = 0
 
     def close(agent: str, site: str, t: float, exact: bool) -> None:
         iv = open_.pop((agent, site), None)
         last_absent[(agent, site)] = t
         if exact:
             exact_end[(agent, site)] = (t, iv.epoch if iv is not None else None)
+        if iv is not None and iv.epoch is not None:
+            ended_epochs[(agent, site)].add(iv.epoch)
         if iv is None:
             return
         by_site[site].discard(agent)
@@ -550,6 +558,7 @@ def check_no_split_brain(
             last_absent[(agent, site)] = iv.last_seen
             iv = None
         if iv is None:
+            ended_epochs[(agent, site)].discard(epoch)  # seen again (a login, or a read of the table)
             poss = (
                 t if exact else max(last_absent.get((agent, site), -math.inf), last_snap.get(site, -math.inf))
             )
@@ -597,6 +606,10 @@ def check_no_split_brain(
             if se is None:
                 continue
             evidence_sites.add(se.site)
+            key = (se.agent, se.site)
+            if se.active and not se.exact and key not in open_ and se.epoch in ended_epochs[key]:
+                late_reads += 1
+                continue
             if se.active:
                 active(se.agent, se.site, ev.t, se.epoch, se.exact)
             else:
@@ -614,6 +627,7 @@ def check_no_split_brain(
         "agents": len(done),
         "sessions": sum(len(v) for v in done.values()),
         "sites": sorted(sites),
+        "late_reads": late_reads,
     }
     sure: list[dict[str, Any]] = []
     maybe: list[dict[str, Any]] = []

@@ -377,7 +377,7 @@ class Observer:
         while not self._stop.is_set():
             t0 = time.monotonic()
             try:
-                value, _, t_recv = ep.read_timed(self.timeout)
+                value, t_sent, t_recv = ep.read_timed(self.timeout)
             except ObserveError as e:
                 if not failing:
                     self.history.observe("observe_error", ep.device, {"site": ep.site, "error": str(e)})
@@ -387,18 +387,19 @@ class Observer:
                     self._cond.notify_all()
             else:
                 wall = time.time() - (time.monotonic() - t_recv)
-                ev = self.history.observe(ep.obs_kind, ep.device, value, t=t_recv, wall=wall)
+                self.history.observe(ep.obs_kind, ep.device, value, t=t_recv, wall=wall)
                 if failing:
                     self.history.observe("observe_ok", ep.device, {"site": ep.site})
                     failing = False
                 with self._cond:
-                    self.view.apply(ep, value, ev.t)
+                    # freshness counts from the request: the table is from no earlier than that
+                    self.view.apply(ep, value, t_sent)
                     self.reads += 1
                     self._cond.notify_all()
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
 
     def fresh(self, since: float) -> bool:
-        """Every endpoint has a snapshot taken after ``since``."""
+        """Every endpoint has a snapshot whose read was sent after ``since`` (so its table is newer)."""
         return all(self.view.at.get(f"{e.kind}:{e.site}", -1.0) > since for e in self.eps)
 
     def wait_until(self, predicate: Callable[[View], bool], timeout: float) -> bool:

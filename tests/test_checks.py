@@ -715,3 +715,37 @@ def test_snapshot_after_a_captured_fence_is_split_brain(rec: Rec) -> None:
     """The same listing with no read window (or one that ends before the fence) is a real overlap."""
     _snapshot_in_flight(rec, read_ms=None)
     assert check_no_split_brain(rec.h).result == "invalid"
+
+
+def test_split_brain_late_read_of_an_ended_session_is_not_a_return(rec: Rec) -> None:
+    """sha's CTI wrote a state reply while its port was down; TCP delivered it when the cut healed, long
+    after sha's snapshots stopped listing the session and the agent logged in at ntg. A session is its epoch
+    and begins with a login: the late read of the ended epoch opens nothing."""
+    rec.cti_msg(5.0, "sha", "a00001", "login", 1, "ready")
+    rec.cti(6.0, "sha", {"a00001": ("ready", 1)})
+    rec.cti(6.0, "ntg", {})
+    rec.cti(9.0, "sha", {})  # the lease ended it
+    rec.cti_msg(11.0, "ntg", "a00001", "login", 2, "ready")
+    rec.cti_msg(15.0, "sha", "a00001", "state", 1, "ready")  # captured when the cut healed
+    rec.cti(16.0, "sha", {})
+    rec.cti(16.0, "ntg", {"a00001": ("ready", 2)})
+    v = check_no_split_brain(rec.h)
+    assert v.result == "valid" and v.figures["late_reads"] == 1
+    # the same read with an epoch never seen ending is a session at sha: two sites at once
+    rec.cti_msg(17.0, "sha", "a00001", "state", 3, "ready")
+    rec.cti(18.0, "ntg", {"a00001": ("ready", 2)})
+    assert check_no_split_brain(rec.h).result == "invalid"
+
+
+def test_split_brain_relogin_with_the_same_epoch_counts_again(rec: Rec) -> None:
+    """A client that lost its connection logs in again with the same token: a captured login of the ended
+    epoch opens the session again, and its state reads count."""
+    rec.cti_msg(5.0, "sha", "a00001", "login", 1, "ready")
+    rec.cti(6.0, "ntg", {})
+    rec.cti(7.0, "sha", {})
+    rec.cti_msg(8.0, "sha", "a00001", "login", 1, "ready")
+    rec.cti_msg(9.0, "ntg", "a00001", "login", 2, "ready")
+    rec.cti_msg(10.0, "sha", "a00001", "state", 1, "ready")
+    rec.cti(11.0, "sha", {})
+    rec.cti(11.0, "ntg", {"a00001": ("ready", 2)})
+    assert check_no_split_brain(rec.h).result == "invalid"
