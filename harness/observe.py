@@ -32,13 +32,14 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.capture import Capture, CaptureResult
 from harness.decode import Decoded, decode_pcap
 from harness.history import History
 from harness.lab import Lab
 
+T = TypeVar("T")
 log = logging.getLogger("hil.observe")
 
 SIP_PORT = 5060
@@ -257,22 +258,7 @@ class View:
         states: Iterable[str] | None = ("ready",),
     ) -> dict[str, dict[str, Any]]:
         """Agents not (exactly once registered and logged in at their expected site, in one of ``states``)."""
-        want_states = None if states is None else set(states)
-        bad = {}
-        for agent, site in expected.items():
-            reg_at, sess_at, state = self.placement(agent, extensions[agent])
-            if (
-                reg_at != [site]
-                or sess_at != [site]
-                or (want_states is not None and state not in want_states)
-            ):
-                bad[agent] = {
-                    "expected": site,
-                    "registered_at": reg_at,
-                    "sessions_at": sess_at,
-                    "state": state,
-                }
-        return bad
+        return self._judge(expected, extensions, states, exactly_there=True)
 
     def missing(
         self,
@@ -282,22 +268,27 @@ class View:
     ) -> dict[str, dict[str, Any]]:
         """Agents not yet registered and logged in at their expected site (in one of ``states``). Looser
         than :meth:`misplaced`: a leftover elsewhere does not count here (the checkers judge it)."""
+        return self._judge(expected, extensions, states, exactly_there=False)
+
+    def _judge(
+        self,
+        expected: Mapping[str, str],
+        extensions: Mapping[str, str],
+        states: Iterable[str] | None,
+        exactly_there: bool,
+    ) -> dict[str, dict[str, Any]]:
         want_states = None if states is None else set(states)
         bad = {}
         for agent, site in expected.items():
-            reg_at, sess_at, _ = self.placement(agent, extensions[agent])
-            state = self.sessions.get(site, {}).get(agent)
-            if (
-                site not in reg_at
-                or site not in sess_at
-                or (want_states is not None and state not in want_states)
-            ):
-                bad[agent] = {
-                    "expected": site,
-                    "registered_at": reg_at,
-                    "sessions_at": sess_at,
-                    "state": state,
-                }
+            reg_at, sess_at, state = self.placement(agent, extensions[agent])
+            if exactly_there:
+                placed = reg_at == [site] and sess_at == [site]
+            else:
+                placed = site in reg_at and site in sess_at
+                state = self.sessions.get(site, {}).get(agent)
+            if not placed or (want_states is not None and state not in want_states):
+                where = {"registered_at": reg_at, "sessions_at": sess_at}
+                bad[agent] = {"expected": site, **where, "state": state}
         return bad
 
     def complete(self, eps: Iterable[Endpoint]) -> bool:
@@ -401,6 +392,16 @@ class Observer:
     def fresh(self, since: float) -> bool:
         """Every endpoint has a snapshot whose read was sent after ``since`` (so its table is newer)."""
         return all(self.view.at.get(f"{e.kind}:{e.site}", -1.0) > since for e in self.eps)
+
+    def after_read(self, seen: int, judge: Callable[[View], T], timeout: float = 0.1) -> tuple[int, T | None]:
+        """Wait up to ``timeout`` for a read newer than the ``seen``-th, then ``judge`` the view under the
+        lock: (reads so far, the judgement), or (``seen``, None) when no read came."""
+        with self._cond:
+            if self.reads == seen:
+                self._cond.wait(timeout)
+            if self.reads == seen:
+                return seen, None
+            return self.reads, judge(self.view)
 
     def wait_until(self, predicate: Callable[[View], bool], timeout: float) -> bool:
         """Block until ``predicate`` holds on the latest snapshots (True) or ``timeout`` passes (False)."""

@@ -510,18 +510,18 @@ class Scenario:
         # endpoint is read by its own thread, so the view at the start can pair a PBX read from before a
         # move that just ended with one from after it (a planned switch takes ~30 ms; the reads are
         # 200 ms apart), which shows a leftover that was gone before the hold began.
+        obs = self.observer
+
+        def judge(view: Any) -> dict[str, Any] | None:
+            return view.misplaced(expected, exts, states) if obs.fresh(start) else None
+
         while not bad and (time.monotonic() < deadline or not judged):
             if time.monotonic() > deadline + FRESH_READ_S:
                 break
-            with self.observer._cond:  # noqa: SLF001
-                self.observer._cond.wait(0.1)  # noqa: SLF001
-                if self.observer.reads == seen:
-                    continue
-                seen = self.observer.reads
-                if not self.observer.fresh(start):
-                    continue
+            seen, found = obs.after_read(seen, judge)
+            if found is not None:
                 judged += 1
-                bad = self.observer.view.misplaced(expected, exts, states)
+                bad = found
         detail: dict[str, Any] = {"duration": duration, "reads_judged": judged}
         if bad:
             detail.update(count=len(bad), sample=dict(list(bad.items())[:3]))
@@ -548,14 +548,11 @@ class Scenario:
         seen = self.observer.reads
         bad: dict[str, Any] = {"(no read yet)": None}
         while time.monotonic() - t0 < timeout:
-            with self.observer._cond:  # noqa: SLF001
-                self.observer._cond.wait(0.1)  # noqa: SLF001
-                if self.observer.reads == seen:
-                    continue
-                seen = self.observer.reads
-                bad = self.observer.view.misplaced(expected, exts, states)
-            if not bad:
-                break
+            seen, found = self.observer.after_read(seen, lambda v: v.misplaced(expected, exts, states))
+            if found is not None:
+                bad = found
+                if not bad:
+                    break
         took = time.monotonic() - t0 if not bad else None
         detail: dict[str, Any] = {"timeout": timeout, "took": None if took is None else round(took, 3)}
         if bad:

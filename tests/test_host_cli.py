@@ -201,3 +201,18 @@ def test_host_cli_without_transport(supervisor: ServiceSupervisor) -> None:
     assert cli.feed("systemctl is-active pbx") == "inactive\r\nroot@sha-cti1:~# "
     assert cli.run("echo a > /tmp/x")[0] == 2  # redirections are refused, not faked
     assert cli.feed("exit") == "logout\r\n" and cli.closed
+
+
+def test_before_start_runs_at_every_start(tmp_path: Path) -> None:
+    """``before_start`` runs before each start, restarts included (a PBX renders a new boot id there)."""
+    starts: list[int] = []
+    sup = ServiceSupervisor(
+        [Service("pbx", ["sleep", "1000"], tmp_path / "p.log", before_start=lambda: starts.append(1))]
+    )
+    try:
+        sup.start("pbx")
+        sup.stop("pbx")
+        sup.start("pbx")
+        assert len(starts) == 2
+    finally:
+        sup.close()

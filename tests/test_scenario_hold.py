@@ -31,6 +31,14 @@ class FakeObserver:
                 self.reads += 1
                 self._cond.notify_all()
 
+    def after_read(self, seen: int, judge: Any, timeout: float = 0.1) -> tuple[int, Any]:
+        with self._cond:
+            if self.reads == seen:
+                self._cond.wait(timeout)
+            if self.reads == seen:
+                return seen, None
+            return self.reads, judge(self.view)
+
     def fresh(self, since: float) -> bool:
         return self.current[0]
 

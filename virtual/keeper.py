@@ -11,6 +11,7 @@ Run by `virtual.lab.up()` through `unshare`; never imported by the controller.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -172,9 +173,19 @@ class Keeper:
                 rpc_also_listen=[str(d.spec.mgmt)] if d.spec.mgmt else [],
                 event_target=f"{events[0]}:{events[1]}" if events else None,
             )
-            argv = netns.nsenter_argv(ns_path(d.name)) + _fresh_boot(spec, pbx.write_files(spec))
+            argv = netns.nsenter_argv(ns_path(d.name)) + pbx.command(spec)
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
-            sup.add(Service(name=d.spec.service, argv=argv, log_path=self.logs / f"{d.name}.log"))
+            # Every start, restarts included (a healed service_kill), renders the config again with a new
+            # boot id: the same boot id with an event seq starting again from 1 would make a CTI take the
+            # new run's registration events for old ones.
+            sup.add(
+                Service(
+                    name=d.spec.service,
+                    argv=argv,
+                    log_path=self.logs / f"{d.name}.log",
+                    before_start=functools.partial(pbx.write_files, spec),
+                )
+            )
             sup.start(d.spec.service)
 
     def start_stack(self) -> None:
@@ -464,26 +475,6 @@ class Keeper:
         while not self.stop_event.wait(1.0):
             self.reap_orphans()
         self.shutdown()
-
-
-# Writes the config from its template with a new boot id, then becomes kamailio (same PID).
-_BOOT_SH = (
-    'b=$(od -An -N8 -tx1 /dev/urandom | tr -d " \\n") && sed "s/@BOOT_ID@/$b/g" "$1" > "$2.tmp" '
-    '&& mv "$2.tmp" "$2" && shift 2 && exec "$@"'
-)
-
-
-def _fresh_boot(spec: Any, argv: list[str]) -> list[str]:
-    """``argv`` wrapped so that every start of the service, restarts included, gets a new boot id.
-
-    write_files renders one boot id into the config, but the supervisor restarts a PBX (a healed
-    ``service_kill``) with the same argv: its OPTIONS ``X-Pbx-Boot`` and its registration events
-    would name the same boot while its event ``seq`` starts again from 1, and a CTI would take the new
-    run's events for old ones. The boot id (16 random hex digits, unique in the file) becomes a
-    placeholder in a template beside the config."""
-    tmpl = spec.cfg_path.with_name(spec.cfg_path.name + ".boot")
-    tmpl.write_text(spec.cfg_path.read_text().replace(spec.boot_id, "@BOOT_ID@"))
-    return ["sh", "-c", _BOOT_SH, "pbx-boot", str(tmpl.resolve()), str(spec.cfg_path.resolve()), *argv]
 
 
 def _tc(args: list[str]) -> None:

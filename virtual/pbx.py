@@ -284,6 +284,11 @@ def write_files(spec: PbxSpec) -> list[str]:
         fh.write("".join(lines))
     os.replace(tmp, table)
     spec.cfg_path.write_text(render_config(spec))
+    return command(spec)
+
+
+def command(spec: PbxSpec) -> list[str]:
+    """The foreground argv for the files :func:`write_files` writes (the same for every start)."""
     return [
         spec.kamailio,
         "-f",

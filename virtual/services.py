@@ -46,6 +46,9 @@ class Service:
     env: dict[str, str] | None = None
     cwd: str | None = None
     description: str = ""
+    # Run before every start, restarts included (systemd's ExecStartPre): e.g. a PBX's config with a new
+    # boot id, so its pushed events of one run are never taken for another's.
+    before_start: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,8 @@ class ServiceSupervisor:
         log_path = Path(svc.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = None if svc.env is None else {**os.environ, **svc.env}
+        if svc.before_start is not None:
+            svc.before_start()
         with open(log_path, "ab") as log:
             try:
                 proc = subprocess.Popen(

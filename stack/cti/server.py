@@ -838,7 +838,7 @@ class CtiServer:
 
     def _handle_now(self, conn: Connection, req: dict[str, Any], kind: Any) -> dict[str, Any] | None:
         """The reply to a message whose handling does not await (all but ``login`` and ``link_phone``,
-        which :meth:`_handle` awaits): answered in ``data_received``, with no task."""
+        which ``Connection._awaiting`` runs as a task): answered in ``data_received``, with no task."""
         if kind == "heartbeat":
             s = conn.session
             if s is None:
@@ -894,16 +894,6 @@ class CtiServer:
         if kind == "admin":
             return self._admin(req)
         return P.error("unknown_type", req)
-
-    async def _handle(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any] | None:
-        """The reply to any message (the connection itself calls :meth:`_handle_now` or the awaiting
-        handler directly)."""
-        kind = req.get("type")
-        if kind == "login":
-            return await self._login(conn, req)
-        if kind == "link_phone":
-            return await self._link(conn, req)
-        return self._handle_now(conn, req, kind)
 
     async def _login(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         token = req["token"]
