@@ -22,12 +22,12 @@ The SIP parsing is the phone's (stack/phone/sip.py): one pass, no object per hea
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections.abc import Callable, Collection
 from typing import Any
 
+from stack.common import fastjson
 from stack.phone import sip
 
 log = logging.getLogger("stack.cti.pbxevents")
@@ -42,8 +42,8 @@ EventHandler = Callable[[str, bool, str, int], None]
 def parse_event(body: bytes) -> tuple[str, bool, str, int] | None:
     """(ext, registered, boot, seq) from a MESSAGE body, or None if it is not a registration event."""
     try:
-        ev = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        ev = fastjson.loads(body)
+    except ValueError:  # not JSON, or not UTF-8
         return None
     if not isinstance(ev, dict):
         return None
