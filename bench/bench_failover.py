@@ -59,7 +59,8 @@ from bench.sysinfo import describe  # noqa: E402
 from harness import topology as topology_mod  # noqa: E402
 from harness.capture import Capture  # noqa: E402
 from harness.decode import decode_pcap, iter_frames  # noqa: E402
-from harness.lab import Lab, close_lab, open_lab  # noqa: E402
+from harness.lab import Lab, Tap  # noqa: E402
+from harness.lab.session import close_lab, open_lab  # noqa: E402
 from harness.observe import ObserveError, cti_query, jsonrpc, parse_ul_dump  # noqa: E402
 from stack.swarm import parse as swarm_args  # noqa: E402
 
@@ -159,11 +160,11 @@ class Services:
     """The lab's service processes (host PIDs from the keeper) and their process trees."""
 
     def __init__(self, lab: Lab) -> None:
-        st = lab.handle.status()  # type: ignore[attr-defined]
+        st = lab.status()
         self.main: dict[str, int] = {}
-        for p in st.get("processes", []):
-            if p.get("host_pid") and p["name"] != "hil-phone":
-                self.main[f"{p['device']}/{p['name']}"] = int(p["host_pid"])
+        for p in st.processes if st else []:
+            if p.pid and p.name != "hil-phone":
+                self.main[f"{p.device}/{p.name}"] = p.pid
         self.refresh()
 
     def refresh(self) -> None:
@@ -293,12 +294,12 @@ def set_not_ready(lab: Lab, site: str, agent_ids: list[str]) -> None:
 # ---- capture -------------------------------------------------------------------------------------------
 
 
-def port_veth(lab: Lab, device: str) -> str:
-    ports = lab.handle.state().get("ports") or {}  # type: ignore[attr-defined]
+def port_tap(lab: Lab, device: str) -> Tap:
     for sw in lab.topology.of_kind("switch"):
         for pname, port in sw.spec.ports.items():
-            if port.connects == device:
-                return str(ports[f"{sw.name}:{pname}"])
+            tap = lab.backend.tap(sw.name, pname) if port.connects == device else None
+            if tap is not None:
+                return tap
     raise SystemExit(f"error: no switch port for {device}")
 
 
@@ -343,16 +344,17 @@ PROFILED = [
 
 
 def start_captures(lab: Lab, out: Path) -> dict[str, Capture]:
-    netns = f"/proc/{lab.handle.keeper_pid}/ns/net"  # type: ignore[attr-defined]
     caps: dict[str, Capture] = {}
     for site in ("sha", "ntg"):
         d = lab.topology.of_kind("pbx", site)[0]
+        tap = port_tap(lab, d.name)
         caps[f"{site}-pbx"] = Capture(
-            f"{site}-pbx", port_veth(lab, d.name), out, filter=f"udp port {d.spec.sip_port}", netns_path=netns
+            f"{site}-pbx", tap.iface, out, filter=f"udp port {d.spec.sip_port}", netns_path=tap.netns
         )
     ul = lab.topology.of_kind("ul", "ntg")[0]
+    tap = port_tap(lab, ul.name)
     caps["ntg-ul"] = Capture(
-        "ntg-ul", port_veth(lab, ul.name), out, filter=f"tcp dst port {ul.spec.port}", netns_path=netns
+        "ntg-ul", tap.iface, out, filter=f"tcp dst port {ul.spec.port}", netns_path=tap.netns
     )
     for c in caps.values():
         c.start()
@@ -400,8 +402,8 @@ class FaultClock(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             if self.fault == "pbx-port":
-                links = self.lab.handle.request("status")["status"].get("links", [])  # type: ignore[attr-defined]
-                if any(x.get("connects") == self.device and x.get("state") != "up" for x in links):
+                st = self.lab.status()
+                if st and any(x.connects == self.device and x.state != "up" for x in st.links):
                     self.t = time.time()
                     return
                 time.sleep(0.01)

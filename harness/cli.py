@@ -16,6 +16,8 @@ from typing import Any
 import click
 
 from harness import topology as topology_mod
+from harness.lab import virtual as virtual_backend
+from harness.lab.session import LabError, open_lab
 from harness.topology import SecretMissing, TopologyError
 
 EXIT_FAIL = 1
@@ -27,8 +29,6 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*a: Any, **kw: Any) -> Any:
-        from virtual.lab import LabError
-
         try:
             return fn(*a, **kw)
         except TopologyError as e:
@@ -69,22 +69,18 @@ def lab() -> None:
 @_friendly
 def lab_up(topology_file: str | None) -> None:
     """Build the virtual lab and wait until every PBX answers."""
-    from virtual import lab as vlab
-
     topo = topology_mod.load(topology_file)
     t0 = time.monotonic()
-    h = vlab.up(topo)
-    click.echo(f"lab {h.name} is up in {time.monotonic() - t0:.2f} s (keeper pid {h.keeper_pid})")
+    b = virtual_backend.bring_up(topo)
+    click.echo(f"lab {b.name} is up in {time.monotonic() - t0:.2f} s (keeper pid {b.keeper_pid})")
 
 
 @lab.command("down")
 @_friendly
 def lab_down() -> None:
     """Take the lab down; nothing of it stays behind."""
-    from virtual import lab as vlab
-
     t0 = time.monotonic()
-    if vlab.down():
+    if virtual_backend.take_down():
         click.echo(f"lab is down in {time.monotonic() - t0:.2f} s")
     else:
         click.echo("no lab is up")
@@ -98,11 +94,9 @@ def lab_down() -> None:
 def lab_restore(topology_file: str | None, journal: str | None, include_live: bool) -> None:
     """Heal every fault a controller left open in the journal (e.g. one killed with SIGKILL)."""
     from harness import faults
-    from harness.lab import open_lab
-    from virtual import lab as vlab
 
     topo = topology_mod.load(topology_file)
-    if topo.kind == "virtual" and vlab.find(topo.name) is None:
+    if topo.kind == "virtual" and virtual_backend.find(topo.name) is None:
         click.echo("no lab is up: nothing to restore")
         return
     the_lab = open_lab(topo, bring_up=False)
@@ -121,16 +115,14 @@ def lab_restore(topology_file: str | None, journal: str | None, include_live: bo
 @_friendly
 def lab_status(as_json: bool) -> None:
     """Sites, devices, links with their state, and every process with its PID and whether it answers."""
-    from virtual import lab as vlab
-
-    h = vlab.find()
-    if h is None:
+    b = virtual_backend.find()
+    if b is None:
         if as_json:
             click.echo(json.dumps({"up": False}))
         else:
             click.echo("no lab is up")
         sys.exit(EXIT_FAIL)
-    st = h.status()
+    st = b.raw_status()
     topo = topology_mod.load(st["topology"])
     st["up"] = True
     st["sites"] = {
@@ -210,7 +202,6 @@ def switch() -> None:
 
 
 def _ul(topology_file: str | None, prefer: str | None = None):  # type: ignore[no-untyped-def]
-    from harness.lab import open_lab
     from harness.ulapi import client_for
 
     lab = open_lab(topology_mod.load(topology_file), bring_up=False)

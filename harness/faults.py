@@ -44,7 +44,6 @@ from typing import Any, ClassVar
 
 from harness.drivers.base import DeviceUnreachable, RefusedBySafety, Steps
 from harness.lab import Lab
-from harness.topology import REPO_ROOT
 
 NEMESIS = "nemesis"
 HOST_KINDS = ("pbx", "cti", "ul", "host")
@@ -753,9 +752,7 @@ def default_journal(lab: Lab) -> Path:
     env = os.environ.get("HIL_FAULT_JOURNAL")
     if env:
         return Path(env)
-    if lab.handle is not None:
-        return Path(lab.handle.run_dir) / "faults.journal.jsonl"  # type: ignore[attr-defined]
-    return REPO_ROOT / "reports" / "faults" / f"{lab.topology.name}.journal.jsonl"
+    return lab.state_dir() / "faults.journal.jsonl"
 
 
 class Journal:

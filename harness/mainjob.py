@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import topology as topology_mod
+from harness.lab import virtual as virtual_backend
+from harness.lab.session import LabError, open_lab
 from harness.topology import REPO_ROOT
 
 SCALE_TOPOLOGY = REPO_ROOT / "topologies" / "virtual-1k.yaml"
@@ -136,7 +138,6 @@ def _heal_leftovers(topo: topology_mod.Topology, out: Callable[[str], None]) -> 
     """Heal every fault a (now dead) suite left in the journal."""
     try:
         from harness import faults
-        from harness.lab import open_lab
 
         lab = open_lab(topo, bring_up=False)
         for r in faults.restore(lab):
@@ -241,25 +242,21 @@ def _bring_up(topo: topology_mod.Topology, out: Callable[[str], None]) -> tuple[
     """The lab up (a virtual one), and whether this job brought it up (and so must take it down)."""
     if topo.kind != "virtual":
         return None, False
-    from virtual import lab as vlab
-
-    running = vlab.find()
+    running = virtual_backend.find()
     if running is not None and running.name == topo.name:
         out(f"lab {topo.name} is already up: using it (and leaving it up)")
         return running, False
     if running is not None:
-        raise vlab.LabError(f"lab {running.name} is up; the job needs {topo.name}: run `hil lab down` first")
+        raise LabError(f"lab {running.name} is up; the job needs {topo.name}: run `hil lab down` first")
     t0 = time.monotonic()
-    h = vlab.up(topo)
-    out(f"lab {h.name} is up in {time.monotonic() - t0:.1f} s")
-    return h, True
+    b = virtual_backend.bring_up(topo)
+    out(f"lab {b.name} is up in {time.monotonic() - t0:.1f} s")
+    return b, True
 
 
 def _take_down(handle: Any, out: Callable[[str], None]) -> None:
-    from virtual import lab as vlab
-
     t0 = time.monotonic()
-    vlab.down(handle)
+    virtual_backend.take_down(handle)
     out(f"lab {handle.name} is down in {time.monotonic() - t0:.1f} s")
 
 

@@ -196,18 +196,24 @@ def lab_snapshot(lab: Lab) -> dict[str, Any]:
     A process is ``running`` when active and answering; PIDs are left out on purpose: a healed kill
     restarts the process under a new PID, and that is the lab as it began.
     """
-    if lab.handle is None:
-        return {"links": {}, "processes": {}, "note": "physical lab: no keeper to ask"}
-    st = lab.handle.status()  # type: ignore[attr-defined]
-    links = {f"{x['switch']}:{x['port']}": x["state"] for x in st.get("links", []) if x.get("connects")}
+    st = lab.status()
+    if st is None:
+        return {"links": {}, "processes": {}, "management": {}, "complete": False, "problems": ["no status"]}
+    links = {f"{x.switch}:{x.port}": x.state for x in st.links if x.connects}
     procs = {}
-    for p in st.get("processes", []):
-        state = p.get("state")
-        if state == "active" and p.get("answers") is False:
+    for p in st.processes:
+        state = p.state
+        if state == "active" and p.answers is False:
             state = "not_answering"
-        procs[f"{p['device']}:{p['name']}"] = "running" if state == "active" else state
-    mgmt = {m["device"]: m["state"] for m in st.get("management", [])}
-    return {"links": links, "processes": procs, "management": mgmt}
+        procs[f"{p.device}:{p.name}"] = "running" if state == "active" else state
+    mgmt = {m.device: m.state for m in st.management}
+    return {
+        "links": links,
+        "processes": procs,
+        "management": mgmt,
+        "complete": st.complete,
+        "problems": st.problems,
+    }
 
 
 def record_start(lab: Lab, history: History) -> None:
@@ -489,7 +495,7 @@ def configure_span(lab: Lab, steps: Any = None) -> None:
     per lab run: sources are the ports facing the site's PBX and CTI, both directions."""
     from harness.drivers import driver_for
 
-    run = str(getattr(lab.handle, "keeper_pid", "physical"))
+    run = lab.backend.run_id()
     dry = bool(steps is not None and steps.dry_run)
     for sw in lab.topology.of_kind("switch"):
         if not (sw.spec.span_port and sw.spec.capture_interface) or (run, sw.name, dry) in _SPAN_DONE:
@@ -507,12 +513,6 @@ def capture_points(lab: Lab) -> list[CapturePoint]:
     spans = span_points(lab)
     if spans:
         return spans
-    if lab.handle is None:
-        raise ObserveError(
-            f"{lab.topology.file}: no switch has span_port and capture_interface: nowhere to capture"
-        )
-    ports = lab.handle.state().get("ports") or {}  # type: ignore[attr-defined]
-    netns = f"/proc/{lab.handle.keeper_pid}/ns/net"  # type: ignore[attr-defined]
     out = []
     for sw in lab.topology.of_kind("switch"):
         for pname, port in sw.spec.ports.items():
@@ -525,10 +525,13 @@ def capture_points(lab: Lab) -> list[CapturePoint]:
                 bpf = f"tcp port {dev.spec.port}"
             else:
                 continue
-            veth = ports.get(f"{sw.name}:{pname}")
-            if veth is None:
-                raise ObserveError(f"the lab has no veth for {sw.name}:{pname}")
-            out.append(CapturePoint(f"{dev.name}-port", dev.name, dev.site, veth, netns, bpf))
+            tap = lab.backend.tap(sw.name, pname)
+            if tap is None:
+                raise ObserveError(
+                    f"{lab.topology.file}: {sw.name}:{pname} cannot be tapped on this lab and no switch has "
+                    "span_port and capture_interface: nowhere to capture"
+                )
+            out.append(CapturePoint(f"{dev.name}-port", dev.name, dev.site, tap.iface, tap.netns, bpf))
     return out
 
 

@@ -42,6 +42,7 @@ from harness.checks import Verdict
 from harness.drivers.base import Step, Steps
 from harness.history import History
 from harness.lab import Lab
+from harness.lab.dryrun import DryRunBackend
 from harness.topology import REPO_ROOT
 
 log = logging.getLogger("hil.scenario")
@@ -163,9 +164,9 @@ def reset_agents(lab: Lab, steps: Steps | None = None, timeout: float = 45.0, dr
 
 def lab_problems(lab: Lab) -> list[str]:
     """What is not as a fresh lab has it: a process not running, a connected port down."""
-    if lab.handle is None:
-        return []
     snap = observe.lab_snapshot(lab)
+    if not snap.get("complete", True):
+        return [f"lab state not read: {p}" for p in snap.get("problems", [])]
     out = [f"process {k} is {v}" for k, v in snap["processes"].items() if v != "running"]
     out += [f"link {k} is {v}" for k, v in snap["links"].items() if v != "up"]
     out += [f"management of {k} is {v}" for k, v in snap.get("management", {}).items() if v != "up"]
@@ -681,10 +682,8 @@ class Scenario:
 
     def device_logs(self) -> list[Path]:
         """The lab's device logs (kamailio, CTI, UL, swarm) for the report."""
-        if self.lab.handle is None:
-            return []
-        logs = Path(self.lab.handle.run_dir) / "logs"  # type: ignore[attr-defined]
-        return sorted(p for p in logs.glob("*.log") if p.is_file()) if logs.is_dir() else []
+        logs = self.lab.backend.logs_dir()
+        return sorted(p for p in logs.glob("*.log") if p.is_file()) if logs is not None else []
 
     def failure_message(self) -> str:
         from harness import report
@@ -787,7 +786,7 @@ def dry_run_lab(topo: Any) -> Lab:
     for var in credentials.referenced(topo):
         os.environ.setdefault(var, "dry-run-placeholder")
     os.environ.setdefault(credentials.STACK_SECRET_VAR, "dry-run-placeholder")
-    return Lab(topo)
+    return Lab(topo, DryRunBackend(topo))
 
 
 def missing_kinds(topo: Any, kinds: Sequence[str]) -> list[str]:

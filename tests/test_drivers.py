@@ -14,7 +14,7 @@ from harness.drivers import DeviceError, DeviceUnreachable, Step, Steps, driver_
 from harness.drivers.caller import caller_for
 from harness.drivers.console import ConsoleAccess, ConsoleDriver
 from harness.drivers.phone import PhoneAccess, YealinkPhone
-from harness.lab import Lab
+from harness.lab import Lab, LabStatus
 
 pytestmark = pytest.mark.lab
 
@@ -105,18 +105,17 @@ def test_pdu_outlets(lab: Lab) -> None:
         pdu.outlet_off("3")
         try:
             assert not pdu.outlet_state("3")
-            st = lab.handle.status()  # type: ignore[union-attr]
-            ul = [p for p in st["processes"] if p["device"] == "sha-ul1"]
-            assert ul and all(p["state"] != "active" for p in ul)
+            st = lab.status()
+            assert st is not None
+            ul = [p for p in st.processes if p.device == "sha-ul1"]
+            assert ul and all(p.state != "active" for p in ul)
         finally:
             pdu.outlet_on("3")
         assert pdu.outlet_state("3")
     assert [s.commands for s in steps][:2] == [["olStatus 1"], ["olStatus 2"]]
     assert eventually(
         lambda: all(
-            p["state"] == "active"
-            for p in lab.handle.status()["processes"]  # type: ignore[union-attr]
-            if p["device"] == "sha-ul1"
+            p.state == "active" for p in (lab.status() or LabStatus()).processes if p.device == "sha-ul1"
         )
     )
 

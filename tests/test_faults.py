@@ -24,6 +24,7 @@ from harness.drivers.base import Step, Steps
 from harness.faults import FaultRefused, Injector, Journal, default_journal, make_fault
 from harness.history import History
 from harness.lab import Lab
+from harness.lab.virtual import VirtualBackend
 from harness.topology import REPO_ROOT, Topology
 from virtual import netns
 
@@ -275,16 +276,16 @@ def test_heal_on_exception_and_max_duration(lab: Lab, injector: Injector) -> Non
 
 
 def test_heal_through_console_when_management_is_cut(lab: Lab, injector: Injector) -> None:
-    st = lab.handle.state()  # type: ignore[union-attr]
+    st = twin(lab).handle.state()
     mgmt_veth = st["mgmt_veths"]["sha-sw1"]
     f = injector.make("port_down", "sha-sw1:Gi0/6")  # the phone's port
     injector.inject(f)
     assert not ping(lab, "sha-agents1", "sha-phone1")
-    lab.handle.set_link(mgmt_veth, False)  # type: ignore[union-attr]
+    twin(lab).set_link(mgmt_veth, False)
     try:
         injector.heal(f)
     finally:
-        lab.handle.set_link(mgmt_veth, True)  # type: ignore[union-attr]
+        twin(lab).set_link(mgmt_veth, True)
     assert f.healed_via == "console"
     assert eventually(lambda: ping(lab, "sha-agents1", "sha-phone1"))
 
@@ -293,7 +294,7 @@ SCRIPT = """
 import os, sys, time
 from harness import topology
 from harness.faults import Injector
-from harness.lab import open_lab
+from harness.lab.session import open_lab
 lab = open_lab(topology.load(), bring_up=False)
 inj = Injector(lab, journal_path=sys.argv[1])
 {body}
@@ -402,7 +403,7 @@ def _variant(lab: Lab, tmp_path: Path, edit: Callable[[dict], None]) -> Lab:
     edit(raw)
     f = tmp_path / "variant.yaml"
     f.write_text(yaml.safe_dump(raw))
-    return Lab(topology.load(f), lab.handle, owned=False)
+    return Lab(topology.load(f), lab.backend, owned=False)
 
 
 def _mgmt_port(raw: dict) -> None:
@@ -476,5 +477,11 @@ def test_dry_run_sends_nothing(lab: Lab, topology: Topology, tmp_path: Path) -> 
 
 
 def test_default_journal_lives_with_the_lab(lab: Lab) -> None:
-    assert default_journal(lab).parent == Path(lab.handle.run_dir)  # type: ignore[union-attr]
+    assert default_journal(lab).parent == twin(lab).state_dir()
     assert json.dumps(make_fault(lab, "loss", "sha-pbx1", percent=5).describe())
+
+
+def twin(lab: Lab) -> VirtualBackend:
+    """The virtual backend, for tests that pull a cable outside any switch (no fault kind does that)."""
+    assert isinstance(lab.backend, VirtualBackend)
+    return lab.backend

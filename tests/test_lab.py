@@ -20,6 +20,7 @@ from harness.drivers import driver_for
 from harness.drivers.host import HostDriver
 from harness.drivers.switch import SwitchDriver
 from harness.lab import Lab
+from harness.lab.virtual import VirtualBackend
 from harness.topology import REPO_ROOT
 from virtual import netns
 
@@ -96,10 +97,10 @@ def test_netmiko_port_shutdown_stops_traffic(lab: Lab, sw: str, port: str, src: 
 
 
 def test_console_works_while_management_is_cut(lab: Lab) -> None:
-    st = lab.handle.state()  # type: ignore[union-attr]
+    st = twin(lab).handle.state()
     mgmt_veth = st["mgmt_veths"]["sha-sw1"]
     con_path = st["consoles"]["sha-con1"]
-    lab.handle.set_link(mgmt_veth, False)  # type: ignore[union-attr]
+    twin(lab).set_link(mgmt_veth, False)
     try:
         with pytest.raises(OSError):
             socket.create_connection((str(lab.topology.device("sha-sw1").spec.mgmt), 22), timeout=1.0)
@@ -111,7 +112,7 @@ def test_console_works_while_management_is_cut(lab: Lab) -> None:
                 out = _read_until(s, b">")
                 assert b"Gi0/1" in out and b"connected" in out
     finally:
-        lab.handle.set_link(mgmt_veth, True)  # type: ignore[union-attr]
+        twin(lab).set_link(mgmt_veth, True)
 
 
 def _read_until(s: serial.Serial, marker: bytes, timeout: float = 3.0) -> bytes:
@@ -270,3 +271,9 @@ def test_span_capture_on_the_controllers_interface(lab: Lab, tmp_path: Path) -> 
     assert cti_msgs >= 2
     with driver_for(lab, "sha-sw1") as sw:
         assert "Gi0/23" in sw._show("span_state", "show monitor session all")
+
+
+def twin(lab: Lab) -> VirtualBackend:
+    """The virtual backend, for tests that pull a cable outside any switch (no fault kind does that)."""
+    assert isinstance(lab.backend, VirtualBackend)
+    return lab.backend

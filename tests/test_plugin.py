@@ -78,7 +78,7 @@ def test_dry_run_plans_a_scenario_and_touches_nothing(pytester: pytest.Pytester,
     pytester.makepyfile(
         """
         def test_pbx_killed(scenario, lab):
-            assert lab.handle is None
+            assert lab.backend.status() is None
             with scenario.fault("service_kill", "sha-pbx1", service="kamailio"):
                 with scenario.phase("verify"):
                     assert scenario.wait_placement(scenario.expect(moved_from="sha"), "moved") == 0.0

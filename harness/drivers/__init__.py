@@ -76,12 +76,10 @@ def console_url(lab: Lab, console: str) -> str:
     spec = lab.topology.device(console).spec
     if spec.url != "virtual":
         return str(spec.url)
-    if lab.handle is None:
-        raise DeviceError(f"{console}: url 'virtual' needs the virtual lab to be up")
-    path = lab.handle.state().get("consoles", {}).get(console)  # type: ignore[attr-defined]
+    path = lab.backend.console_url(console)
     if not path:
-        raise DeviceError(f"{console}: the virtual lab serves no console of that name")
-    return str(path)
+        raise DeviceError(f"{console}: url 'virtual' needs the virtual lab to serve a console of that name")
+    return path
 
 
 def console_for(lab: Lab, console: str, steps: Steps | None = None) -> Any:
