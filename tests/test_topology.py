@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import copy
+import os
+import random
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -170,3 +178,167 @@ def test_cli_exit_2_one_line_per_error(tmp_path: Path) -> None:
         assert any(
             "sites.sha.switches.sha-sw1.ports.Gi0/3.connects: 'sha-ul9' is not" in line for line in lines
         )
+
+
+# -- files that are not a lab description at all: exit 2 and one line, never a traceback ---------------
+
+HIL = Path(sys.executable).with_name("hil")
+NOBODY = 65534
+
+
+def _random_bytes(f: Path) -> None:
+    data = random.Random(10).randbytes(512)
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")  # the premise: these bytes are not UTF-8
+    f.write_bytes(data)
+
+
+def _png(f: Path) -> None:
+    f.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06")
+
+
+def _utf16(f: Path) -> None:
+    f.write_bytes(codecs.BOM_UTF16_LE + "name: lab\nkind: virtual\n".encode("utf-16-le"))
+
+
+def _utf16_no_bom(f: Path) -> None:
+    f.write_bytes("name: lab\nkind: virtual\n".encode("utf-16-le"))
+
+
+def _empty(f: Path) -> None:
+    f.write_bytes(b"")
+
+
+def _comments_only(f: Path) -> None:
+    f.write_text("# a lab, one day\n\n")
+
+
+def _yaml_list(f: Path) -> None:
+    f.write_text("- sha\n- ntg\n")
+
+
+def _yaml_scalar(f: Path) -> None:
+    f.write_text("42\n")
+
+
+def _directory(f: Path) -> None:
+    f.mkdir()
+
+
+def _missing(f: Path) -> None:
+    pass
+
+
+def _control_char(f: Path) -> None:
+    f.write_text("name: lab\x07\n")
+
+
+BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "random-bytes": (_random_bytes, "not UTF-8 text"),
+    "png": (_png, "not UTF-8 text (byte 0x89 at offset 0)"),
+    "utf-16": (_utf16, "is UTF-16 text; save it as UTF-8"),
+    "utf-16-no-bom": (_utf16_no_bom, "holds NUL bytes"),
+    "empty": (_empty, "the file is empty"),
+    "comments-only": (_comments_only, "holds no YAML data"),
+    "yaml-list": (_yaml_list, "the file holds a list, not a mapping"),
+    "yaml-scalar": (_yaml_scalar, "the file holds a number, not a mapping"),
+    "directory": (_directory, "is a directory, not a topology file"),
+    "missing": (_missing, "cannot read the file: No such file or directory"),
+    "control-char": (_control_char, "not valid YAML: character #x0007"),
+}
+
+
+def _validate_cli(f: Path, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [str(HIL)] if HIL.exists() else [sys.executable, "-m", "harness.cli"]
+    return subprocess.run(
+        [*(prefix or []), *argv, "validate", "--topology", str(f)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
+def _assert_one_line_exit_2(r: subprocess.CompletedProcess[str], f: Path, what: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: {f}: "), lines[0]
+    assert what in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_not_a_lab_description_loader(tmp_path: Path, case: str) -> None:
+    make, what = BAD_FILES[case]
+    f = tmp_path / "lab.yaml"
+    make(f)
+    with pytest.raises(TopologyError) as ei:
+        topology.load(f)
+    assert len(ei.value.problems) == 1
+    (line,) = ei.value.lines()
+    assert line.startswith(f"{f}: (top): ") or line.startswith(f"{f}: line "), line
+    assert what in line, line
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_not_a_lab_description_cli(tmp_path: Path, case: str) -> None:
+    make, what = BAD_FILES[case]
+    f = tmp_path / "lab.yaml"
+    make(f)
+    _assert_one_line_exit_2(_validate_cli(f), f, what)
+
+
+@pytest.fixture
+def unreadable() -> Iterator[Path]:
+    """A topology that is fine but that this user cannot read: mode 0 in a directory anyone may enter, so
+    only the file's own mode stands in the way (root reads anything: the tests take that power away)."""
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)
+        f = Path(d) / "lab.yaml"
+        f.write_text((REPO_ROOT / "topologies" / "virtual-two-site.yaml").read_text())
+        f.chmod(0)
+        assert not stat.S_IMODE(f.stat().st_mode)
+        yield f
+
+
+@contextlib.contextmanager
+def _as_nobody_if_root() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_unreadable_file_loader(unreadable: Path) -> None:
+    with _as_nobody_if_root(), pytest.raises(TopologyError) as ei:
+        topology.load(unreadable)
+    assert ei.value.lines() == [f"{unreadable}: (top): cannot read the file: Permission denied"]
+
+
+def test_unreadable_file_cli(unreadable: Path) -> None:
+    prefix = []
+    if os.geteuid() == 0:  # root without the capabilities that read past a file's mode
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and util-linux setpriv is missing: cannot make a file unreadable")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    r = _validate_cli(unreadable, prefix)
+    _assert_one_line_exit_2(r, unreadable, "cannot read the file: Permission denied")
+
+
+def test_multiline_yaml_error_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "lab.yaml"
+    f.write_text("name: lab\n  kind: virtual\n")
+    with pytest.raises(TopologyError) as ei:
+        topology.load(f)
+    (line,) = ei.value.lines()
+    assert line.startswith(f"{f}: line 2, column ") and "not valid YAML" in line
