@@ -4,6 +4,24 @@ Open one with `harness.lab.session.open_lab`; the backends live in `harness.lab.
 module of harness/ that imports virtual/) and `harness.lab.physical` (management interfaces only).
 """
 
-from harness.lab.base import Lab, LabBackend, LabStatus, LinkStatus, ManagementStatus, ProcessStatus, Tap
+from harness.lab.base import (
+    Lab,
+    LabBackend,
+    LabStatus,
+    LinkStatus,
+    ManagementStatus,
+    OutletStatus,
+    ProcessStatus,
+    Tap,
+)
 
-__all__ = ["Lab", "LabBackend", "LabStatus", "LinkStatus", "ManagementStatus", "ProcessStatus", "Tap"]
+__all__ = [
+    "Lab",
+    "LabBackend",
+    "LabStatus",
+    "LinkStatus",
+    "ManagementStatus",
+    "OutletStatus",
+    "ProcessStatus",
+    "Tap",
+]

@@ -42,6 +42,16 @@ class ProcessStatus:
 
 
 @dataclass(frozen=True)
+class OutletStatus:
+    """A PDU outlet with the device it powers: `up` means powered."""
+
+    pdu: str
+    outlet: str
+    state: State
+    connects: str | None = None
+
+
+@dataclass(frozen=True)
 class ManagementStatus:
     """Whether the controller reaches a device's management interface."""
 
@@ -56,6 +66,7 @@ class LabStatus:
     links: list[LinkStatus] = field(default_factory=list)
     processes: list[ProcessStatus] = field(default_factory=list)
     management: list[ManagementStatus] = field(default_factory=list)
+    outlets: list[OutletStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # backend facts for `hil lab status` only
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.drivers import DeviceError, DeviceUnreachable, driver_for
-from harness.lab.base import Lab, LabStatus, LinkStatus, ManagementStatus, ProcessStatus, Tap
+from harness.lab.base import Lab, LabStatus, LinkStatus, ManagementStatus, OutletStatus, ProcessStatus, Tap
 from harness.topology import REPO_ROOT, Topology
 
 
@@ -37,7 +37,8 @@ class PhysicalBackend:
         st = LabStatus()
         self._read_links(lab, st)
         self._read_services(lab, st)
-        if not (st.links or st.processes or st.management):
+        self._read_outlets(lab, st)
+        if not (st.links or st.processes or st.outlets):
             return None
         return st
 
@@ -72,6 +73,18 @@ class PhysicalBackend:
                 st.problems.append(f"{dev.name}: {service} not read: {e}")
                 st.processes.append(ProcessStatus(dev.name, service, "unknown"))
                 st.management.append(ManagementStatus(dev.name, "unknown"))
+
+    def _read_outlets(self, lab: Lab, st: LabStatus) -> None:
+        for pdu in self.topology.of_kind("pdu"):
+            wired = [(o, spec.connects) for o, spec in pdu.spec.outlets.items()]
+            try:
+                with driver_for(lab, pdu.name) as drv:
+                    for outlet, connects in wired:
+                        on = drv.outlet_state(outlet)
+                        st.outlets.append(OutletStatus(pdu.name, outlet, "up" if on else "down", connects))
+            except (DeviceError, DeviceUnreachable, OSError) as e:
+                st.problems.append(f"{pdu.name}: outlets not read: {e}")
+                st.outlets.extend(OutletStatus(pdu.name, o, "unknown", c) for o, c in wired)
 
     def ns_path(self, device: str) -> str | None:
         return None

@@ -1,0 +1,105 @@
+"""The physical backend reads the lab only through drivers, and says when it cannot.
+
+Unit tests of harness/lab/physical.py alone: the drivers are replaced by fakes here (the real drivers are
+exercised against the twin in tests/test_drivers.py); no packet leaves this machine.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from harness import topology
+from harness.drivers import DeviceUnreachable
+from harness.lab import Lab
+from harness.lab import physical as physical_mod
+from harness.lab.physical import PhysicalBackend
+from harness.topology import REPO_ROOT
+
+EXAMPLE = REPO_ROOT / "topologies" / "physical-example.yaml"
+
+
+@dataclass
+class _Port:
+    admin_up: bool
+    link_up: bool
+
+
+class _FakeDriver:
+    def __init__(self, name: str, down: set[str], inactive: set[str]) -> None:
+        self.name, self.down, self.inactive = name, down, inactive
+
+    def port_state(self, port: str) -> _Port:
+        up = f"{self.name}:{port}" not in self.down
+        return _Port(True, up)
+
+    def outlet_state(self, outlet: str) -> bool:
+        return f"{self.name}:{outlet}" not in self.down
+
+    def service_active(self, unit: str) -> bool:
+        return f"{self.name}:{unit}" not in self.inactive
+
+
+@pytest.fixture
+def topo(monkeypatch: pytest.MonkeyPatch) -> topology.Topology:
+    for var in ("LAB_SWITCH_PASSWORD", "LAB_SWITCH_SECRET", "LAB_HOST_PASSWORD", "LAB_PHONE_PASSWORD",
+                "LAB_CONSOLE_PASSWORD", "LAB_SIP_SECRET", "LAB_PDU_PASSWORD"):  # fmt: skip
+        monkeypatch.setenv(var, "x")
+    return topology.load(EXAMPLE)
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, factory: Any) -> list[str]:
+    asked: list[str] = []
+
+    @contextmanager
+    def fake_driver_for(lab: Lab, name: str, steps: Any = None) -> Any:
+        asked.append(name)
+        yield factory(name)
+
+    monkeypatch.setattr(physical_mod, "driver_for", fake_driver_for)
+    return asked
+
+
+def test_status_read_through_the_drivers(topo: topology.Topology, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _use(
+        monkeypatch, lambda n: _FakeDriver(n, {"sha-sw1:Gi1/0/1", "sha-pdu1:2"}, {"ntg-cti1:hil-cti"})
+    )
+    st = PhysicalBackend(topo).status()
+    assert st is not None and st.complete, st.problems if st else None
+    links = {f"{x.switch}:{x.port}": x.state for x in st.links}
+    assert links["sha-sw1:Gi1/0/1"] == "down"
+    assert sum(1 for s in links.values() if s == "up") == len(links) - 1
+    procs = {f"{p.device}:{p.name}": p.state for p in st.processes}
+    assert procs["ntg-cti1:hil-cti"] == "inactive" and procs["sha-pbx1:kamailio"] == "active"
+    outlets = {f"{o.pdu}:{o.outlet}": o.state for o in st.outlets}
+    assert outlets["sha-pdu1:2"] == "down" and outlets["sha-pdu1:1"] == "up"
+    assert "sha-sw1" in asked and "sha-pbx1" in asked
+    assert all(m.state == "up" for m in st.management)
+
+
+def test_unreachable_devices_make_the_status_incomplete(
+    topo: topology.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(name: str) -> Any:
+        raise DeviceUnreachable(name, "connect", "no route")
+
+    _use(monkeypatch, unreachable)
+    st = PhysicalBackend(topo).status()
+    assert st is not None and not st.complete
+    assert st.links and all(x.state == "unknown" for x in st.links)
+    assert st.processes and all(p.state == "unknown" for p in st.processes)
+    assert st.outlets and all(o.state == "unknown" for o in st.outlets)
+    assert any("sha-sw1" in p and "no route" in p for p in st.problems)
+
+
+def test_physical_backend_has_no_twin_shortcuts(topo: topology.Topology, tmp_path: Any) -> None:
+    b = PhysicalBackend(topo, state_root=tmp_path)
+    lab = Lab(topo, b)
+    assert not lab.virtual
+    assert lab.ns_path("sha-pbx1") is None
+    assert b.tap("sha-sw1", "Gi1/0/1") is None and b.console_url("sha-con1") is None
+    assert b.logs_dir() is None and b.environment() == {}
+    assert lab.state_dir() == tmp_path / topo.name and lab.state_dir().is_dir()
