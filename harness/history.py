@@ -199,11 +199,23 @@ def _reject_constant(name: str) -> Any:
 _raw_decode = json.JSONDecoder(parse_constant=_reject_constant).raw_decode
 
 
+class _NotText(ValueError):
+    """A line with bytes that are not UTF-8; ``cut`` when the only bad bytes end it (a torn character)."""
+
+    def __init__(self, line: str, start: int, end: int):
+        self.cut = end == len(line) and end - start < 4  # the first 1-3 bytes of a 2-4 byte character
+        byte = ord(line[start]) - 0xDC00  # surrogateescape maps an undecodable byte b to U+DC00 + b
+        super().__init__(f"not UTF-8 text: byte 0x{byte:02x} at column {start + 1}")
+
+
 def _loads(line: str, strict_utf8: bool) -> Event:
     """One line to one event; ValueError (never anything else) when it is not one."""
     line = line.strip()
     if strict_utf8:
-        line.encode("utf-8")  # the file had invalid UTF-8 somewhere: is it in this line?
+        try:  # the file had invalid UTF-8 somewhere: is it in this line?
+            line.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _NotText(line, e.start, e.end) from None
     obj, end = _raw_decode(line)
     if end != len(line):
         raise ValueError(f"extra data after the event at column {end + 1}")
@@ -233,6 +245,8 @@ def _parse(data: bytes, path: Path) -> tuple[list[Event], int]:
         try:
             ev = _loads(raw, check)
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeError are ValueErrors
+            if isinstance(e, _NotText) and not e.cut:  # no torn write leaves foreign bytes mid-line
+                raise HistoryError(f"{path}:{lineno}: {e}: not a history file") from None
             if pending_bad is not None:
                 raise HistoryError(f"{path}:{pending_bad[0]}: {pending_bad[1]}") from None
             pending_bad = (lineno, str(e))
@@ -260,14 +274,22 @@ def _parse(data: bytes, path: Path) -> tuple[list[Event], int]:
     if tail and not tail.isspace():
         try:
             events.append(_loads(tail, check))
+        except _NotText as e:
+            if not e.cut:  # a torn write cuts at most the last character; bytes before it were ours
+                raise HistoryError(f"{path}:{len(lines) + 1}: {e}: not a history file") from None
+            torn = _torn_tail(path, tail, len(lines) + 1, e)
         except (ValueError, RecursionError) as e:
-            torn = len(tail.encode("utf-8", "surrogateescape"))
-            warnings.warn(
-                f"{path}:{len(lines) + 1}: ignoring a torn last line ({torn} bytes: {e})",
-                HistoryWarning,
-                stacklevel=3,
-            )
+            torn = _torn_tail(path, tail, len(lines) + 1, e)
     return events, torn
+
+
+def _torn_tail(path: Path, tail: str, lineno: int, why: Exception) -> int:
+    """The byte length of a last line torn by a crash, with the warning that it was skipped."""
+    torn = len(tail.encode("utf-8", "surrogateescape"))
+    warnings.warn(
+        f"{path}:{lineno}: ignoring a torn last line ({torn} bytes: {why})", HistoryWarning, stacklevel=4
+    )
+    return torn
 
 
 class History:

@@ -238,6 +238,39 @@ def test_corruption_in_the_middle_is_an_error(tmp_path: Path) -> None:
         History.load(p)
 
 
+GOOD_LINE = b'{"i":0,"t":1,"wall":2,"type":"obs","kind":"cti","source":"x"}\n'
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
+            ":1: not UTF-8 text: byte 0x89 at column 1",
+        ),
+        (bytes(range(128, 256)) * 20, ":1: not UTF-8 text: byte 0x80 at column 1"),  # no newline at all
+        (
+            GOOD_LINE + '{"i":1,"v":"caf\xe9"}\n'.encode("latin-1") + GOOD_LINE,
+            ":2: not UTF-8 text: byte 0xe9",
+        ),
+        (
+            GOOD_LINE + b'{"i":1,"v":"\xff\xfe x"}',
+            ":2: not UTF-8 text: byte 0xff",
+        ),  # last line, not a torn char
+    ],
+)
+def test_a_file_that_is_not_utf8_text_is_a_history_error(tmp_path: Path, data: bytes, where: str) -> None:
+    p = tmp_path / "h.jsonl"
+    p.write_bytes(data)
+    for opener in (History.load, History):
+        with pytest.raises(HistoryError) as e:
+            opener(p)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}{where}") and "not a history file" in msg, msg
+        assert "\n" not in msg and "surrogate" not in msg and "codec" not in msg
+    assert p.read_bytes() == data  # refused before anything was written
+
+
 def test_blank_lines_are_skipped(tmp_path: Path) -> None:
     p = tmp_path / "h.jsonl"
     p.write_text(
