@@ -1,0 +1,260 @@
+"""One client connection of the CTI: newline-delimited JSON in, replies and pushed events out.
+
+Why it is built this way: one asyncio process serves every agent of a site (5,000 connections and more), so
+a connection is an ``asyncio.Protocol`` with no task of its own, a malformed or oversized line costs only
+its own connection, and a client that stops reading is cut before it costs the server memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from stack.cti import protocol as P
+from stack.cti.sessions import Session
+
+log = logging.getLogger("stack.cti")
+
+
+class Server(Protocol):
+    """What a connection needs of its CTI server (stack/cti/server.py)."""
+
+    site: str
+    max_errors: int
+    sessions: dict[str, Session]
+    conns: set[Connection]
+
+    def _renew(self, s: Session, req: dict[str, Any]) -> None: ...
+
+    def _handle_now(self, conn: Connection, req: dict[str, Any], kind: Any) -> dict[str, Any] | None: ...
+
+    def _login(self, conn: Connection, req: dict[str, Any]) -> Awaitable[dict[str, Any]]: ...
+
+    def _link(self, conn: Connection, req: dict[str, Any]) -> Awaitable[dict[str, Any]]: ...
+
+
+class Connection(asyncio.Protocol):
+    """One client TCP connection, served as an ``asyncio.Protocol`` (no reader task, no streams: at 10,000
+    agents the stream reader/writer machinery was a quarter of a surviving CTI's CPU in a failover storm).
+
+    Lines are split in ``data_received`` and handled one after another, in order. Most messages are
+    answered right there, synchronously; ``login`` and ``link_phone`` await I/O (the UL epoch check, the
+    PBX lookup) and run as a task, and while one does, what the client sends next waits unparsed in
+    ``_buf``, handled when it completes (a message is never handled before the previous one is answered).
+    Writes never block the server: a client that stops reading is not read either (its requests wait
+    while the transport's write buffer is above its high-water mark, as ``drain()`` did) and is cut when
+    the buffer passes HIGH_WATER (pushed events keep coming). Reading pauses when more than PENDING_MAX
+    unhandled bytes wait (a client flooding while its login is in flight), so memory stays bounded."""
+
+    HIGH_WATER = 256 * 1024
+    PENDING_MAX = 4 * P.MAX_LINE  # unhandled bytes held while a handler awaits, before reading pauses
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self.session: Session | None = None
+        self.admin = False
+        self.errors = 0
+        self.closed = False
+        self._buf = b""  # bytes not handled yet: a partial line, or (while blocked) whole lines as well
+        self._task: asyncio.Task[None] | None = None  # the awaiting handler in progress (login, link_phone)
+        self._wpaused = False  # the transport's write buffer is above its high-water mark
+        self._rpaused = False  # we paused reading (too many bytes waiting)
+        self._eof = False  # the client sent EOF: close once what it sent before is answered
+
+    # ---- the public surface the rest of the server uses -------------------------------------------
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        # The buffer can only pass HIGH_WATER above the transport's own high-water mark (paused).
+        if self._wpaused and self.transport.get_write_buffer_size() > self.HIGH_WATER:
+            self.close()
+            return
+        self.transport.write(P.encode(msg))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                with contextlib.suppress(Exception):
+                    self.transport.close()
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._drop()  # a login still in flight drops its session again when it completes
+
+    def pause_writing(self) -> None:
+        self._wpaused = True
+
+    def resume_writing(self) -> None:
+        self._wpaused = False
+        self._resume()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._task is None and not self._wpaused:
+            self._at_eof()
+        return True  # half-open: the transport stays until the lines sent before EOF are answered
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._task is not None or self._wpaused:
+            self._hold(data)
+            return
+        buf = self._buf + data if self._buf else data
+        if b"\n" not in data:  # ``_buf`` holds no newline here: no whole line yet
+            if len(buf) > P.MAX_LINE:
+                self._too_large()
+            else:
+                self._buf = buf
+            return
+        self._buf = b""
+        self._feed(buf)
+
+    # ---- lines ------------------------------------------------------------------------------------------
+
+    def _hold(self, data: bytes) -> None:
+        """Keep ``data`` for after the handler in progress (or the write pause); pause reading when much
+        waits."""
+        self._buf += data
+        if not self._rpaused and len(self._buf) > self.PENDING_MAX:
+            self._rpaused = True
+            self.transport.pause_reading()
+
+    def _feed(self, buf: bytes) -> None:
+        """Handle the whole lines in ``buf`` in order; stop (keeping the rest) when one starts an awaiting
+        handler or the write side is paused."""
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        for i, line in enumerate(lines):
+            self._line(line)
+            if self.closed:
+                self._drop()  # ended by its own message (logout, too many errors): as ``_serve`` did
+                return
+            if self._task is not None or self._wpaused:
+                tail = lines[i + 1 :]
+                self._hold(b"\n".join(tail) + b"\n" + rest if tail else rest)
+                return
+        if len(rest) > P.MAX_LINE:
+            self._too_large()
+        else:
+            self._buf = rest
+
+    def _resume(self) -> None:
+        """The handler in progress finished or the write side drained: handle what waited."""
+        if self.closed or self._task is not None or self._wpaused:
+            return
+        buf, self._buf = self._buf, b""
+        if b"\n" in buf:
+            self._feed(buf)
+        elif len(buf) > P.MAX_LINE:
+            self._too_large()
+        else:
+            self._buf = buf
+        if self.closed or self._task is not None or self._wpaused:
+            return
+        if self._rpaused:
+            self._rpaused = False
+            self.transport.resume_reading()
+        if self._eof:
+            self._at_eof()
+
+    def _at_eof(self) -> None:
+        """EOF with nothing in progress: a last unterminated line is handled (as ``readline`` returned
+        it), then the connection ends."""
+        rest, self._buf = self._buf, b""
+        if rest and not self.closed:
+            self._line(rest)
+        if self._task is None and not self._wpaused:
+            self._end()
+
+    def _too_large(self) -> None:
+        self._buf = b""
+        self.send(P.error("too_large"))
+        self._end()
+
+    def _end(self) -> None:
+        """The connection is done on our side: its session ends now (as ``_serve``'s ``finally`` did)."""
+        self._drop()
+        self.close()
+
+    def _drop(self) -> None:
+        srv = self.server
+        s = self.session
+        if s is not None and srv.sessions.get(s.agent) is s:
+            del srv.sessions[s.agent]
+        srv.conns.discard(self)
+
+    def _line(self, line: bytes) -> None:
+        """One line: decoded and handled at once, or handed to a task when its handler awaits."""
+        if len(line) > P.MAX_LINE:
+            self._too_large()
+            return
+        if not line or line.isspace():
+            return
+        srv = self.server
+        try:
+            req = P.decode(line)
+        except ValueError:
+            self.errors += 1
+            self.send(P.error("bad_json"))
+            if self.errors >= srv.max_errors:
+                self._end()
+            return
+        kind = req.get("type")
+        if self.session is not None and kind != "logout":
+            srv._renew(self.session, req)
+        if kind == "login" or kind == "link_phone":
+            self._task = asyncio.get_running_loop().create_task(self._awaiting(req, kind))
+            return
+        try:
+            reply = srv._handle_now(self, req, kind)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            self._bad_request(req, err)
+            return
+        except Exception:
+            log.exception("cti %s: handling %r", srv.site, kind)
+            self._end()
+            return
+        if reply is not None:
+            self.send(reply)
+
+    def _bad_request(self, req: dict[str, Any], err: Exception) -> None:
+        self.errors += 1
+        self.send(P.error("bad_request", req, detail=str(err)[:200]))
+        if self.errors >= self.server.max_errors:
+            self._end()
+
+    async def _awaiting(self, req: dict[str, Any], kind: str) -> None:
+        """``login`` or ``link_phone``; then what the client sent meanwhile."""
+        srv = self.server
+        try:
+            if kind == "login":
+                reply = await srv._login(self, req)
+            else:
+                reply = await srv._link(self, req)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            self._task = None
+            self._bad_request(req, err)
+        except Exception:
+            self._task = None
+            log.exception("cti %s: handling %r", srv.site, kind)
+            self._end()
+        else:
+            self._task = None
+            self.send(reply)
+        if self.closed:
+            self._drop()  # closed or lost meanwhile: a session this login made must not outlive it
+            return
+        self._resume()

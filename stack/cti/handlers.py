@@ -1,0 +1,204 @@
+"""What the CTI does with each client message (the vocabulary of docs/cti-protocol.md).
+
+Why it is built this way:
+- Most messages are answered synchronously, in the connection's ``data_received`` (``_handle_now``: no
+  task per heartbeat); only ``login`` (the UL epoch check) and ``link_phone`` (the PBX lookup) await.
+- Tokens are verified offline (HMAC) and then against the UL's current epoch for the agent (batched,
+  stack/cti/epochs.py), so a fenced token is refused; an unreachable UL leaves the offline check standing
+  and the epoch sweep checks later.
+- Admin messages (switch orders, fences from the UL) are HMAC-signed with the lab secret.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from stack.common import auth
+from stack.cti import protocol as P
+from stack.cti.connection import Connection
+from stack.cti.epochs import EpochBatcher
+from stack.cti.pbxlink import PbxLink, PbxUnreachable
+from stack.cti.sessions import Session
+
+
+class Handlers:
+    """The message handlers of a site's CTI; mixed into CtiServer, whose ``__init__`` sets the state below
+    (the lease sweep and ``fence`` come from stack/cti/sessions.py, the phone and link states from
+    stack/cti/pbxwatch.py)."""
+
+    site: str
+    secret: str
+    ul_url: str | None
+    pbx: PbxLink
+    sessions: dict[str, Session]
+    _by_ext: dict[str, list[Session]]
+    _epochs: EpochBatcher | None
+    lease: float
+    expired: int
+
+    def _handle_now(self, conn: Connection, req: dict[str, Any], kind: Any) -> dict[str, Any] | None:
+        """The reply to a message whose handling does not await (all but ``login`` and ``link_phone``,
+        which ``Connection._awaiting`` runs as a task): answered in ``data_received``, with no task."""
+        if kind == "heartbeat":
+            s = conn.session
+            if s is None:
+                return P.error("not_logged_in", req)
+            ack = {
+                "type": "heartbeat_ack",
+                "seq": req.get("seq"),
+                "pbx_link": self.link_state(),
+                "phone": self.phone_state(s.extension),
+                "state": s.state,
+                "epoch": s.epoch,
+            }
+            if "id" in req:
+                ack["id"] = req["id"]
+            return ack
+        rid = {"id": req["id"]} if "id" in req else {}
+        if kind == "set_state":
+            s = conn.session
+            if s is None:
+                return P.error("not_logged_in", req)
+            state = req["state"]
+            if state not in P.STATES:
+                return P.error("bad_request", req, detail=f"state must be one of {P.STATES}")
+            if state != s.state:
+                s.state, s.since = state, time.time()
+            return {"type": "state_ok", "state": s.state, **rid}
+        if kind == "status":
+            ext = req.get("extension")
+            out = {"type": "status", "site": self.site, "pbx_link": self.link_state(), **rid}
+            if isinstance(ext, str):
+                out["phone"] = self.phone_state(ext)
+            return out
+        if kind == "sessions":
+            if self.lease > 0:
+                self.expire_leases()
+            return {
+                "type": "sessions",
+                "site": self.site,
+                "pbx_link": self.link_state(),
+                "lease": self.lease,
+                "expired": self.expired,
+                "sessions": [s.view() for s in self.sessions.values()],
+                **rid,
+            }
+        if kind == "logout":
+            s = conn.session
+            if s is not None and self.sessions.get(s.agent) is s:
+                del self.sessions[s.agent]
+            conn.session = None
+            conn.send({"type": "logout_ok", **rid})
+            conn.close()
+            return None
+        if kind == "admin":
+            return self._admin(req)
+        return P.error("unknown_type", req)
+
+    async def _login(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        token = req["token"]
+        if not isinstance(token, str):
+            raise TypeError("token must be a string")
+        try:
+            claims = auth.verify(self.secret, token)
+        except auth.TokenError as err:
+            return P.error(err.code, req)
+        if claims["site"] != self.site:
+            return P.error("wrong_site", req)
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and time.time() < nbf:
+            # The UL could not confirm that the old site dropped the agent: wait for its lease.
+            return P.error("not_yet", req, retry_after=round(nbf - time.time(), 3))
+        agent, epoch = str(claims["agent"]), int(claims["epoch"])
+        if req.get("agent", agent) != agent:
+            return P.error("token_invalid", req, detail="agent does not match the token")
+        checked = True
+        if self.ul_url:
+            cur = await self._epochs.get(agent) if self._epochs is not None else None
+            if cur is None:
+                checked = False  # UL unreachable: the offline check stands; the sweep checks later
+            elif not cur.get("known"):
+                return P.error("unknown_session", req)
+            elif cur["epoch"] > epoch or cur["site"] != self.site or cur["status"] != "active":
+                return P.error("fenced", req, current_epoch=cur["epoch"], current_site=cur["site"])
+            elif not cur.get("reconciled", True) and float(claims.get("iat", 0)) < cur.get("started", 0):
+                return P.error("reconciling", req)
+        old = self.sessions.get(agent)
+        if old is not None:
+            if old.epoch > epoch:
+                return P.error("fenced", req, current_epoch=old.epoch, current_site=self.site)
+            if old.conn is not conn:
+                old.conn.session = None
+                old.conn.send({"type": "event", "event": "replaced", "epoch": epoch})
+                old.conn.close()
+        prev = conn.session
+        if prev is not None and prev.agent != agent and self.sessions.get(prev.agent) is prev:
+            del self.sessions[prev.agent]
+        s = Session(agent, str(claims.get("ext", "")), epoch, conn, epoch_checked=checked)
+        if old is not None and old.epoch == epoch:
+            s.state, s.since = old.state, old.since
+        s.phone = self.phone_state(s.extension)
+        conn.session = s
+        self.sessions[agent] = s
+        self._by_ext[s.extension] = [*self._sessions_of(s.extension), s]
+        return {
+            "type": "login_ok",
+            "agent": agent,
+            "site": self.site,
+            "epoch": epoch,
+            "extension": s.extension,
+            "state": s.state,
+            "pbx_link": self.link_state(),
+            "epoch_checked": checked,
+            "lease": self.lease,
+            **({"id": req["id"]} if "id" in req else {}),
+        }
+
+    async def _link(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        s = conn.session
+        if s is None:
+            return P.error("not_logged_in", req)
+        ext = req.get("extension", s.extension)
+        if ext != s.extension:
+            return P.error("wrong_extension", req)
+        if not self.pbx.rpc_url:
+            return P.error("pbx_unreachable", req)
+        if self.pbx.says_registered(ext):
+            # The PBX pushed this registration: nothing to ask it (a storm of lookups queues behind the
+            # dumps in Kamailio's HTTP workers). Silence or "not registered" is still asked: events are
+            # hints, and the one announcing this phone may be the one that was lost.
+            s.linked, s.phone = True, "registered"
+            return {"type": "link_ok", "extension": ext, **({"id": req["id"]} if "id" in req else {})}
+        try:
+            ok = await self.pbx.lookup(ext)
+        except PbxUnreachable as err:
+            return P.error("pbx_unreachable", req, detail=str(err)[:200])
+        if not ok:
+            return P.error("phone_not_registered", req)
+        if conn.session is not s:  # fenced or replaced while we asked the PBX
+            return P.error("fenced", req)
+        s.linked, s.phone = True, "registered"
+        # The bulk view may lag the direct lookup by a dump or two; do not report a fresh link as lost.
+        self.pbx.confirm(ext)
+        return {"type": "link_ok", "extension": ext, **({"id": req["id"]} if "id" in req else {})}
+
+    def _admin(self, req: dict[str, Any]) -> dict[str, Any]:
+        if not auth.check_message(self.secret, req):
+            return P.error("forbidden", req)
+        op = req["op"]
+        rid = {"id": req["id"]} if "id" in req else {}
+        if op == "switch_order":
+            target, rule = str(req["target"]), req.get("rule")
+            n = 0
+            for agent in req["agents"]:
+                s = self.sessions.get(agent)
+                if s is not None:
+                    s.conn.send({"type": "event", "event": "switch_ordered", "target": target, "rule": rule})
+                    n += 1
+            return {"type": "admin_ok", "op": op, "delivered": n, **rid}
+        if op == "fence":
+            ext = req.get("extension")
+            done = self.fence(str(req["agent"]), int(req["epoch"]), str(req["site"]), ext and str(ext))
+            return {"type": "admin_ok", "op": op, "fenced": done, **rid}
+        return P.error("bad_request", req, detail="unknown admin op")
