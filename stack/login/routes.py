@@ -1,0 +1,240 @@
+"""The unified login's HTTP API (docs/cti-protocol.md lists the endpoints).
+
+Why apart from the logic: the handlers only parse, check signatures and shape replies; what a login,
+an allocation or a fence means lives in stack/login/server.py and stack/login/peer.py. Reads are open;
+UL-to-UL and admin (rule-changing) requests are HMAC-signed with the lab secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from stack.common import auth
+from stack.common.directory import Directory
+from stack.login.ctiadmin import CtiAdmin
+from stack.login.peer import PeerUnavailable
+from stack.login.store import SCOPES, SessionRow, Store
+
+
+class Routes:
+    """The HTTP surface of a site's UL; mixed into UnifiedLogin, whose ``__init__`` sets the state below
+    (login, allocation and switch orders from stack/login/server.py, the peer's from stack/login/peer.py)."""
+
+    site: str
+    secret: str
+    directory: Directory
+    store: Store
+    agent_secret: str | None
+    reconciled: bool
+    peer_up: bool | None
+    started: float
+    cti_admin: CtiAdmin
+    counters: dict[str, int]
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024)
+        app.add_routes(
+            [
+                web.get("/v1/health", self.h_health),
+                web.post("/v1/login", self.h_login),
+                web.post("/v1/logout", self.h_logout),
+                web.post("/v1/allocate", self.h_allocate),
+                web.post("/v1/fence", self.h_fence),
+                web.post("/v1/sync", self.h_sync),
+                web.get("/v1/epoch/{agent}", self.h_epoch),
+                web.post("/v1/epochs", self.h_epochs),
+                web.get("/v1/sessions", self.h_sessions),
+                web.get("/v1/rules", self.h_rules),
+                web.post("/v1/rules", self.h_rule_add),
+                web.delete("/v1/rules/{id}", self.h_rule_remove),
+                web.post("/v1/rules/{id}", self.h_rule_update),
+            ]
+        )
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _signed(self, request: web.Request) -> dict[str, Any]:
+        body = await request.read()
+        if not auth.check_request(self.secret, request.method, request.path, body, request.headers):
+            raise web.HTTPForbidden(text=json.dumps({"error": "forbidden"}), content_type="application/json")
+        return json.loads(body or b"{}")
+
+    @staticmethod
+    async def _json(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _bad("body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _bad("body must be a JSON object")
+        return body
+
+    async def h_health(self, request: web.Request) -> web.Response:
+        active = sum(1 for s in self.store.sessions.values() if s.site == self.site and s.status == "active")
+        return web.json_response(
+            {
+                "ok": True,
+                "site": self.site,
+                "reconciled": self.reconciled,
+                "peer": {None: "unknown", True: "up", False: "down"}[self.peer_up],
+                "sessions": active,
+                "rules": len(self.store.live_rules()),
+                "started": self.started,
+                "counters": self.counters,
+            }
+        )
+
+    async def h_login(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        agent = self.directory.agents.get(str(body.get("agent")))
+        password = body.get("password")
+        good = (
+            agent is not None
+            and isinstance(password, str)
+            and (self.agent_secret is None or password == auth.derive_password(self.agent_secret, agent.id))
+        )
+        if not good or agent is None:
+            self.counters["refused"] += 1
+            return web.json_response({"error": "bad_credentials"}, status=401)
+        avoid = body.get("avoid") or []
+        if not isinstance(avoid, list):
+            raise _bad("avoid must be a list of site codes")
+        quiet = body.get("left")
+        return web.json_response(
+            await self.login(agent, [str(s) for s in avoid], quiet if isinstance(quiet, dict) else None)
+        )
+
+    async def h_logout(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        try:
+            claims = auth.verify(self.secret, str(body.get("token")))
+        except auth.TokenError as err:
+            return web.json_response({"error": err.code}, status=401)
+        row = self.store.sessions.get(claims["agent"])
+        if row is None or row.epoch != claims["epoch"] or row.site != self.site:
+            return web.json_response({"ok": False, "reason": "not the current session"})
+        row = SessionRow(row.agent, row.site, row.epoch, row.extension, "logged_out", time.time(), row.via)
+        self.store.put_session(row)
+        with contextlib.suppress(PeerUnavailable):
+            await self._peer("POST", "/v1/fence", row.view())
+        return web.json_response({"ok": True})
+
+    async def h_allocate(self, request: web.Request) -> web.Response:
+        body = await self._signed(request)
+        agent = self.directory.agents.get(str(body.get("agent")))
+        if agent is None:
+            return web.json_response({"error": "unknown_agent"}, status=404)
+        try:
+            hold = max(0.0, float(body.get("hold") or 0.0))
+        except (TypeError, ValueError):
+            raise _bad("hold must be a number") from None
+        reg = await self.allocate_here(agent, "remote", tell_peer=False, hold=hold)
+        self.counters["login"] += 1
+        return web.json_response(reg)
+
+    async def h_fence(self, request: web.Request) -> web.Response:
+        raw = await self._signed(request)
+        row = SessionRow(**{k: raw[k] for k in SessionRow.__dataclass_fields__})
+        old = self.store.merge_session(row)
+        cur = self.store.sessions.get(row.agent)
+        dropped = True  # nothing active here to drop
+        if old is not None and old.site == self.site and old.status == "active" and row.site != self.site:
+            # Synchronous: the peer activates the agent only once this site's CTI has dropped it.
+            self.counters["fenced"] += 1
+            dropped = await self.cti_admin.fence(row.agent, row.epoch, row.site, row.extension)
+        stale = old is None and cur is not None and cur.epoch > row.epoch
+        return web.json_response(
+            {"ok": True, "stale": stale, "epoch": cur.epoch if cur else row.epoch, "dropped": dropped}
+        )
+
+    async def h_sync(self, request: web.Request) -> web.Response:
+        body = await self._signed(request)
+        if "sessions" not in body:  # a rule replication: nothing to send back
+            await self._merge(body)
+            return web.json_response({"ok": True})
+        mine = self.snapshot()
+        await self._merge(body)
+        # A full exchange is a reconciliation in both directions: the peer is up and we are in step.
+        self.reconciled, self.peer_up = True, True
+        return web.json_response(mine)
+
+    def _epoch_view(self, agent: str) -> dict[str, Any]:
+        row = self.store.sessions.get(agent)
+        if row is None:
+            return {"known": False, "agent": agent}
+        return {"known": True, "agent": agent, "site": row.site, "epoch": row.epoch, "status": row.status}
+
+    async def h_epoch(self, request: web.Request) -> web.Response:
+        out = self._epoch_view(request.match_info["agent"])
+        return web.json_response({**out, "reconciled": self.reconciled, "started": self.started})
+
+    async def h_epochs(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        out = {}
+        for a in body.get("agents", []):
+            row = self.store.sessions.get(str(a))
+            if row is not None:
+                out[row.agent] = {"site": row.site, "epoch": row.epoch, "status": row.status}
+        return web.json_response({"agents": out, "reconciled": self.reconciled, "started": self.started})
+
+    async def h_sessions(self, request: web.Request) -> web.Response:
+        everything = request.query.get("all") in ("1", "true", "yes")
+        rows = [
+            s.view()
+            for s in self.store.sessions.values()
+            if everything or (s.site == self.site and s.status == "active")
+        ]
+        return web.json_response({"site": self.site, "reconciled": self.reconciled, "sessions": rows})
+
+    async def h_rules(self, request: web.Request) -> web.Response:
+        everything = request.query.get("all") in ("1", "true", "yes")
+        rules = self.store.rules.values() if everything else self.store.live_rules()
+        return web.json_response({"site": self.site, "rules": [r.view() for r in rules]})
+
+    async def h_rule_add(self, request: web.Request) -> web.Response:
+        body = await self._signed(request)
+        scope, value, target = body.get("scope"), body.get("value"), body.get("target")
+        if scope not in SCOPES:
+            raise _bad(f"scope must be one of {SCOPES}")
+        if not isinstance(value, str) or not value:
+            raise _bad("value must be a non-empty string")
+        if target not in self.directory.sites:
+            raise _bad(f"target must be one of {self.directory.sites}")
+        rule = self.store.add_rule(scope, value, target, bool(body.get("enabled", True)))
+        replicated = await self._replicate(rule)
+        moved = await self.order_switch(rule)
+        return web.json_response({"rule": rule.view(), "replicated": replicated, "ordered_here": moved})
+
+    async def h_rule_update(self, request: web.Request) -> web.Response:
+        body = await self._signed(request)
+        rule = self.store.rules.get(request.match_info["id"])
+        if rule is None or rule.removed:
+            return web.json_response({"error": "no such rule"}, status=404)
+        if "enabled" in body:
+            rule.enabled = bool(body["enabled"])
+        rule.updated = max(time.time(), rule.updated + 1e-3)
+        self.store.put_rule(rule)
+        replicated = await self._replicate(rule)
+        moved = await self.order_switch(rule)
+        return web.json_response({"rule": rule.view(), "replicated": replicated, "ordered_here": moved})
+
+    async def h_rule_remove(self, request: web.Request) -> web.Response:
+        await self._signed(request)
+        rule = self.store.rules.get(request.match_info["id"])
+        if rule is None or rule.removed:
+            return web.json_response({"error": "no such rule"}, status=404)
+        rule.removed, rule.enabled = True, False
+        rule.updated = max(time.time(), rule.updated + 1e-3)
+        self.store.put_rule(rule)
+        replicated = await self._replicate(rule)
+        return web.json_response({"rule": rule.view(), "replicated": replicated})
+
+
+def _bad(text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": text}), content_type="application/json")
