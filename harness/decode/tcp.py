@@ -1,0 +1,177 @@
+"""TCP stream reassembly: each direction's bytes in sequence order, each byte once.
+
+Out-of-order segments are held until the hole before them fills; overlaps, retransmissions and duplicates
+give each byte once; a hole that never fills (bytes the capture missed) is counted and skipped to the next
+message boundary, so one lost segment costs one message, not the rest of the stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from harness.decode.events import DecodeStats
+from harness.decode.messages import Messages, StreamKey
+from harness.sipmsg import SIP_PREFIXES
+
+__all__ = ["Stream", "TcpStreams"]
+
+_MAX_PENDING_SEGMENTS = 512  # out-of-order segments held per direction before a hole is declared lost
+_TCP = struct.Struct(">HHIIH")
+
+
+class Stream:
+    """One direction of a TCP connection: bytes in sequence order, framed into messages."""
+
+    __slots__ = ("next_seq", "buf", "pending", "kind", "resync")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.buf = bytearray()
+        self.pending: dict[int, tuple[bytes, int, float]] = {}  # seq -> (data, frame, time)
+        self.kind: str | None = None  # "sip", "cti" or "other" once known
+        self.resync = False  # after a hole: skip to the next message boundary
+
+
+def _seq_delta(a: int, b: int) -> int:
+    """a - b in 32-bit sequence space (RFC 1982 style), as a signed int."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d & 0x80000000 else d
+
+
+class TcpStreams:
+    """Every TCP stream of one capture; whole messages go to ``messages`` as they complete."""
+
+    def __init__(
+        self, messages: Messages, stats: DecodeStats, sip_ports: Iterable[int], cti_ports: Iterable[int]
+    ) -> None:
+        self.messages = messages
+        self.stats = stats
+        self.sip_ports = frozenset(sip_ports)
+        self.cti_ports = frozenset(cti_ports)
+        self.streams: dict[StreamKey, Stream] = {}
+
+    def segment(
+        self, buf: Any, l4: int, end: int, src: bytes, dst: bytes, v6: bool, n: int, ts: float
+    ) -> None:
+        """One TCP segment (its header at ``buf[l4:]``) of frame ``n``."""
+        if l4 + 20 > end:
+            return
+        sport, dport, seq, _ack, offflags = _TCP.unpack_from(buf, l4)
+        flags = offflags & 0x1FF
+        key = (src, sport, dst, dport)
+        st = self.streams.get(key)
+        if flags & 0x02:  # SYN: a new connection on these ports, the data starts at seq + 1
+            if st is not None and st.next_seq != (seq + 1) & 0xFFFFFFFF:  # not a retransmitted SYN
+                self._account(st)
+            if st is None or st.next_seq != (seq + 1) & 0xFFFFFFFF:
+                st = self.streams[key] = Stream()
+                st.next_seq = (seq + 1) & 0xFFFFFFFF
+            return
+        if st is None:
+            st = self.streams[key] = Stream()
+        payload = buf[l4 + (offflags >> 12) * 4 : end]
+        if not payload:
+            return
+        if st.kind is None:
+            st.kind = self._classify(sport, dport, payload)
+        if st.kind == "other":
+            return
+        if st.next_seq is None:  # capture started mid-connection: skip to the first message boundary
+            st.next_seq = seq
+            st.resync = True
+        delta = _seq_delta(seq, st.next_seq)
+        if delta > 0:
+            self._hold(st, seq, payload, n, ts)
+        elif -delta >= len(payload):
+            self.stats.tcp_retransmitted += 1
+            return
+        else:
+            self._append(st, payload[-delta:] if delta else payload)
+            self._drain(st)
+        self._frame(st, key, v6, n, ts)
+
+    def finish(self) -> None:
+        """End of file: skip holes we can no longer wait for, and count what stayed unread."""
+        for key, st in self.streams.items():
+            while st.pending:  # nothing more will arrive: the bytes before the held segments are lost
+                n, ts = self._skip_hole(st)
+                self._frame(st, key, len(key[0]) == 16, n, ts)
+            self._account(st)
+
+    def _classify(self, sport: int, dport: int, payload: bytes) -> str:
+        if sport in self.sip_ports or dport in self.sip_ports:
+            return "sip"
+        if sport in self.cti_ports or dport in self.cti_ports:
+            return "cti"
+        stripped = payload.lstrip(b"\r\n")
+        if stripped.startswith(SIP_PREFIXES):
+            return "sip"
+        if stripped.startswith(b"{"):
+            return "cti"
+        return "other"
+
+    @staticmethod
+    def _append(st: Stream, data: bytes) -> None:
+        st.buf += data
+        st.next_seq = (st.next_seq + len(data)) & 0xFFFFFFFF  # type: ignore[operator]
+
+    def _hold(self, st: Stream, seq: int, payload: bytes, n: int, ts: float) -> None:
+        """Keep a segment that arrived ahead of a hole; give up on the hole when too much piles up."""
+        old = st.pending.get(seq)
+        if old is None or len(payload) > len(old[0]):
+            st.pending[seq] = (payload, n, ts)
+        if len(st.pending) > _MAX_PENDING_SEGMENTS:
+            self._skip_hole(st)
+
+    def _skip_hole(self, st: Stream) -> tuple[int, float]:
+        """The capture missed bytes: drop the partial message and go on at the earliest held segment.
+
+        Returns the frame number and time of the last held segment moved into the stream.
+        """
+        self.stats.tcp_gaps += 1
+        nxt = st.next_seq
+        first = min(st.pending, key=lambda s: _seq_delta(s, nxt))  # type: ignore[arg-type]
+        st.buf.clear()
+        st.next_seq = first
+        st.resync = True
+        return self._drain(st)
+
+    def _drain(self, st: Stream) -> tuple[int, float]:
+        """Move held segments that now continue the stream into the buffer.
+
+        Returns the frame number and time of the last one moved, (0, 0.0) if none.
+        """
+        pending = st.pending
+        last: tuple[int, float] = (0, 0.0)
+        while pending:
+            nxt = st.next_seq
+            progressed = False
+            for seq in list(pending):
+                delta = _seq_delta(seq, nxt)  # type: ignore[arg-type]
+                if delta <= 0:
+                    data, n, ts = pending.pop(seq)
+                    if -delta < len(data):
+                        self._append(st, data[-delta:] if delta else data)
+                        last = (n, ts)
+                        progressed = True
+                        break
+                    self.stats.tcp_retransmitted += 1
+            if not progressed:
+                break
+        return last
+
+    def _frame(self, st: Stream, key: StreamKey, v6: bool, n: int, ts: float) -> None:
+        """Cut complete messages off the front of the stream buffer and turn them into events."""
+        if st.kind == "cti":
+            st.resync = self.messages.frame_cti(st.buf, st.resync, key, v6, n, ts)
+        else:
+            st.resync = self.messages.frame_sip(st.buf, st.resync, key, v6, n, ts)
+
+    def _account(self, st: Stream) -> None:
+        """Count what a stream leaves unread when it ends (or its ports are reused)."""
+        if st.pending:
+            self.stats.tcp_gaps += 1
+        if st.buf.strip():
+            self.stats.incomplete_at_end += 1
