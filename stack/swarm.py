@@ -27,9 +27,8 @@ from aiohttp import web
 from stack.agent.client import AgentClient, Timers, TokenBucket, UlHttp
 from stack.common import auth, directory, sipping
 from stack.common.addr import hostport
-from stack.common.daemon import secret_from_env, until_signalled
+from stack.common.daemon import secret_from_env, serve, until_signalled
 from stack.common.eventlog import EventLog
-from stack.common.loop import run_main
 from stack.cti import client as cti_client
 from stack.phone.control import LocalPhoneControl
 from stack.phone.ua import Phone, SipEndpoint
@@ -295,9 +294,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_main(run(args))
-    return 0
+    return serve(args, run(args))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,26 @@
 Why: the CTI, the unified login, the phone and the swarm are started by the lab (and by systemd on real
 hosts) with their secrets in environment variables named on the command line, never in argv, and are
 stopped with SIGTERM (SIGINT from a terminal). Each must refuse to start without a secret, saying which
-variable is missing, and must stop cleanly (exit 0) on either signal.
+variable is missing, and must stop cleanly (exit 0) on either signal. The site services (CTI, UL) also
+share their first options, so they are spelled the same for both.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from stack.common.addr import hostport
+from stack.common.loop import run_main
 
 UNSET = "error: environment variable {var} is not set"
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def secret_from_env(var: str, *, status: int = 2, message: str = UNSET) -> str:
@@ -42,3 +51,29 @@ async def until_signalled(ready: str | None = None) -> None:
     if ready is not None:
         print(ready, flush=True)
     await stop.wait()
+
+
+def site_service_parser(prog: str, description: str, serves: str) -> argparse.ArgumentParser:
+    """A parser with the options every site service takes: ``--site``, ``--bind`` and ``--also-listen``
+    (where ``serves`` is offered), ``--secret-env`` and ``--log-level``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--site", required=True)
+    ap.add_argument("--bind", required=True, type=hostport, help=f"ADDR:PORT to listen on for the {serves}")
+    ap.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help=f"another address to listen on for the {serves} (same port), e.g. the management address",
+    )
+    ap.add_argument("--secret-env", required=True, help="environment variable holding the shared lab secret")
+    ap.add_argument("--log-level", default="INFO")
+    return ap
+
+
+def serve(args: argparse.Namespace, main: Coroutine[Any, Any, Any]) -> int:
+    """Log at ``args.log_level`` and run ``main`` on the daemons' event loop (stack/common/loop.py);
+    the exit status (0) once it returns."""
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    run_main(main)
+    return 0

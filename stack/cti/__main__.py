@@ -4,30 +4,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from urllib.parse import urlsplit
 
 from stack.common.addr import hostport
-from stack.common.daemon import secret_from_env, until_signalled
-from stack.common.loop import run_main
+from stack.common.daemon import secret_from_env, serve, site_service_parser, until_signalled
 from stack.cti.server import CtiServer
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stack.cti", description="Site CTI server")
-    ap.add_argument("--site", required=True)
-    ap.add_argument("--bind", required=True, type=hostport, help="ADDR:PORT to listen on")
-    ap.add_argument(
-        "--also-listen",
-        action="append",
-        default=[],
-        metavar="ADDR",
-        help="another address to listen on (same port), e.g. the host's management address",
-    )
+    ap = site_service_parser("python -m stack.cti", "Site CTI server", "CTI protocol")
     ap.add_argument("--pbx-rpc", default=None, help="Kamailio JSON-RPC URL, e.g. http://198.18.1.10:5071/RPC")
     ap.add_argument("--ul", default=None, help="this site's unified login, e.g. http://198.18.1.30:8080")
-    ap.add_argument("--secret-env", required=True, help="environment variable holding the lab secret")
     ap.add_argument(
         "--pbx-sip",
         default=None,
@@ -54,7 +42,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--lease", type=float, default=2.5, help="seconds without a message before a session ends (0: never)"
     )
-    ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
 
@@ -88,9 +75,7 @@ async def run(args: argparse.Namespace, secret: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_main(run(args, secret_from_env(args.secret_env)))
-    return 0
+    return serve(args, run(args, secret_from_env(args.secret_env)))
 
 
 if __name__ == "__main__":

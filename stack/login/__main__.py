@@ -4,36 +4,24 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from aiohttp import web
 
 from stack.common import directory
 from stack.common.addr import hostport
-from stack.common.daemon import secret_from_env, until_signalled
-from stack.common.loop import run_main
+from stack.common.daemon import secret_from_env, serve, site_service_parser, until_signalled
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stack.login", description="Site unified login")
-    ap.add_argument("--site", required=True)
-    ap.add_argument("--bind", required=True, type=hostport, help="ADDR:PORT of the HTTP API")
-    ap.add_argument(
-        "--also-listen",
-        action="append",
-        default=[],
-        metavar="ADDR",
-        help="another address for the HTTP API (same port), e.g. the host's management address",
-    )
+    ap = site_service_parser("python -m stack.login", "Site unified login", "HTTP API")
     ap.add_argument("--db", required=True, help="SQLite file for sessions and rules")
     ap.add_argument("--topology", required=True, help="topology YAML (agent directory)")
     ap.add_argument("--peer", default=None, help="the other site's UL, e.g. http://198.18.2.30:8080")
     ap.add_argument("--cti", required=True, type=hostport, help="this site's CTI HOST:PORT")
     ap.add_argument("--pbx", required=True, type=hostport, help="this site's PBX registrar HOST:PORT")
-    ap.add_argument("--secret-env", required=True, help="variable holding the shared lab secret")
     ap.add_argument("--agent-secret-env", default=None, help="variable from which agent passwords derive")
     ap.add_argument("--sip-secret-env", default=None, help="variable from which extension passwords derive")
     ap.add_argument("--token-ttl", type=float, default=12 * 3600.0)
@@ -42,7 +30,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--lease-margin", type=float, default=1.0, help="added to the lease for an unconfirmed fence"
     )
-    ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
 
@@ -77,9 +64,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_main(run(args))
-    return 0
+    return serve(args, run(args))
 
 
 if __name__ == "__main__":
