@@ -17,6 +17,21 @@ import aiohttp
 from stack.common import fastjson
 
 
+async def post_epochs(
+    http: aiohttp.ClientSession, url: str, agents: list[str], timeout: aiohttp.ClientTimeout
+) -> dict[str, Any] | None:
+    """The UL's answer to ``POST /v1/epochs`` (``url``) about ``agents``, or None when it gave none (no
+    connection, a timeout, a status other than 200, a body that is not a JSON object)."""
+    try:
+        async with http.post(url, json={"agents": agents}, timeout=timeout) as r:
+            if r.status != 200:
+                return None
+            body = await r.json(loads=fastjson.loads)
+    except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 class EpochBatcher:
     """``await get(agent)`` -> the UL's view ``{"known", "epoch", "site", "status", "reconciled",
     "started"}`` (as ``GET /v1/epoch/<agent>`` gives it), or None when the UL did not answer."""
@@ -60,14 +75,8 @@ class EpochBatcher:
     async def _ask(self, agents: list[str]) -> dict[str, dict[str, Any]] | None:
         self.requests += 1
         self.asked += len(agents)
-        try:
-            async with self.http.post(self.url, json={"agents": agents}, timeout=self.timeout) as r:
-                if r.status != 200:
-                    return None
-                body = await r.json(loads=fastjson.loads)
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
-            return None
-        if not isinstance(body, dict) or not isinstance(body.get("agents"), dict):
+        body = await post_epochs(self.http, self.url, agents, self.timeout)
+        if body is None or not isinstance(body.get("agents"), dict):
             return None
         extra = {"reconciled": body.get("reconciled", True), "started": body.get("started", 0)}
         return {

@@ -55,7 +55,7 @@ class Handlers:
             if "id" in req:
                 ack["id"] = req["id"]
             return ack
-        rid = {"id": req["id"]} if "id" in req else {}
+        rid = P.echo_id(req)
         if kind == "set_state":
             s = conn.session
             if s is None:
@@ -152,7 +152,7 @@ class Handlers:
             "pbx_link": self.link_state(),
             "epoch_checked": checked,
             "lease": self.lease,
-            **({"id": req["id"]} if "id" in req else {}),
+            **P.echo_id(req),
         }
 
     async def _link(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +169,7 @@ class Handlers:
             # dumps in Kamailio's HTTP workers). Silence or "not registered" is still asked: events are
             # hints, and the one announcing this phone may be the one that was lost.
             s.linked, s.phone = True, "registered"
-            return {"type": "link_ok", "extension": ext, **({"id": req["id"]} if "id" in req else {})}
+            return {"type": "link_ok", "extension": ext, **P.echo_id(req)}
         try:
             ok = await self.pbx.lookup(ext)
         except PbxUnreachable as err:
@@ -181,13 +181,13 @@ class Handlers:
         s.linked, s.phone = True, "registered"
         # The bulk view may lag the direct lookup by a dump or two; do not report a fresh link as lost.
         self.pbx.confirm(ext)
-        return {"type": "link_ok", "extension": ext, **({"id": req["id"]} if "id" in req else {})}
+        return {"type": "link_ok", "extension": ext, **P.echo_id(req)}
 
     def _admin(self, req: dict[str, Any]) -> dict[str, Any]:
         if not auth.check_message(self.secret, req):
             return P.error("forbidden", req)
         op = req["op"]
-        rid = {"id": req["id"]} if "id" in req else {}
+        rid = P.echo_id(req)
         if op == "switch_order":
             target, rule = str(req["target"]), req.get("rule")
             n = 0

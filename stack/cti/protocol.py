@@ -47,6 +47,11 @@ def decode(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def echo_id(req: dict[str, Any]) -> dict[str, Any]:
+    """``{"id": ...}`` of the request, to spread into its reply (empty when the request has none)."""
+    return {"id": req["id"]} if "id" in req else {}
+
+
 def error(code: str, req: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """An error reply echoing the request's id."""
     out: dict[str, Any] = {"type": "error", "code": code, "message": ERRORS.get(code, code), **extra}

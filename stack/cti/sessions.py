@@ -19,9 +19,12 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from stack.cti.epochs import post_epochs
 from stack.cti.pbxlink import PbxLink
 
 log = logging.getLogger("stack.cti")
+
+SWEEP = aiohttp.ClientTimeout(total=2.0)  # the periodic epoch sweep's request
 
 
 class Client(Protocol):
@@ -97,16 +100,9 @@ class SessionTable:
             await asyncio.sleep(self.epoch_interval)
             if not self.sessions:
                 continue
-            try:
-                async with self._http.post(
-                    self.ul_url + "/v1/epochs",
-                    json={"agents": list(self.sessions)},
-                    timeout=aiohttp.ClientTimeout(total=2.0),
-                ) as r:
-                    if r.status != 200:
-                        continue
-                    cur = (await r.json()).get("agents", {})
-            except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+            body = await post_epochs(self._http, self.ul_url + "/v1/epochs", list(self.sessions), SWEEP)
+            cur = body.get("agents") if body is not None else None
+            if not isinstance(cur, dict):
                 continue
             for agent, s in list(self.sessions.items()):
                 c = cur.get(agent)
