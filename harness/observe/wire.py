@@ -1,0 +1,92 @@
+"""The wire, mapped to the history: captured SIP and CTI messages as `sip` and `cti` observations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from harness.lab import Lab
+
+__all__ = ["addresses", "cti_observations", "sip_observations"]
+
+
+def addresses(lab: Lab, kind: str) -> dict[str, tuple[str, str]]:
+    """Data address -> (device, site) of every device of a kind."""
+    return {str(d.spec.address): (d.name, d.site) for d in lab.topology.of_kind(kind)}
+
+
+def cti_observations(
+    decoded: Iterable[Any], cti_addr: Mapping[str, tuple[str, str]]
+) -> list[tuple[Any, str, dict]]:
+    """Map captured CTI messages to ``cti`` observations: (event, CTI device, value).
+
+    Only what the CTI confirmed counts (docs/history.md): ``login_ok`` -> login, ``state_ok`` and
+    ``heartbeat_ack`` -> state, ``logout_ok`` -> logout, a pushed ``fenced`` event or an ``admin_ok`` to
+    the UL's ``fence`` -> fenced. Replies carry no agent, so each TCP connection is followed from its
+    ``login`` (or the admin request's id) to learn whose it is; a connection opened before the capture
+    began stays anonymous, and the snapshots cover it.
+    """
+    conns: dict[tuple[str, str], dict[str, Any]] = {}
+    out = []
+    for ev in decoded:
+        if ev.protocol != "cti":
+            continue
+        to_server = ev.dst_ip in cti_addr
+        server_ip = ev.dst_ip if to_server else ev.src_ip
+        if server_ip not in cti_addr:
+            continue
+        key = (ev.dst, ev.src) if to_server else (ev.src, ev.dst)
+        conn = conns.setdefault(key, {})
+        body = ev.body if isinstance(ev.body, dict) else {}
+        device, site = cti_addr[server_ip]
+        typ = body.get("type")
+        if to_server:
+            if typ == "login" and body.get("agent"):
+                conn["agent"] = str(body["agent"])
+            elif typ == "admin" and body.get("op") == "fence" and body.get("agent"):
+                conn.setdefault("fencing", {})[json.dumps(body.get("id"))] = str(body["agent"])
+            continue
+        agent = conn.get("agent")
+        value: dict[str, Any] | None = None
+        if typ == "admin_ok" and body.get("op") == "fence":
+            # the UL fenced a session here (a newer login elsewhere): the CTI confirms it ended
+            fenced = conn.get("fencing", {}).pop(json.dumps(body.get("id")), None)
+            if fenced and body.get("fenced"):
+                out.append((ev, device, {"event": "fenced", "site": site, "agent": fenced}))
+            continue
+        if typ == "login_ok":
+            conn["agent"] = agent = str(body.get("agent") or agent)
+            conn["epoch"] = body.get("epoch")
+            value = {"event": "login", "state": body.get("state")}
+        elif typ in ("state_ok", "heartbeat_ack") and body.get("state"):
+            value = {"event": "state", "state": body["state"]}
+            if body.get("epoch") is not None:
+                conn["epoch"] = body["epoch"]
+        elif typ == "logout_ok":
+            value = {"event": "logout"}
+        elif typ == "event" and body.get("event") == "fenced":
+            value = {"event": "fenced"}
+        if value is None or agent is None:
+            continue
+        value.update({"site": site, "agent": agent, "epoch": conn.get("epoch")})
+        out.append((ev, device, {k: v for k, v in value.items() if v is not None}))
+    return out
+
+
+def sip_observations(
+    decoded: Iterable[Any], pbx_addr: Mapping[str, tuple[str, str]]
+) -> list[tuple[Any, str, dict]]:
+    """Captured SIP messages to or from a PBX, as ``sip`` observations with the PBX's ``site``."""
+    out = []
+    for ev in decoded:
+        if ev.protocol != "sip":
+            continue
+        for ip in (ev.registrar, ev.src_ip, ev.dst_ip):
+            if ip in pbx_addr:
+                device, site = pbx_addr[ip]
+                d = ev.to_dict()
+                d["site"] = site
+                out.append((ev, device, {k: v for k, v in d.items() if v is not None}))
+                break
+    return out
