@@ -31,7 +31,7 @@ class FakePorts:
         return ""
 
 
-def expect(ser: serial.Serial, pattern: bytes, timeout: float = 2.0) -> bytes:
+def expect(ser: serial.Serial, pattern: bytes, timeout: float = 10.0) -> bytes:
     """Read until the regex matches the end of what arrived, like a console driver does."""
     buf = b""
     deadline = time.monotonic() + timeout

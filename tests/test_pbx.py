@@ -266,7 +266,22 @@ def test_expires_zero_removes(pbx_a: PbxSpec) -> None:
     assert pbx.lookup(HOST, pbx_a.rpc_port, "1005") == []
 
 
-def _callee(ua: SipUdpClient, stop: threading.Event, seen: list[SipMessage]) -> None:
+def _relayed_replies(rpc_port: int) -> int:
+    """How many replies the PBX's transactions have relayed upstream (tmx:rpl_relayed): a 180 is counted
+    once tm has sent it on to the caller."""
+    return int(pbx.statistics(HOST, rpc_port, "tmx:")["tmx:rpl_relayed"])
+
+
+def _wait_relayed(rpc_port: int, above: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _relayed_replies(rpc_port) > above:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _callee(ua: SipUdpClient, stop: threading.Event, seen: list[SipMessage], rpc_port: int) -> None:
     """A phone answering one call: 180 then 200 with SDP; 200 to BYE."""
     while not stop.is_set():
         got = ua.recv(0.1)
@@ -277,10 +292,12 @@ def _callee(ua: SipUdpClient, stop: threading.Event, seen: list[SipMessage]) -> 
             continue
         seen.append(msg)
         if msg.method == "INVITE":
+            before = _relayed_replies(rpc_port)
             ua.reply(msg, addr, 180, "Ringing", to_tag="callee1")
             # Ring before answering, as a phone does: sent back to back, 180 and 200 may be handled by
             # two proxy workers in either order, and tm rightly drops a 180 that arrives after the 200.
-            time.sleep(0.05)
+            # So answer once the PBX has relayed the 180 (if it never does, the test's asserts say so).
+            _wait_relayed(rpc_port, before)
             ua.reply(
                 msg,
                 addr,
@@ -303,7 +320,7 @@ def test_invite_relayed_to_registered_callee(pbx_a: PbxSpec) -> None:
         assert caller.register("1010", EXTS["1010"]).status == 200
         assert callee.register("1011", EXTS["1011"]).status == 200
         stop, seen = threading.Event(), []
-        thread = threading.Thread(target=_callee, args=(callee, stop, seen), daemon=True)
+        thread = threading.Thread(target=_callee, args=(callee, stop, seen, pbx_a.rpc_port), daemon=True)
         thread.start()
         try:
             invite, responses = caller.invite("1010", EXTS["1010"], "1011", SDP, timeout=10)
@@ -318,12 +335,12 @@ def test_invite_relayed_to_registered_callee(pbx_a: PbxSpec) -> None:
             caller.ack(dialog)
             # Hang up once the ACK is through, as a person does: sent back to back, ACK and BYE may be
             # relayed by two proxy workers in either order.
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline and [m.method for m in seen] != ["INVITE", "ACK"]:
                 time.sleep(0.01)
             bye = caller.bye(dialog)
             assert bye[-1].status == 200
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline and [m.method for m in seen] != ["INVITE", "ACK", "BYE"]:
                 time.sleep(0.02)
         finally:
@@ -364,6 +381,7 @@ def test_cancel_of_ringing_call_reaches_callee(pbx_a: PbxSpec) -> None:
         stop, seen = threading.Event(), []
         ringer = threading.Thread(target=_ringing_callee, args=(callee, stop, seen), daemon=True)
         ringer.start()
+        before = _relayed_replies(pbx_a.rpc_port)
         result: list[list[SipMessage]] = []
         call = threading.Thread(
             target=lambda: result.append(caller.invite("1017", EXTS["1017"], "1018", SDP, timeout=10)[1]),
@@ -371,13 +389,13 @@ def test_cancel_of_ringing_call_reaches_callee(pbx_a: PbxSpec) -> None:
         )
         call.start()
         try:
-            deadline = time.monotonic() + 3
-            while not any(m.method == "INVITE" for m in seen) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(0.1)  # let the 180 reach the caller
+            # CANCEL once the PBX has relayed the callee's 180 to the caller (the only reply it relays
+            # before the CANCEL: the INVITE's challenge is the PBX's own)
+            assert _wait_relayed(pbx_a.rpc_port, before), "the 180 was never relayed to the caller"
+            assert any(m.method == "INVITE" for m in seen)
             caller.cancel()
-            call.join(5)
-            deadline = time.monotonic() + 2
+            call.join(10)
+            deadline = time.monotonic() + 10
             while [m.method for m in seen] != ["INVITE", "CANCEL", "ACK"] and time.monotonic() < deadline:
                 time.sleep(0.02)
         finally:

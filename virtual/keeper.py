@@ -21,13 +21,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from harness import credentials
-from harness.topology import Topology, load
-from virtual import netns
-from virtual.netplan import CORE_MGMT_IF, MGMT_BRIDGE, NetPlan, plan
+from harness.topology import Topology, TopologyError, load
+from virtual import netns, pbx, stackservices
+from virtual.console import PtyConsole
+from virtual.host_cli import host_session_factory
+from virtual.netplan import CORE_MGMT_IF, MGMT_BRIDGE, plan
+from virtual.pdu import PowerBackend, pdu_session_factory
+from virtual.services import Service, ServiceError, ServiceSupervisor
+from virtual.sshserver import SSHServer, load_or_create_host_key
+from virtual.switch_cli import switch_session_factory
+from virtual.switchports import VethPorts
 
 log = logging.getLogger("hil.keeper")
 NETNS_DIR = "/run/netns"
@@ -35,59 +44,6 @@ NETNS_DIR = "/run/netns"
 
 def ns_path(name: str) -> str:
     return f"{NETNS_DIR}/{name}"
-
-
-class PortBackend:
-    """A switch's ports as the emulated CLI sees them: bridge-side veths in the core namespace."""
-
-    def __init__(self, switch: str, net: NetPlan, topo: Topology):
-        self.switch = switch
-        self.net = net
-        self.spec = topo.device(switch).spec
-        self._mirror_lock = threading.Lock()
-        self.mirrors: dict[int, tuple[dict[str, str], str | None]] = {}
-        self._mirrored: set[str] = set()
-
-    def _veth(self, port: str) -> str:
-        return self.net.port_veth(self.switch, port)
-
-    def set_admin(self, port: str, up: bool) -> None:
-        log.info("switch %s port %s %s", self.switch, port, "up" if up else "down")
-        netns.set_link(self._veth(port), up)
-
-    def state(self, port: str) -> tuple[bool, bool]:
-        return netns.link_state(self._veth(port))
-
-    def set_mirror(self, session: int, sources: dict[str, str], destination: str | None) -> None:
-        """SPAN with tc: copies of each source port's traffic leave through the destination port's veth.
-
-        The bridge-side veth's ingress is what the device sends (rx at the switch), its egress what the
-        device receives (tx). Ports that leave the session lose their mirror filters."""
-        with self._mirror_lock:
-            self.mirrors[session] = (dict(sources), destination) if destination else ({}, None)
-            wanted: dict[str, tuple[set[str], str]] = {}
-            for srcs, dst in self.mirrors.values():
-                if dst is None:
-                    continue
-                for port, direction in srcs.items():
-                    dirs = {"rx": {"ingress"}, "tx": {"egress"}}.get(direction, {"ingress", "egress"})
-                    wanted[port] = (dirs, self._veth(dst))
-            for port in set(self._mirrored) - set(wanted):
-                subprocess.run(["tc", "qdisc", "del", "dev", self._veth(port), "clsact"], capture_output=True)
-            for port, (dirs, dst) in wanted.items():
-                veth = self._veth(port)
-                subprocess.run(["tc", "qdisc", "del", "dev", veth, "clsact"], capture_output=True)
-                _tc(["qdisc", "add", "dev", veth, "clsact"])
-                for d in sorted(dirs):  # u32 matching everything: this kernel has no cls_matchall
-                    match_all = ["protocol", "all", "u32", "match", "u32", "0", "0"]
-                    mirror = ["action", "mirred", "egress", "mirror", "dev", dst]
-                    _tc(["filter", "add", "dev", veth, d, *match_all, *mirror])
-            self._mirrored = set(wanted)
-            log.info("switch %s SPAN session %d: %s -> %s", self.switch, session, sources, destination)
-
-    def description(self, port: str) -> str:
-        p = self.spec.ports[port]
-        return p.description or (p.connects or "")
 
 
 class Keeper:
@@ -99,11 +55,11 @@ class Keeper:
         os.environ.update(self.secrets)
         self.state: dict[str, Any] = {"lab": topo.name, "topology": str(topo.file), "phase": "starting"}
         self.stop_event = threading.Event()
-        self.servers: list[Any] = []
-        self.consoles: dict[str, Any] = {}
-        self.supervisors: dict[str, Any] = {}
-        self.probes: dict[tuple[str, str], Any] = {}
-        self.pdus: dict[str, Any] = {}
+        self.servers: list[SSHServer] = []
+        self.consoles: dict[str, PtyConsole] = {}
+        self.supervisors: dict[str, ServiceSupervisor] = {}
+        self.probes: dict[tuple[str, str], Callable[[], bool] | None] = {}
+        self.pdus: dict[str, PowerBackend] = {}
         self.powered_off: dict[str, list[str]] = {}  # device -> services that ran when its power went
         self.autostart_swarm = autostart_swarm
         self.logs = run_dir / "logs"
@@ -152,9 +108,6 @@ class Keeper:
 
     # -- services ------------------------------------------------------------------------------------
     def start_pbxs(self) -> None:
-        from virtual import pbx, stackservices
-        from virtual.services import Service, ServiceSupervisor
-
         secret = self.secrets.get(credentials.referenced(self.topo)["LAB_SIP_SECRET"].var, "")
         exts = {e: credentials.sip_password(secret, e) for e in self.topo.extensions()}
         for d in self.topo.of_kind("pbx"):
@@ -190,11 +143,6 @@ class Keeper:
 
     def start_stack(self) -> None:
         """UL, CTI and phones in parallel (each waits until it answers), then the swarms."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from virtual import stackservices
-        from virtual.services import Service, ServiceSupervisor
-
         planned = stackservices.plan(self.topo, self.run_dir, self.secrets)
         self.probes = {}
         for p in planned:
@@ -241,12 +189,6 @@ class Keeper:
 
     # -- emulated management interfaces ---------------------------------------------------------------
     def start_emulators(self) -> None:
-        from virtual.console import PtyConsole
-        from virtual.host_cli import host_session_factory
-        from virtual.services import ServiceSupervisor
-        from virtual.sshserver import SSHServer, load_or_create_host_key
-        from virtual.switch_cli import switch_session_factory
-
         key = load_or_create_host_key(self.run_dir / "ssh_host_key")
         known = []
         creds = self.topo.model.credentials
@@ -257,7 +199,7 @@ class Keeper:
         host_pass = creds.host.password.reveal() if creds.host else ""
 
         for sw in self.topo.of_kind("switch"):
-            backend = PortBackend(sw.name, self.net, self.topo)
+            backend = VethPorts(sw.name, self.net, self.topo)
             facts = {"model": "vSwitch-24G" if sw.spec.device_type == "cisco_ios" else "S5735-L24T4X"}
             factory = switch_session_factory(
                 sw.name, sw.spec.device_type, list(sw.spec.ports), backend, facts, enable_secret=sw_secret
@@ -285,9 +227,6 @@ class Keeper:
     # -- power distribution units -------------------------------------------------------------------
     def start_pdus(self) -> None:
         """Each PDU's CLI on its console (a pty), switching the outlets' hosts through power()."""
-        from virtual.console import PtyConsole
-        from virtual.pdu import PowerBackend, pdu_session_factory
-
         login = self.topo.model.credentials.console
         users = {login.username: login.password.reveal()} if login else {}
         for pdu in self.topo.of_kind("pdu"):
@@ -300,8 +239,6 @@ class Keeper:
     def power(self, device: str, on: bool) -> None:
         """An outlet feeding ``device`` switched. Off: its services die at once (SIGKILL, as a power cut)
         and its interfaces lose link. On: links up, then the services that ran come back (booting)."""
-        from virtual.services import ServiceError
-
         if device not in self.net.namespaces:
             log.warning("power %s: not a host of this lab; outlet switched, nothing fed", device)
             return
@@ -324,9 +261,7 @@ class Keeper:
         if sup and names:
             threading.Thread(target=self._boot, args=(device, sup, names), daemon=True).start()
 
-    def _boot(self, device: str, sup: Any, names: list[str]) -> None:
-        from virtual.services import ServiceError
-
+    def _boot(self, device: str, sup: ServiceSupervisor, names: list[str]) -> None:
         for name in names:
             try:
                 sup.start(name)
@@ -359,8 +294,8 @@ class Keeper:
                 entry["device"] = dev
                 if self.topo.device(dev).kind == "pbx" and st.get("state") == "active":
                     entry["answers"] = self.pbx_answers(dev)
-                elif st.get("state") == "active" and self.probes.get((dev, st["name"])):
-                    entry["answers"] = self.probes[(dev, st["name"])]()
+                elif st.get("state") == "active" and (probe := self.probes.get((dev, str(st["name"])))):
+                    entry["answers"] = probe()
                 procs.append(entry)
         return {
             **self.state,
@@ -477,12 +412,6 @@ class Keeper:
         self.shutdown()
 
 
-def _tc(args: list[str]) -> None:
-    r = subprocess.run(["tc", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"tc {' '.join(args)}: {r.stderr.strip()}")
-
-
 def _known_line(addr: str, port: int, key: Any) -> str:
     host = addr if port == 22 else f"[{addr}]:{port}"
     return f"{host} {key.get_name()} {key.get_base64()}"
@@ -496,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = Path(args.run_dir)
-    keeper = Keeper(load(args.topology), run_dir, autostart_swarm=not args.no_swarm)
+    try:
+        topo = load(args.topology)
+    except TopologyError as e:
+        for line in e.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    keeper = Keeper(topo, run_dir, autostart_swarm=not args.no_swarm)
     signal.signal(signal.SIGTERM, lambda *_: keeper.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: keeper.stop_event.set())
     try:
