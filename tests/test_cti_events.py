@@ -25,7 +25,8 @@ from harness.sipprobe import SipUdpClient, parse_message
 from stack.common import auth
 from stack.cti.client import CtiConnection, CtiError
 from stack.cti.pbxevents import PbxEventListener, listen, parse_event
-from stack.cti.server import CtiServer, PbxLink
+from stack.cti.pbxlink import PbxLink
+from stack.cti.server import CtiServer
 from virtual import pbx
 from virtual.pbx import PbxSpec
 
@@ -247,17 +248,18 @@ def test_a_dump_does_not_undo_an_event_newer_than_its_start() -> None:
         link = PbxLink("http://unused/RPC", events=True)
         link.apply_event("1003", True, "b1", 1)  # events said registered; the dump will not list it
         link.apply_event("1004", True, "b1", 2)
-        gate = asyncio.Event()
+        gate, asked = asyncio.Event(), asyncio.Event()
 
         async def rpc(method: str, *params: Any, **kw: Any) -> Any:
             assert (method, params) == ("ul.dump", ("brief",))
+            asked.set()
             await gate.wait()
             aors = [{"AoR": e} for e in ("1001", "1004")]  # as of when the PBX began the dump
             return {"Domains": [{"Domain": {"AoRs": aors}}]}
 
         link._rpc = rpc  # type: ignore[method-assign]
         dump = asyncio.create_task(link.dump())
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(asked.wait(), 5)  # the dump has begun (its start is taken before it asks)
         link.apply_event("1001", False, "b1", 3)  # unregistered while the dump ran
         link.apply_event("1002", True, "b1", 4)  # registered while the dump ran
         gate.set()
