@@ -5,10 +5,12 @@ The port backend is an in-memory fake: the unit under test is the CLI and its tr
 
 from __future__ import annotations
 
+import ast
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -16,8 +18,9 @@ from netmiko import ConnectHandler
 from netmiko.exceptions import ConfigInvalidException, NetmikoAuthenticationException
 from netmiko.utilities import get_structured_data_textfsm
 
+import virtual.switch_cli
 from virtual.sshserver import SSHServer, load_or_create_host_key
-from virtual.switch_cli import SwitchCLI, SwitchConfig, switch_session_factory
+from virtual.switch_cli import CiscoIOS, HuaweiVRP, SwitchCLI, SwitchConfig, switch_session_factory
 
 CISCO_PORTS = [f"Gi0/{i}" for i in range(1, 5)]
 HUAWEI_PORTS = [f"GigabitEthernet0/0/{i}" for i in range(1, 5)]
@@ -340,3 +343,27 @@ def test_huawei_views_and_errors() -> None:
     assert c.feed("save").endswith("Continue? [Y/N]:")
     assert "successfully" in c.feed("y")
     assert c.feed("quit") == "" and c.closed
+
+
+def test_vendor_picks_the_dialect() -> None:
+    assert type(cli("cisco_ios")[0]) is CiscoIOS
+    assert type(cli("huawei")[0]) is HuaweiVRP
+    with pytest.raises(ValueError, match="vendor must be one of"):
+        cli("juniper", ports=CISCO_PORTS)
+    with pytest.raises(ValueError, match="not 'huawei'"):
+        CiscoIOS("sw1", "huawei", HUAWEI_PORTS, FakePorts(HUAWEI_PORTS))
+
+
+def test_switch_cli_never_imports_the_drivers() -> None:
+    """The twin is written from the vendors' behaviour: a driver must never be tested against a mirror of
+    its own command code, so the switch CLI imports nothing of harness/ at all (local imports included)."""
+    package = Path(virtual.switch_cli.__file__).parent
+    imported = set()
+    for f in package.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+    assert "virtual.terminal" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("harness", "fixtures", "scenarios")}
