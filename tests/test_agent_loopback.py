@@ -1,7 +1,7 @@
 """Integration on 127.0.0.1 with real processes: two Kamailio PBXs (virtual/pbx.py), two unified logins and
 two CTI servers (``python -m stack.login`` / ``python -m stack.cti``), real emulated phones (stack/phone)
-and agent clients in this process. Ports 27000-27999. The tests share one lab and run in file order; each
-one uses its own agents and repairs what it breaks.
+and agent clients in this process. Ports 27000-27999. The tests share one lab (tests/loopback.py) and run in
+file order; each one uses its own agents and repairs what it breaks.
 """
 
 from __future__ import annotations
@@ -11,37 +11,36 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import (
+    AGENT_SECRET,
+    HOST,
+    PORTS,
+    SECRET,
+    SIP_SECRET,
+    UNREGISTRABLE_AT_SHA,
+    Lab,
+    registered,
+    running,
+    wait_reconciled,
+)
 
 from stack.agent.client import AgentClient, Timers, TokenBucket
 from stack.common import auth
-from stack.common.directory import load as load_directory
 from stack.common.eventlog import EventLog
 from stack.cti.client import CtiConnection, CtiError, query
 from stack.login import client as ulc
 from stack.phone.control import LocalPhoneControl
 from stack.phone.ua import Phone, SipEndpoint
+from virtual import pbx
 
-pbx = pytest.importorskip("virtual.pbx")
 if not os.path.exists(pbx.KAMAILIO):
     pytest.skip("kamailio is not installed", allow_module_level=True)
 
-HOST = "127.0.0.1"
-PORTS = {
-    "sha": {"sip": 27060, "rpc": 27061, "ul": 27062, "cti": 27063},
-    "ntg": {"sip": 27160, "rpc": 27161, "ul": 27162, "cti": 27163},
-}
-SECRET, SIP_SECRET, AGENT_SECRET = "lab-secret-1", "sip-secret-1", "agent-secret-1"
-ENV = {"HIL_TEST_SECRET": SECRET, "HIL_TEST_SIP": SIP_SECRET, "HIL_TEST_AGENT": AGENT_SECRET}
 TIMERS = Timers(
     heartbeat=0.25,
     heartbeat_misses=3,
@@ -56,145 +55,17 @@ TIMERS = Timers(
     retry_delay=0.5,
     jitter=0.05,
 )
-UNREGISTRABLE_AT_SHA = "10012"  # a00012's extension is missing from sha's PBX: phone linkage fails there
-
-TOPOLOGY = """
-name: loopback
-kind: virtual
-management: {network: 198.19.0.0/24, controller: 198.19.0.1}
-sites:
-  sha: {city: Shanghai, region: east, pbx: {sha-pbx1: {address: 127.0.0.1}}}
-  ntg: {city: Nantong, region: south, pbx: {ntg-pbx1: {address: 127.0.0.1}}}
-agents:
-  pools:
-    sha-air: {home: sha, count: 12, extensions: 10001-10100, system: air, region: east,
-              skill_groups: [domestic, international]}
-    sha-hotel: {home: sha, count: 12, extensions: 11001-11100, system: hotel, region: north,
-                skill_groups: [vip, domestic]}
-    ntg-air: {home: ntg, count: 4, extensions: 20001-20100, system: air, region: south,
-              skill_groups: [international]}
-"""
-
-
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-class Lab:
-    """The processes of the loopback lab, each started and stopped by its own PID."""
-
-    def __init__(
-        self, root: Path, ports: dict[str, dict[str, int]] = PORTS, topology: str = TOPOLOGY
-    ) -> None:
-        self.root = root
-        self.ports = ports
-        self.topology = root / "topology.yaml"
-        self.topology.write_text(topology)
-        self.directory = load_directory(self.topology)
-        self.procs: dict[str, Any] = {}
-        self.env = {**os.environ, **ENV}
-
-    def ul_url(self, site: str) -> str:
-        return f"http://{HOST}:{self.ports[site]['ul']}"
-
-    def start_pbx(self, site: str) -> None:
-        exts = {
-            a.extension: auth.derive_password(SIP_SECRET, a.extension)
-            for a in self.directory.agents.values()
-            if not (site == "sha" and a.extension == UNREGISTRABLE_AT_SHA)
-        }
-        p = self.ports[site]
-        spec = pbx.PbxSpec(
-            f"{site}-pbx1", HOST, p["sip"], p["rpc"], f"{site}.lab", self.root / f"{site}-pbx", exts
-        )
-        self.procs[f"{site}-pbx"] = pbx.start(spec)
-        pbx.wait_ready(HOST, p["sip"], 10.0)
-        _wait_port(p["rpc"])
-
-    def start_ul(self, site: str) -> None:
-        other = "ntg" if site == "sha" else "sha"
-        p = self.ports[site]
-        argv = [
-            sys.executable, "-m", "stack.login", "--site", site, "--bind", f"{HOST}:{p['ul']}",
-            "--db", str(self.root / f"{site}-ul.sqlite"), "--topology", str(self.topology),
-            "--peer", self.ul_url(other), "--cti", f"{HOST}:{p['cti']}", "--pbx", f"{HOST}:{p['sip']}",
-            "--secret-env", "HIL_TEST_SECRET", "--agent-secret-env", "HIL_TEST_AGENT",
-            "--sip-secret-env", "HIL_TEST_SIP", "--peer-interval", "0.3", "--log-level", "WARNING",
-        ]  # fmt: skip
-        self._spawn(f"{site}-ul", argv)
-        _wait_port(p["ul"])
-
-    def start_cti(self, site: str, secret_env: str = "HIL_TEST_SECRET") -> None:
-        p = self.ports[site]
-        argv = [
-            sys.executable, "-m", "stack.cti", "--site", site, "--bind", f"{HOST}:{p['cti']}",
-            "--pbx-rpc", f"http://{HOST}:{p['rpc']}/RPC", "--ul", self.ul_url(site),
-            "--secret-env", secret_env, "--poll-interval", "0.2", "--epoch-interval", "0.5",
-            "--log-level", "WARNING",
-        ]  # fmt: skip
-        self._spawn(f"{site}-cti", argv)
-        _wait_port(p["cti"])
-
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        if name.endswith("-pbx"):
-            if sig == signal.SIGKILL:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            else:
-                pbx.stop(proc)
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("loopback"))
     try:
-        for site in ("sha", "ntg"):
-            lab.start_pbx(site)
-            lab.start_ul(site)
-            lab.start_cti(site)
-        for site in ("sha", "ntg"):
-            _wait_reconciled(lab, site)
-        yield lab
+        with running(lab):
+            yield lab
     finally:
-        lab.stop_all()
         if os.environ.get("HIL_KEEP_LOGS"):
             shutil.copytree(lab.root, "/tmp/hil-loopback-logs", dirs_exist_ok=True)
-
-
-def _wait_reconciled(lab: Lab, site: str, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if ulc.health(lab.ul_url(site))["reconciled"]:
-                return
-        except ulc.UlError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"UL {site} did not reconcile")
 
 
 class Agents:
@@ -250,22 +121,17 @@ class Agents:
             await asyncio.sleep(0.02)
         return time.monotonic() - t0
 
+    async def quiet(self, seconds: float) -> None:
+        """At least ``seconds`` pass, and every client sends its CTI something after that: a check that
+        nothing happened meanwhile then means something even when a busy machine ran the clients late."""
+        after = time.monotonic() + seconds
+        await self.until(
+            lambda: all((c._sent_at or 0.0) > after for c in self.clients.values()), seconds + 10
+        )
+
 
 def run(coro: Any, timeout: float = 40.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def registered(rpc_port: int) -> set[str]:
-    """Extensions in a PBX's location table (Kamailio ``ul.dump brief`` over JSON-RPC)."""
-    body = json.dumps({"jsonrpc": "2.0", "method": "ul.dump", "params": ["brief"], "id": 1}).encode()
-    req = urllib.request.Request(f"http://{HOST}:{rpc_port}/RPC", data=body)
-    with urllib.request.urlopen(req, timeout=3) as resp:
-        res = json.loads(resp.read())["result"]
-    out = set()
-    for dom in res["Domains"]:
-        for aor in dom["Domain"]["AoRs"]:
-            out.add(aor["Info"]["AoR"] if "Info" in aor else aor["AoR"])
-    return out
 
 
 async def cti_sessions(site: str) -> dict[str, dict[str, Any]]:
@@ -342,7 +208,7 @@ def test_garbage_on_one_connection_does_not_disturb_other_agents(lab: Lab) -> No
             except ConnectionResetError:
                 pass
             writer.close()
-            await asyncio.sleep(3 * TIMERS.heartbeat)
+            await ag.quiet(3 * TIMERS.heartbeat)
             for aid, c in ag.clients.items():
                 assert c.phase == "online" and c.conn is before[aid] and c.site == "sha"
             assert not ag.events.recent(event="confirm")
@@ -363,7 +229,7 @@ def test_local_ul_down_logs_in_at_remote(lab: Lab) -> None:
         run(go())
     finally:
         lab.start_ul("sha")
-        _wait_reconciled(lab, "sha")
+        wait_reconciled(lab, "sha")
 
 
 def test_cti_registration_refused_logs_in_at_remote(lab: Lab) -> None:
@@ -415,7 +281,7 @@ def test_planned_switch_moves_only_selected_agents(
                 assert reply["replicated"] and reply["ordered_here"] >= len(movers)
                 assert rule in {r["id"] for r in ulc.list_rules(lab.ul_url("ntg"))}
                 await ag.until(lambda: all(ag.clients[a].site == "ntg" for a in movers), 10)
-                await asyncio.sleep(0.5)
+                await ag.quiet(0.5)
                 for aid, site in ag.sites().items():
                     assert site == ("ntg" if aid in movers else "sha"), aid
                     assert ag.clients[aid].phase == "online"
@@ -438,7 +304,7 @@ def test_short_pbx_blip_does_not_fail_over(lab: Lab) -> None:
             os.killpg(pid, signal.SIGSTOP)
             await asyncio.sleep(0.3)
             os.killpg(pid, signal.SIGCONT)
-            await asyncio.sleep(TIMERS.confirm_delay + 4 * TIMERS.heartbeat + 1.0)
+            await ag.quiet(TIMERS.confirm_delay + 4 * TIMERS.heartbeat + 1.0)
             assert ag.sites() == {"a00021": "sha", "a00022": "sha"}
             assert all(c.failovers == 0 and c.phase == "online" for c in ag.clients.values())
 
@@ -486,7 +352,7 @@ def test_site_comes_back_each_agent_active_at_exactly_one_site(lab: Lab) -> None
             await ag.until(lambda: all(s == "ntg" for s in ag.sites().values()), 15)
             lab.start_ul("sha")  # comes back with its old sessions in SQLite
             lab.start_cti("sha")
-            await asyncio.to_thread(_wait_reconciled, lab, "sha")
+            await asyncio.to_thread(wait_reconciled, lab, "sha")
             sha_ul = {s["agent"] for s in ulc.sessions(lab.ul_url("sha"))["sessions"]}
             ntg_ul = {s["agent"] for s in ulc.sessions(lab.ul_url("ntg"))["sessions"]}
             sha_cti, ntg_cti = set(await cti_sessions("sha")), set(await cti_sessions("ntg"))
@@ -498,7 +364,7 @@ def test_site_comes_back_each_agent_active_at_exactly_one_site(lab: Lab) -> None
                 await conn.request({"type": "login", "token": stale["a00002"]})
             assert err.value.code == "fenced"
             await conn.close()
-            await asyncio.sleep(1.0)
+            await ag.quiet(1.0)
             assert set(ag.sites().values()) == {"ntg"}  # and nobody fails back
 
     run(go())
