@@ -1,4 +1,5 @@
-"""The daemons' shared entry points (stack/common/daemon.py) and the lab's loop waker (virtual/wakeup.py)."""
+"""The daemons' shared entry points (stack/common/daemon.py: secrets, signals, the options the site services
+share) and the lab's loop waker (virtual/wakeup.py)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,34 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from stack.common.daemon import secret_from_env, until_signalled
+from stack.cti.__main__ import parse as cti_args
+from stack.login.__main__ import parse as ul_args
 from virtual.wakeup import Waker
 
 REPO = Path(__file__).resolve().parents[1]
 VAR = "HIL_TEST_DAEMON_SECRET"
+
+
+def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.01)
+
+
+def thread_state(tid: int) -> str:
+    """The scheduler state of a thread of this process (R running, S sleeping ...)."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
 
 # -- secret_from_env ---------------------------------------------------------------------------------------
 
@@ -63,6 +83,39 @@ def test_daemon_without_its_secret_exits_2_before_serving() -> None:
     assert proc.stderr == f"error: environment variable {VAR} is not set\n"
 
 
+# -- the options the site services share -------------------------------------------------------------
+
+SHARED = ["--site", "sha", "--bind", "198.18.1.20:7000", "--also-listen", "198.19.0.5", "--secret-env", VAR]
+UL_OWN = [
+    "--db",
+    "x.sqlite",
+    "--topology",
+    "t.yaml",
+    "--cti",
+    "198.18.1.20:7000",
+    "--pbx",
+    "198.18.1.10:5060",
+]
+
+
+@pytest.mark.parametrize(("parse", "own"), [(cti_args, []), (ul_args, UL_OWN)], ids=["cti", "ul"])
+def test_site_services_share_their_first_options(parse: Callable[..., Any], own: list[str]) -> None:
+    args = parse(SHARED + own)
+    assert (args.site, args.bind, args.also_listen) == ("sha", ("198.18.1.20", 7000), ["198.19.0.5"])
+    assert (args.secret_env, args.log_level) == (VAR, "INFO")
+    assert parse([*SHARED, *own, "--log-level", "WARNING"]).log_level == "WARNING"
+
+
+@pytest.mark.parametrize(("parse", "own"), [(cti_args, []), (ul_args, UL_OWN)], ids=["cti", "ul"])
+def test_a_bad_bind_is_a_usage_error_naming_the_option(
+    parse: Callable[..., Any], own: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(["--site", "sha", "--bind", "198.18.1.20:99999", "--secret-env", VAR, *own])
+    assert exc.value.code == 2
+    assert "argument --bind: bad port in '198.18.1.20:99999'" in capsys.readouterr().err
+
+
 # -- until_signalled ---------------------------------------------------------------------------------------
 
 _SERVE = textwrap.dedent(
@@ -98,7 +151,8 @@ def test_until_signalled_returns_on_signal(loop: str, sig: signal.Signals) -> No
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "READY test\n"
-        time.sleep(0.2)
+        waiting = psutil.Process(proc.pid)
+        until(lambda: waiting.status() == psutil.STATUS_SLEEPING)  # blocked in its event loop
         assert proc.poll() is None  # serving until signalled
         proc.send_signal(sig)  # right after READY: the handler is already in place
         out, err = proc.communicate(timeout=10)
@@ -132,14 +186,17 @@ def test_waker_wakes_a_blocked_select_at_once() -> None:
     waker = Waker()
     result: dict[str, object] = {}
 
+    tid: list[int] = []
+
     def loop() -> None:
+        tid.append(threading.get_native_id())
         t0 = time.monotonic()
         ready, _, _ = select.select([waker], [], [], 10.0)
         result["ready"], result["waited"] = ready, time.monotonic() - t0
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
-    time.sleep(0.1)  # let it block
+    until(lambda: bool(tid) and thread_state(tid[0]) == "S")  # blocked (in the select: nothing else blocks)
     t0 = time.monotonic()
     waker.wake()
     thread.join(timeout=5)
