@@ -48,7 +48,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 topology_option = click.option(
     "--topology",
     "topology_file",
-    type=click.Path(dir_okay=False),
+    type=str,  # not click.Path: the topology loader names every kind of bad file in one line
     default=None,
     help="lab description (default: topologies/virtual-two-site.yaml)",
 )
