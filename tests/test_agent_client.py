@@ -212,7 +212,7 @@ def make(world: World, **kw: Any) -> tuple[AgentClient, FakePhone]:
     return client, phone
 
 
-async def until(cond: Any, timeout: float = 2.0) -> None:
+async def until(cond: Any, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not cond():
@@ -222,7 +222,7 @@ async def until(cond: Any, timeout: float = 2.0) -> None:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 10))
+    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def heartbeats(conn: FakeConn) -> int:

@@ -105,9 +105,9 @@ def with_cti(body: Any, *, loop: str = "asyncio", **kw: Any) -> None:
     if loop == "uvloop":
         import uvloop
 
-        uvloop.run(asyncio.wait_for(go(), 20))
+        uvloop.run(asyncio.wait_for(go(), 40))
     else:
-        asyncio.run(asyncio.wait_for(go(), 20))
+        asyncio.run(asyncio.wait_for(go(), 40))
 
 
 async def agent(fake: FakePbxAndUl, aid: str, ext: str, epoch: int = 100) -> tuple[CtiConnection, list[dict]]:
@@ -122,7 +122,7 @@ async def agent(fake: FakePbxAndUl, aid: str, ext: str, epoch: int = 100) -> tup
     return conn, events
 
 
-async def wait_for(cond: Any, timeout: float = 2.0) -> float:
+async def wait_for(cond: Any, timeout: float = 10.0) -> float:
     t0 = time.monotonic()
     while not cond():
         assert time.monotonic() - t0 < timeout, "condition not met"

@@ -153,7 +153,7 @@ class Pair:
         async with aiohttp.ClientSession() as s, s.post(self.url(site) + "/v1/login", json=body) as r:
             return r.status, await r.json()
 
-    async def until(self, cond: Any, timeout: float = 3.0) -> None:
+    async def until(self, cond: Any, timeout: float = 10.0) -> None:
         end = time.monotonic() + timeout
         while not cond():
             assert time.monotonic() < end, "condition not met"
@@ -172,7 +172,7 @@ def run_pair(tmp_path: Path, body: Any) -> None:
             for site in list(pair.runners):
                 await pair.stop(site)
 
-    asyncio.run(asyncio.wait_for(go(), 20))
+    asyncio.run(asyncio.wait_for(go(), 40))
 
 
 def test_local_login_and_bad_password(tmp_path: Path) -> None:
