@@ -10,4 +10,12 @@ from sipcore.scan import SIP_PREFIXES, SipHead, looks_like_sip, parse_sip, parse
 from sipcore.uri import host_of as uri_host
 from sipcore.uri import user_of as uri_user
 
-__all__ = ["SIP_PREFIXES", "SipHead", "looks_like_sip", "parse_sip", "parse_sip_tuple", "uri_host", "uri_user"]
+__all__ = [
+    "SIP_PREFIXES",
+    "SipHead",
+    "looks_like_sip",
+    "parse_sip",
+    "parse_sip_tuple",
+    "uri_host",
+    "uri_user",
+]

@@ -28,6 +28,7 @@ from typing import Any
 
 from harness import credentials
 from harness.topology import Topology, TopologyError, load
+from sipcore import probe as sipprobe
 from virtual import netns, pbx, stackservices
 from virtual.console import PtyConsole
 from virtual.host_cli import host_session_factory
@@ -170,8 +171,6 @@ class Keeper:
                 self.supervisors[p.device].start(p.name)
 
     def pbx_answers(self, name: str) -> bool:
-        from harness import sipprobe
-
         d = self.topo.device(name)
         with netns.entered(ns_path(name)):
             code = sipprobe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=0.5)

@@ -83,6 +83,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sipcore.probe import options
 from virtual.pbxrpc import RpcError, jsonrpc, lookup, registered_aors, registrations, statistics
 
 __all__ = [
@@ -437,10 +438,6 @@ def wait_ready(
     it before binding its sockets). Raises TimeoutError, or RuntimeError at once if ``proc`` (the
     Kamailio child) has exited, which is what a bad config or a port in use looks like.
     """
-    # harness/sipprobe.py is the one SIP prober of the product (stdlib only); imported here, not at
-    # module level, so importing virtual.pbx never pulls in the harness package.
-    from harness.sipprobe import options
-
     t0 = time.monotonic()
     # Short pings first (a ping sent before the socket is bound is simply lost), longer ones later so a
     # busy PBX that answers slowly is still seen as ready.
