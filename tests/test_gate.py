@@ -3,6 +3,7 @@ the recorded histories, on a real pytest + allure-pytest run, and on malformed p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -66,6 +67,8 @@ class Results:
         attach_history: bool = True,
         tamper_history: bool = False,
         in_fixture: bool = False,
+        labels: dict[str, list[str]] | None = None,
+        payload_edit: Any = None,
     ) -> str:
         uid = str(uuid.uuid4())
         atts = []
@@ -73,6 +76,8 @@ class Results:
             hp = HIST / f"{history}.jsonl"
             if attach_verdicts:
                 payload = report.verdicts_payload(verdicts(history, bound), history=hp, scenario=test)
+                if payload_edit is not None:
+                    payload_edit(payload)
                 src = self._attach(json.dumps(payload).encode(), "json")
                 atts.append({"name": report.VERDICTS_NAME, "source": src, "type": "application/json"})
             if attach_history:
@@ -87,7 +92,8 @@ class Results:
             "uuid": uid,
             "fullName": test,
             "start": 1764000000000,
-            "labels": [{"name": "feature", "value": "Unplanned"}, {"name": "site", "value": "sha"}],
+            "labels": [{"name": "feature", "value": "Unplanned"}, {"name": "site", "value": "sha"}]
+            + [{"name": k, "value": v} for k, vs in (labels or {}).items() for v in vs],
             "parameters": [{"name": k, "value": v} for k, v in (params or {}).items()],
             "attachments": [] if in_fixture else atts,
         }
@@ -219,13 +225,116 @@ def test_defect_in_an_unlisted_scenario_blocks(tmp_path: Path) -> None:
     assert gate.run_gate(policy_file(tmp_path, POLICY + "unlisted: ignore\n"), r.d).exit_code == 0
 
 
+DEFECT = {"hil.outcome": ["defect"], "hil.kind": ["assertion"]}
+LAB = {"hil.outcome": ["lab"], "hil.kind": ["device_unreachable"]}
+
+
 def test_defect_wins_over_missing_evidence(tmp_path: Path) -> None:
     r = Results(tmp_path / "res")
     r.add(
-        "scenarios.test_unplanned#test_pbx_killed", status="failed", message="AssertionError: assert 2 == 1"
+        "scenarios.test_unplanned#test_pbx_killed",
+        status="failed",
+        message="AssertionError: assert 2 == 1",
+        labels=DEFECT,
     )
     rep = gate.run_gate(policy_file(tmp_path), r.d)  # test_login# is missing too
     assert rep.exit_code == 1 and rep.missing
+    assert "run 1: failed: assert 2 == 1 [assertion]" in gate.table(rep)
+
+
+def test_a_failure_with_no_category_cannot_be_judged(tmp_path: Path) -> None:
+    """An older plugin, or none: a failed run whose verdicts are all valid and that carries no label."""
+    r = good(tmp_path / "res")
+    r.add("scenarios.test_login#test_remote_login", status="failed", message="AssertionError: assert 2 == 1")
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2, gate.table(rep)
+    s = next(s for s in rep.scenarios if "remote_login" in s.scenario)
+    assert s.verdict == "unjudged" and "failed with no category" in s.reasons[0], s.reasons
+
+
+@pytest.mark.parametrize(
+    ("message", "labels", "code"),
+    [
+        ("AssertionError: " + report.LAB_DEVICE_UNREACHABLE + ": sha-sw1", DEFECT, 1),
+        ("AssertionError: " + report.DEFECT_LOST_CALL + ": no_lost_call: 1 lost", LAB, 2),
+        ("harness.drivers.base.DeviceUnreachable: PRODUCT DEFECT", {"hil.outcome": ["incomplete"]}, 2),
+        ("AssertionError: PRODUCT DEFECT", {"hil.outcome": ["lab", "defect"]}, 1),  # the worst label counts
+        ("AssertionError: PRODUCT DEFECT", {"hil.outcome": ["pass"]}, 2),  # a failed run cannot be a pass
+    ],
+)
+def test_the_category_decides_never_the_message(
+    tmp_path: Path, message: str, labels: dict[str, list[str]], code: int
+) -> None:
+    r = good(tmp_path / "res")
+    r.add("scenarios.test_login#test_remote_login", status="failed", message=message, labels=labels)
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == code, gate.table(rep)
+    assert not rep.problems
+
+
+def test_failed_run_takes_the_category_of_its_findings(tmp_path: Path) -> None:
+    """No label (a plain script): the findings of its verdict file say what the failure was."""
+    r = good(tmp_path / "res")
+    r.add("scenarios.test_login#test_remote_login", history="unknown_capture_drops", status="failed")
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2
+    s = next(s for s in rep.scenarios if "remote_login" in s.scenario)
+    assert s.reasons[0] == "run 1: failed on the lab, not the product [capture_drops]", s.reasons
+
+
+def test_bad_outcome_label_is_an_input_error(tmp_path: Path) -> None:
+    r = good(tmp_path / "res")
+    uid = r.add("scenarios.test_login#test_remote_login", status="failed", labels={"hil.outcome": ["bug"]})
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2
+    want = f"{r.d / f'{uid}-result.json'}: labels.hil.outcome: must be one of defect, lab, incomplete, pass"
+    assert any(x.startswith(want) for x in rep.problems), rep.problems
+
+
+def test_verdict_files_findings(tmp_path: Path) -> None:
+    # a file from before findings were carried: they are derived from its verdicts
+    r = good(tmp_path / "res")
+    r.add("scenarios.test_login#test_remote_login", history="invalid_lost_agent", payload_edit=_drop_findings)
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 1 and "1 lost agents (policy allows 0)" in str(rep.to_dict())
+    # a file whose findings leave an invalid verdict unexplained contradicts itself: not judged as a pass
+    r = good(tmp_path / "res2")
+    r.add(
+        "scenarios.test_login#test_remote_login",
+        history="invalid_lost_call",
+        bound=40.0,
+        payload_edit=_no_findings,
+    )
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2
+    assert any(
+        "verdict no_lost_call is invalid but no finding names it" in x
+        for s in rep.scenarios
+        for x in s.reasons
+    )
+    # the gate reads the file's category and kind: a lab finding written by the scenario is not a defect
+    r = good(tmp_path / "res3")
+    r.add(
+        "scenarios.test_login#test_remote_login",
+        history="invalid_lost_call",
+        bound=40.0,
+        payload_edit=_as_lab,
+    )
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2 and any("LAB FAULT: pdu off" in x for s in rep.scenarios for x in s.reasons)
+
+
+def _drop_findings(payload: dict[str, Any]) -> None:
+    del payload["findings"], payload["outcome"]
+
+
+def _no_findings(payload: dict[str, Any]) -> None:
+    payload["findings"] = []
+
+
+def _as_lab(payload: dict[str, Any]) -> None:
+    for f in payload["findings"]:
+        f.update(category="lab", kind="pdu_off")
 
 
 # -- exit 2 -----------------------------------------------------------------------------------------------
@@ -252,10 +361,19 @@ def test_missing_required_scenario(tmp_path: Path) -> None:
         ({"history": "unknown_no_fault"}, "EVIDENCE INCOMPLETE: verdict unknown"),
         ({"status": "skipped", "message": "lab lacks a pdu"}, "passed 0 times, the policy needs 1"),
         (
-            {"status": "broken", "message": "harness.drivers.base.DeviceUnreachable: sha-sw1: port_down"},
+            {
+                "status": "broken",
+                "message": "harness.drivers.base.DeviceUnreachable: sha-sw1: port_down",
+                "labels": LAB,
+            },
             "broken (lab or harness error)",
         ),
-        ({"status": "failed", "message": "AssertionError: " + report.LAB_DEVICE_UNREACHABLE}, "on the lab"),
+        (
+            {"status": "failed", "message": "Failed: " + report.LAB_DEVICE_UNREACHABLE, "labels": LAB},
+            "on the lab",
+        ),
+        ({"status": "broken", "message": "TypeError: oops"}, "broken with no category"),
+        ({"status": "unknown"}, "status unknown"),
     ],
 )
 def test_incomplete_evidence_cannot_be_judged(tmp_path: Path, kwargs: dict[str, Any], why: str) -> None:
@@ -348,6 +466,134 @@ def test_malformed_results(tmp_path: Path) -> None:
     assert any(f"{vfile}: verdicts[2]." in x and "maybe" in x for x in rep.problems), rep.problems
 
 
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256))
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "what"),
+    [
+        (PNG, "", "not UTF-8 text (byte 0x89 at offset 0): not a policy"),
+        (bytes(range(255, -1, -1)) * 4, "", "not UTF-8 text (byte 0xff at offset 0)"),
+        (b"version: 1\nrepeat: \x00\x01\n", "character 20", "not YAML text"),
+        (b"just some words\n", "", "must be a mapping (version, repeat, scenarios, ...), got str"),
+        (b"[1, 2]\n", "", "must be a mapping (version, repeat, scenarios, ...), got list"),
+        (b"repeat: [1, 2]\n", "repeat", "valid integer (got list [1, 2])"),
+        (b"scenarios: {a: 1}\n", "scenarios", "valid list (got dict {'a': 1})"),
+        (b"scenarios:\n  - match: 7\n", "scenarios[0].match", "valid string (got int 7)"),
+        (b"max_lost_agents: '" + b"9" * 200 + b"'\n", "max_lost_agents", "..."),
+    ],
+)
+def test_policy_that_is_not_a_policy_gives_one_line(
+    tmp_path: Path, data: bytes, where: str, what: str
+) -> None:
+    """`hil gate --policy FILE`, whatever FILE holds: exit 2, one error line naming the file, no traceback."""
+    good(tmp_path / "res")
+    p = tmp_path / "policy.bin"
+    p.write_bytes(data)
+    with pytest.raises(gate.GateInputError) as e:
+        gate.load_policy(p)
+    assert len(e.value.lines()) == 1 and what in e.value.lines()[0], e.value.lines()
+    res = cli("gate", "--policy", str(p), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output
+    errors = res.stderr.splitlines()
+    assert errors == [f"error: {e.value.lines()[0]}"]
+    assert errors[0].startswith(f"error: {p}: {where}") and what in errors[0] and len(errors[0]) < 300
+    assert "gate: COULD NOT JUDGE (exit 2)" in res.stdout and "scenario  runs" not in res.stdout
+    assert json.loads((tmp_path / "o" / "gate.json").read_text())["verdict"] == "could not judge"
+
+
+def test_policy_that_is_a_directory(tmp_path: Path) -> None:
+    res = cli("gate", "--policy", str(tmp_path), "--results", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {tmp_path}: cannot read the policy: ")
+
+
+def _file(d: Path, name: str, data: bytes) -> Path:
+    (d / name).write_bytes(data)
+    return d / name
+
+
+def test_results_that_are_not_results_give_one_line_each(tmp_path: Path) -> None:
+    p = policy_file(tmp_path)
+    r = good(tmp_path / "res")
+    bad = {
+        _file(
+            r.d, "png-result.json", PNG
+        ): "not UTF-8 text (byte 0x89 at offset 0): not an Allure result file",
+        _file(r.d, "list-result.json", b"[]"): "must be a JSON object, got list",
+        _file(r.d, "rand-container.json", bytes(range(128, 256))): "not UTF-8 text (byte 0x80 at offset 0)",
+        _file(
+            r.d, "kids-container.json", json.dumps({"children": 5}).encode()
+        ): "children: must be a list, got int",
+        _file(
+            r.d, "fx-container.json", json.dumps({"befores": "x"}).encode()
+        ): "befores: must be a list, got str",
+    }
+    params = {"status": "passed", "fullName": "m#t", "parameters": 5}
+    bad[_file(r.d, "params-result.json", json.dumps(params).encode())] = "parameters: must be a list, got int"
+    labels = {"status": "passed", "fullName": "m#u", "labels": "sha"}
+    bad[_file(r.d, "labels-result.json", json.dumps(labels).encode())] = "labels: must be a list, got str"
+    atts = {"status": "passed", "fullName": "m#v", "attachments": [{"name": "x"}], "steps": {"a": 1}}
+    bad[_file(r.d, "atts-result.json", json.dumps(atts).encode())] = (
+        "attachments[0]: needs a source file name"
+    )
+    res = cli("gate", "--policy", str(p), "--results", str(r.d), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = res.stderr.splitlines()
+    for f, what in bad.items():
+        assert any(e.startswith(f"error: {f}: ") and what in e for e in errors), (f, what, errors)
+    assert f"error: {r.d / 'atts-result.json'}: steps: must be a list, got dict" in errors
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (PNG, "not UTF-8 text (byte 0x89 at offset 0): not a verdict file"),
+        (b'{"schema": "hil-verdicts/1", "verdicts": []', "not readable JSON"),
+        (b'"hil-verdicts/1"', "must be a JSON object, got str"),
+        (
+            b'{"schema": "hil-verdicts/1", "verdicts": [], "findings": {}}',
+            "findings: must be a list, got dict",
+        ),
+        (
+            b'{"schema": "hil-verdicts/1", "verdicts": [], "findings": [{"category": "bug"}]}',
+            "findings[0].category: must be one of defect, lab, incomplete, got 'bug'",
+        ),
+    ],
+)
+def test_verdict_file_that_is_not_one(tmp_path: Path, data: bytes, why: str) -> None:
+    r = Results(tmp_path / "res")
+    uid = r.add("scenarios.test_unplanned#test_pbx_killed")
+    r.add("scenarios.test_login#test_local_login")
+    result = json.loads((r.d / f"{uid}-result.json").read_text())
+    vfile = r.d / next(a["source"] for a in result["attachments"] if a["name"] == report.VERDICTS_NAME)
+    vfile.write_bytes(data)
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2
+    mine = [x for x in rep.problems if x.startswith(f"{vfile}: ")]
+    assert len(mine) == 1 and mine[0].startswith(f"{vfile}: {why}"), rep.problems
+    s = next(s for s in rep.scenarios if "pbx_killed" in s.scenario)
+    assert s.verdict == "unjudged" and s.reasons[0] == f"run 1: {mine[0]}", s.reasons
+
+
+def test_history_attachment_that_is_not_text(tmp_path: Path) -> None:
+    """A verdict file naming (by sha256) an attached history that is a picture: cannot be checked again."""
+    r = Results(tmp_path / "res")
+    uid = r.add("scenarios.test_unplanned#test_pbx_killed")
+    r.add("scenarios.test_login#test_local_login")
+    result = json.loads((r.d / f"{uid}-result.json").read_text())
+    src = {a["name"]: a["source"] for a in result["attachments"]}
+    (r.d / src[report.HISTORY_NAME]).write_bytes(PNG)
+    vfile = r.d / src[report.VERDICTS_NAME]
+    payload = json.loads(vfile.read_text())
+    payload["history"]["sha256"] = hashlib.sha256(PNG).hexdigest()
+    vfile.write_text(json.dumps(payload))
+    rep = gate.run_gate(policy_file(tmp_path), r.d)
+    assert rep.exit_code == 2
+    why = next(x for s in rep.scenarios for x in s.reasons if "history does not read back" in x)
+    assert "not UTF-8 text: byte 0x89 at column 1" in why and "\n" not in why
+
+
 def test_shipped_policy_loads_and_sets_the_checkers_bound() -> None:
     pol = gate.load_policy(REPO / "gate.yaml")
     assert pol.max_lost_agents == 0 and pol.max_split_brain == 0 and pol.scenarios
@@ -365,22 +611,58 @@ from pathlib import Path
 import pytest
 
 from harness import checks, report
+from harness.drivers.base import DeviceUnreachable
 from harness.history import History
 
 HIST = Path(os.environ["HIL_HISTORIES"])
 
 
+class Scenario:
+    verdicts = None
+
+
+@pytest.fixture
+def scenario():
+    return Scenario()
+
+
 @pytest.mark.parametrize("history", ["valid_pbx_failover", "invalid_rto_over_bound"])
-def test_pbx_killed(history):
+def test_pbx_killed(history, scenario):
     h = list(History.load(HIST / f"{history}.jsonl"))
-    vs = [checks.check_recovery_time(h, bound=10.0), checks.check_no_split_brain(h)]
+    vs = scenario.verdicts = [checks.check_recovery_time(h, bound=10.0), checks.check_no_split_brain(h)]
     report.attach_verdicts(vs, history=HIST / f"{history}.jsonl", scenario="pbx_killed")
     assert checks.compose(*vs).valid, report.failure_message(vs)
+
+
+def test_switch_dead():
+    raise DeviceUnreachable("sha-sw1", "port_down", "timed out")
+
+
+def test_switch_dead_reported():
+    try:
+        raise DeviceUnreachable("sha-sw1", "port_down", "timed out")
+    except DeviceUnreachable as e:
+        pytest.fail(report.lab_fault_message(e))
+"""
+
+# What fixtures/plugin.py does: the run's category by the exception's type, as Allure labels.
+CONFTEST = """
+import pytest
+
+from harness import report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    if call.excinfo is not None:
+        sc = getattr(item, "funcargs", {}).get("scenario")
+        report.apply_outcome(call.excinfo.value, getattr(sc, "verdicts", None))
 """
 
 
 def test_gate_on_a_real_allure_run(tmp_path: Path) -> None:
     (tmp_path / "test_sample_gate.py").write_text(textwrap.dedent(SAMPLE))
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
     results = tmp_path / "allure-results"
     env = {**os.environ, "HIL_HISTORIES": str(HIST), "PYTHONWARNINGS": "ignore"}
     cmd = [
@@ -398,7 +680,7 @@ def test_gate_on_a_real_allure_run(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*cmd, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
-    assert "1 failed, 1 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert "3 failed, 1 passed" in proc.stdout, proc.stdout + proc.stderr
     p = policy_file(
         tmp_path, "scenarios:\n  - match: 'test_pbx_killed\\[history=valid'\n    recovery: {max: 10}\n"
     )
@@ -408,5 +690,23 @@ def test_gate_on_a_real_allure_run(tmp_path: Path) -> None:
     assert by["test_sample_gate#test_pbx_killed[history=valid_pbx_failover]"].verdict == "pass"
     bad = by["test_sample_gate#test_pbx_killed[history=invalid_rto_over_bound]"]
     assert bad.verdict == "fail" and "PRODUCT DEFECT: recovery over bound" in bad.reasons[0]
+    assert bad.labels["hil.outcome"] == ["defect"] and bad.labels["hil.kind"] == ["recovery_over_bound"]
+    for name, status, why in (
+        ("test_switch_dead", "broken", "run 1: broken (lab or harness error): "),
+        ("test_switch_dead_reported", "failed", "run 1: failed on the lab, not the product: "),
+    ):
+        dead = by[f"test_sample_gate#{name}"]
+        assert dead.runs[0].status == status and dead.runs[0].outcome == "incomplete"
+        assert dead.labels["hil.outcome"] == ["lab"] and dead.labels["hil.kind"] == ["device_unreachable"]
+        assert dead.reasons[0].startswith(why) and dead.reasons[0].endswith("[device_unreachable]")
+        assert dead.verdict == "info" and any(name in n for n in rep.notes)  # unlisted: noted, not holding
+    p3 = policy_file(tmp_path, "scenarios:\n  - match: 'valid_pbx'\n  - match: 'switch_dead$'\n")
+    rep = gate.run_gate(p3, results)  # a listed scenario stopped by the lab: could not judge, not a defect
+    assert rep.exit_code == 1  # the over-bound run (unlisted now) still blocks
+    assert {s.scenario: s.verdict for s in rep.scenarios}["test_sample_gate#test_switch_dead"] == "unjudged"
+    p4 = policy_file(
+        tmp_path, "scenarios:\n  - match: 'valid_pbx'\n  - match: 'switch_dead$'\nunlisted: ignore\n"
+    )
+    assert gate.run_gate(p4, results).exit_code == 2
     p2 = policy_file(tmp_path, "scenarios:\n  - match: 'valid_pbx'\nunlisted: ignore\n")
     assert gate.run_gate(p2, results).exit_code == 0
