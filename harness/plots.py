@@ -19,6 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from harness import topology as topology_mod
 from harness.checks import Verdict, fault_key
 from harness.decode import Event as WireEvent
 from harness.history import Event, Op, pair_ops
@@ -112,8 +113,6 @@ def sample_agents(recovery: Verdict | Mapping[str, Any], n: int = 4) -> list[str
 def hosts_from_topology(topology: Any) -> dict[str, str]:
     """Address -> device name for every node and phone of a topology (lanes of the ladder); ``topology``
     is a loaded Topology or a file."""
-    from harness import topology as topology_mod
-
     topo = topology if isinstance(topology, topology_mod.Topology) else topology_mod.load(topology)
     out: dict[str, str] = {}
     for d in topo.devices.values():
@@ -288,6 +287,7 @@ def ladder_svg(
 
 
 def _pyplot() -> Any:
+    """matplotlib, imported here: it takes about 0.4 s and only the timeline and histogram need it."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -378,7 +378,7 @@ def histogram_png(
             ax.axvline(fig_[key], color="#333", ls=style, lw=1, label=f"{key} {fig_[key]}s")
     if fig_.get("bound") is not None:
         ax.axvline(fig_["bound"], color="#c62828", ls="--", lw=1.2, label=f"bound {fig_['bound']}s")
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # loaded with pyplot above: see _pyplot
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("recovery time (s)")
