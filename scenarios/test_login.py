@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from harness.scenario import Scenario, agents_where, check_logins_at, phase_time
+from harness.checks import check_logins_at
+from harness.scenario import Scenario, agents_where
 
 FEATURE = "login"
 SITE, REMOTE = "sha", "ntg"
@@ -41,8 +42,7 @@ def _fresh_logins(scenario: Scenario, fault: dict[str, Any] | None) -> None:
     else:
         verdicts = scenario.standard_checks(expect="surviving")
     if not scenario.dry_run:
-        ev = scenario.events()
-        verdicts.append(check_logins_at(ev, agents, where, after=phase_time(ev, "apply: swarm stopped")))
+        verdicts.append(check_logins_at(scenario.events(), agents, where, after_phase="apply: swarm stopped"))
     overall = scenario.conclude(verdicts)
     assert overall.valid, scenario.failure_message()
 

@@ -8,15 +8,8 @@ import threading
 import pytest
 
 from harness import checks
-from harness.scenario import (
-    Scenario,
-    agents_where,
-    place_call,
-    placement_between,
-    planned_switch,
-    renamed,
-    switch_back,
-)
+from harness.checks import check_placement_between, renamed
+from harness.scenario import Scenario, agents_where, place_call, planned_switch, switch_back
 
 FEATURE = "planned switch"
 SITE, REMOTE = "sha", "ntg"
@@ -53,7 +46,8 @@ def test_planned_switch(scenario: Scenario, by: str) -> None:
         rt = checks.depends_on_capture(checks.check_recovery_time)
         bound = scenario.settings.bound
         verdicts = [
-            placement_between(ev, "switch", "switch-back", expect=forward, name="placement_after_switch"),
+            check_placement_between(ev, "switch", "switch-back", expect=forward,
+                                    name="placement_after_switch"),
             renamed(rt(ev, bound=bound, expect=dict.fromkeys(moved, REMOTE), affected=moved, fault="switch"),
                     "switch_time"),
             renamed(rt(ev, bound=bound, expect="home", affected=moved, fault="switch-back"),

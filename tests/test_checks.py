@@ -20,14 +20,20 @@ if __name__ == "__main__":  # run as a script to rewrite the recorded histories
 from harness.checks import (
     Verdict,
     check_capture_complete,
+    check_expectations,
     check_faults_healed,
+    check_logins_at,
     check_no_lost_call,
     check_no_split_brain,
+    check_placement_between,
     check_recovery_time,
+    check_refused,
     check_single_registration,
     compose,
     depends_on_capture,
+    expectation_outcome,
     percentile,
+    phase_time,
 )
 from harness.history import History
 
@@ -749,3 +755,188 @@ def test_split_brain_relogin_with_the_same_epoch_counts_again(rec: Rec) -> None:
     rec.cti(11.0, "sha", {})
     rec.cti(11.0, "ntg", {"a00001": ("ready", 2)})
     assert check_no_split_brain(rec.h).result == "invalid"
+
+
+# -- judgements a scenario used to make from memory, now checkers on its history ------------------------
+
+
+def test_check_logins_at(rec: Rec) -> None:
+    rec.cti_msg(1.0, "ntg", "a00001", "login", 1)
+    rec.cti_msg(1.1, "sha", "a00002", "login", 1)
+    rec.cti_msg(1.2, "ntg", "a00002", "login", 2)
+    assert check_logins_at(rec.h, ["a00001"], "ntg").result == "valid"
+    v = check_logins_at(rec.h, ["a00001", "a00002", "a00003"], "ntg")
+    assert v.result == "invalid"
+    assert {w["agent"] for w in v.witnesses} == {"a00002", "a00003"}  # a00003 never seen; a00002 below
+    v2 = check_logins_at(rec.h, ["a00002"], "ntg")
+    assert v2.result == "invalid" and "never ended" in v2.witnesses[0]["problem"]  # ...but sha never ended
+    assert check_logins_at([], ["a00001"], "ntg").result == "unknown"
+
+
+def test_check_logins_at_a_login_ended_on_the_way_is_fine(rec: Rec) -> None:
+    """Design step 6: a login at sha that was ended (the phone linkage failed), then one at ntg."""
+    rec.cti_msg(1.0, "sha", "a00001", "login", 1)
+    rec.cti_msg(1.1, "sha", "a00001", "logout", 1)
+    rec.cti_msg(1.2, "ntg", "a00001", "login", 2)
+    assert check_logins_at(rec.h, ["a00001"], "ntg").result == "valid"
+
+
+def test_check_logins_at_counts_from_a_phase(rec: Rec) -> None:
+    rec.cti_msg(1.0, "sha", "a00001", "login", 1)  # the login from before the scenario's swarm stop
+    rec.op(2.0, "info", "scenario", "phase", {"phase": "apply: swarm stopped"})
+    assert check_logins_at(rec.h, ["a00001"], "ntg", after_phase="apply: swarm stopped").result == "unknown"
+    rec.cti_msg(3.0, "ntg", "a00001", "login", 2)
+    assert check_logins_at(rec.h, ["a00001"], "ntg", after_phase="apply: swarm stopped").result == "valid"
+    assert check_logins_at(rec.h, ["a00001"], "sha", after_phase="apply: swarm stopped").result == "invalid"
+    v = check_logins_at(rec.h, ["a00001"], "ntg", after_phase="apply: no such phase")
+    assert v.result == "unknown" and "no such phase" in v.reason  # not the whole history instead
+    assert phase_time(rec.h, "apply: swarm stopped") == 2.0
+
+
+def test_check_refused(rec: Rec) -> None:
+    p = "client:cti"
+    rec.op(1.0, "invoke", p, "cti.x", {})
+    rec.op(1.1, "fail", p, "cti.x", {"replies": [{"type": "error"}], "closed": False}, error="token_invalid")
+    assert check_refused(rec.h, "cti.x", ["token_invalid"]).result == "valid"
+    assert check_refused(rec.h, "cti.x", ["too_large"]).result == "invalid"
+    assert check_refused(rec.h, "cti.y", ["x"]).result == "unknown"
+    v = check_refused(rec.h, "cti.x", ["token_invalid"], closed=True)
+    assert v.result == "invalid" and v.witnesses[0]["problem"] == "connection left open"
+    rec.op(2.0, "invoke", p, "cti.z", {})
+    rec.op(2.1, "fail", p, "cti.z", {"replies": [{"type": "error"}, "closed"]}, error="bad_json")
+    assert check_refused(rec.h, "cti.z", ["bad_json"], closed=True).result == "valid"  # the replies say so
+    rec.op(3.0, "invoke", p, "cti.ok", {})
+    rec.op(3.1, "ok", p, "cti.ok", {"replies": [], "closed": True})
+    assert check_refused(rec.h, "cti.ok", ["token_invalid"]).result == "invalid"  # a forged login got in
+    rec.op(4.0, "invoke", p, "cti.lost", {})  # never completed: not a refusal
+    assert check_refused(rec.h, "cti.lost", ["token_invalid"]).result == "invalid"
+
+
+SWITCH = {"id": "switch", "fault": "planned_switch", "target": "sha-ul1", "site": "sha", "agents": ["a00001"]}
+BACK = {
+    "id": "switch-back",
+    "fault": "planned_switch",
+    "target": "sha-ul1",
+    "site": "sha",
+    "agents": ["a00001"],
+}
+
+
+def _planned_switch(rec: Rec, *, leftover: bool = False) -> None:
+    """a00001 is switched to ntg at t=10; where everyone is between that and the switch back at t=20."""
+    baseline(rec)
+    rec.op(10.0, "invoke", "nemesis", "fault.inject", SWITCH)
+    rec.op(10.1, "ok", "nemesis", "fault.inject", SWITCH)
+    rec.pbx(12.0, "sha", ["1001", "1002"] if leftover else ["1002"])
+    rec.pbx(12.05, "ntg", ["1001", "2001", "2002"])
+    rec.cti(12.1, "sha", {"a00002": ("not_ready", 1)})
+    rec.cti(12.15, "ntg", {"a00001": ("ready", 2), "a00003": ("ready", 1), "a00004": ("ready", 1)})
+    rec.op(20.0, "invoke", "nemesis", "fault.inject", BACK)
+    rec.op(20.1, "ok", "nemesis", "fault.inject", BACK)
+    rec.pbx(22.0, "sha", ["1001", "1002"])  # after the switch back: not judged here
+    rec.pbx(22.05, "ntg", ["2001", "2002"])
+
+
+FORWARD = {"a00001": "ntg", "a00002": "sha", "a00003": "ntg", "a00004": "ntg"}
+
+
+def test_placement_between_two_faults(rec: Rec) -> None:
+    _planned_switch(rec)
+    v = check_placement_between(rec.h, "switch", "switch-back", expect=FORWARD, name="placement_after_switch")
+    assert v.result == "valid" and v.name == "placement_after_switch"
+    assert v.figures["affected"] == 4
+
+
+def test_placement_between_a_leftover_is_invalid(rec: Rec) -> None:
+    _planned_switch(rec, leftover=True)
+    v = check_placement_between(rec.h, "switch", "switch-back", expect=FORWARD)
+    assert v.result == "invalid" and v.name == "placement_between"
+    assert [w["agent"] for w in v.witnesses] == ["a00001"]
+    assert v.witnesses[0]["registered_at"] == ["ntg", "sha"]
+
+
+def test_placement_between_needs_both_faults(rec: Rec) -> None:
+    _planned_switch(rec)
+    v = check_placement_between(rec.h, "switch", "no-such-fault", expect=FORWARD)
+    assert v.result == "unknown" and "no-such-fault" in v.reason
+    assert check_placement_between([], "switch", "switch-back", expect=FORWARD).result == "unknown"
+
+
+def _expectation(rec: Rec, t: float, what: str, check: str, seen: dict[str, Any], **extra: Any) -> None:
+    value = {"what": what, "check": check, "expected": {"a00001": "ntg"}, "seen": seen, **extra}
+    rec.at(t).observe("expectation", "scenario", value)
+
+
+def test_expectations(rec: Rec) -> None:
+    v = check_expectations(rec.h)
+    assert v.result == "unknown" and "no expectation" in v.reason  # nothing recorded is not a pass
+    _expectation(rec, 1.0, "agents at ntg", "placement", {"judged": 3, "out_of_place": 0, "seconds": 2.1})
+    assert check_expectations(rec.h).result == "valid"
+    _expectation(rec, 2.0, "nobody else moves", "hold", {"judged": 0, "out_of_place": 0, "error": "no read"})
+    v = check_expectations(rec.h)
+    assert v.result == "unknown" and v.reason == "nobody else moves: no read"
+    assert v.figures == {"expectations": 2, "unmet": 0, "unjudged": 1}
+    sample = {"a00001": {"expected": "ntg", "registered_at": ["sha"]}}
+    _expectation(rec, 3.0, "back home", "converge", {"judged": 9, "out_of_place": 3, "sample": sample})
+    v = check_expectations(rec.h)
+    assert v.result == "invalid" and "back home: 3 agents out of place" in v.reason
+    assert v.witnesses[0]["sample"] == sample and v.witnesses[0]["t"] == 3.0
+
+
+def test_expectation_of_a_state(rec: Rec) -> None:
+    state = {"agent": "a00001", "site": "sha", "state": "on_call"}
+    rec.at(1.0).observe(
+        "expectation", "scenario", {"what": "on a call", "check": "state", "expected": state,
+                                    "seen": {"judged": 2, "state": "on_call"}}
+    )  # fmt: skip
+    assert expectation_outcome(rec.h[-1].value) == ("valid", "state seen")
+    assert check_expectations(rec.h).result == "valid"
+    rec.at(2.0).observe(
+        "expectation", "scenario", {"what": "on a call", "check": "state", "expected": state,
+                                    "seen": {"judged": 2, "state": "ready"}}
+    )  # fmt: skip
+    v = check_expectations(rec.h)
+    assert v.result == "invalid" and "state is ready" in v.reason
+
+
+def test_faults_healed_on_a_lab_that_could_not_be_read(rec: Rec) -> None:
+    """The physical backend with no status: lab snapshots that read nothing are no evidence (unknown),
+    never proof the lab ends as it began."""
+    blind = {"links": {}, "processes": {}, "management": {}, "complete": False, "problems": ["no status"]}
+    rec.at(0.0).observe("lab_snapshot", "controller", blind)
+    rec.op(1.0, "invoke", "nemesis", "fault.inject", {"id": "f1"})
+    rec.op(1.1, "ok", "nemesis", "fault.inject", {"id": "f1"})
+    rec.op(2.0, "invoke", "nemesis", "fault.heal", {"id": "f1"})
+    rec.op(2.1, "ok", "nemesis", "fault.heal", {"id": "f1"})
+    rec.at(3.0).observe("lab_snapshot", "controller", blind)
+    v = check_faults_healed(rec.h)
+    assert v.result == "unknown" and "no status" in v.reason
+    # a fault never healed is still invalid, whatever the lab status
+    rec.op(4.0, "invoke", "nemesis", "fault.inject", {"id": "f2"})
+    rec.op(4.1, "ok", "nemesis", "fault.inject", {"id": "f2"})
+    rec.at(5.0).observe("lab_snapshot", "controller", blind)
+    assert check_faults_healed(rec.h).result == "invalid"
+
+
+def test_faults_healed_compares_only_what_both_snapshots_read(rec: Rec) -> None:
+    start = {**LAB, "complete": True, "problems": []}
+    rec.at(0.0).observe("lab_snapshot", "controller", start)
+    rec.op(1.0, "invoke", "nemesis", "fault.inject", {"id": "f1"})
+    rec.op(1.1, "ok", "nemesis", "fault.inject", {"id": "f1"})
+    rec.op(2.0, "invoke", "nemesis", "fault.heal", {"id": "f1"})
+    rec.op(2.1, "ok", "nemesis", "fault.heal", {"id": "f1"})
+    # ntg's switch did not answer at the end: its link is unknown, the rest was read
+    links = {**LAB["links"], "ntg-sw1:Gi0/1": "unknown"}
+    partial = {**LAB, "links": links, "complete": False, "problems": ["ntg-sw1: links not read: timeout"]}
+    rec.at(3.0).observe("lab_snapshot", "controller", partial)
+    v = check_faults_healed(rec.h)
+    assert v.result == "unknown" and "ntg-sw1: links not read" in v.reason
+    # ...but a difference in what both did read is evidence: invalid
+    down = {**links, "sha-sw1:Gi0/2": "down"}
+    rec.at(4.0).observe("lab_snapshot", "controller", {**partial, "links": down})
+    v = check_faults_healed(rec.h)
+    assert v.result == "invalid" and [w["key"] for w in v.witnesses] == ["sha-sw1:Gi0/2"]
+    # a state the backend marks unknown, with no problem listed, is not read either
+    rec.at(5.0).observe("lab_snapshot", "controller", {**start, "links": links})
+    v = check_faults_healed(rec.h)
+    assert v.result == "unknown" and "ntg-sw1:Gi0/1" in v.reason

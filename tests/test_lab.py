@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import serial
@@ -75,7 +76,9 @@ def test_status_json(lab: Lab) -> None:
         ("ntg-sw1", "GigabitEthernet0/0/24", "sha-agents1", "ntg-pbx1"),  # the WAN uplink
     ],
 )
-def test_netmiko_port_shutdown_stops_traffic(lab: Lab, sw: str, port: str, src: str, dst: str) -> None:
+def test_netmiko_port_shutdown_stops_traffic(
+    lab: Lab, sw: str, port: str, src: str, dst: str, eventually: Any
+) -> None:
     dst_ip = str(lab.topology.device(dst).spec.address)
     assert ping(lab, src, dst_ip)
     with switch(lab, sw) as drv:
@@ -90,10 +93,7 @@ def test_netmiko_port_shutdown_stops_traffic(lab: Lab, sw: str, port: str, src: 
         assert drv.port_state(port).admin_up
         facts = drv.facts()
         assert facts.get("os_version"), facts
-    deadline = time.monotonic() + 5
-    while not ping(lab, src, dst_ip) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ping(lab, src, dst_ip)
+    assert eventually(lambda: ping(lab, src, dst_ip))
 
 
 def test_console_works_while_management_is_cut(lab: Lab) -> None:
@@ -135,7 +135,7 @@ def test_phone_registers_with_digest_auth(lab: Lab, pbx: str) -> None:
     assert bad in (401, 403)
 
 
-def test_paramiko_stops_and_starts_kamailio(lab: Lab) -> None:
+def test_paramiko_stops_and_starts_kamailio(lab: Lab, eventually: Any) -> None:
     with host(lab, "sha-pbx1") as h:
         assert h.service_active("kamailio")
         pid = h.service_pid("kamailio")
@@ -147,10 +147,7 @@ def test_paramiko_stops_and_starts_kamailio(lab: Lab) -> None:
             assert options(lab, "sha-agents1", "sha-pbx1") is None
         finally:
             h.service_start("kamailio")
-        deadline = time.monotonic() + 5
-        while options(lab, "sha-agents1", "sha-pbx1") != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert options(lab, "sha-agents1", "sha-pbx1") == 200
+        assert eventually(lambda: options(lab, "sha-agents1", "sha-pbx1") == 200)
         assert h.service_pid("kamailio") not in (None, pid)
 
 
@@ -169,6 +166,13 @@ def _snapshot(holder: int) -> dict[str, object]:
     return {"links": names, "mounts": mounts, "netns": netns_dir}
 
 
+def _netns_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
 def _pidns_members(pidns: str) -> list[int]:
     out = []
     for e in os.listdir("/proc"):
@@ -182,9 +186,10 @@ def _pidns_members(pidns: str) -> list[int]:
 
 
 @pytest.fixture
-def own_netns(tmp_path: Path):
+def own_netns(tmp_path: Path, eventually: Any):
     holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
-    time.sleep(0.05)
+    ours = os.readlink("/proc/self/ns/net")
+    assert eventually(lambda: _netns_of(holder.pid) not in (None, ours)), "unshare --net never took effect"
     env = dict(os.environ, HIL_RUN_DIR=str(tmp_path / "run"))
 
     def hil(*args: str) -> subprocess.CompletedProcess[str]:
@@ -200,7 +205,7 @@ def own_netns(tmp_path: Path):
 
 
 @pytest.mark.parametrize("how", ["down", "sigkill"])
-def test_nothing_left_behind(own_netns, how: str) -> None:
+def test_nothing_left_behind(own_netns, how: str, eventually: Any) -> None:
     holder, hil, run_dir = own_netns
     before = _snapshot(holder)
     r = hil("lab", "up")
@@ -215,12 +220,9 @@ def test_nothing_left_behind(own_netns, how: str) -> None:
         assert r.returncode == 0, r.stderr
     else:
         os.kill(keeper, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while _pidns_members(pidns) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _pidns_members(pidns) == []
-    while _snapshot(holder) != before and time.monotonic() < deadline + 10:
-        time.sleep(0.1)  # the kernel tears a dead namespace's interfaces down asynchronously
+    assert eventually(lambda: not _pidns_members(pidns)), _pidns_members(pidns)
+    # the kernel tears a dead namespace's interfaces down asynchronously
+    assert eventually(lambda: _snapshot(holder) == before, every=0.1)
     assert _snapshot(holder) == before
     r = hil("lab", "status")
     assert r.returncode == 1 and "no lab is up" in r.stdout

@@ -139,15 +139,30 @@ def test_view_placement_and_stale_data_dropped(rpc: str, cti: tuple[str, int]) -
     assert v.placement("a00001", "10001")[0] == [] and not v.complete(eps)
 
 
-def test_observer_writes_snapshots_the_checkers_read(rpc: str, cti: tuple[str, int], tmp_path: Path) -> None:
+def test_observer_writes_snapshots_the_checkers_read(
+    rpc: str, cti: tuple[str, int], tmp_path: Path, eventually: Any
+) -> None:
     host, port = rpc.split("//")[1].split("/")[0].split(":")
     eps = [_ep("pbx", host, int(port)), _ep("cti", *cti)]
-    eps.append(observe.Endpoint("pbx", "ntg-pbx1", "ntg", "127.0.0.1", 9))  # never answers
+    tries = {"dead": 0}
+
+    class Dead(observe.Endpoint):
+        def read_timed(self, timeout: float) -> tuple[dict[str, Any], float, float]:
+            tries["dead"] += 1
+            return super().read_timed(timeout)
+
+    eps.append(Dead("pbx", "ntg-pbx1", "ntg", "127.0.0.1", 9))  # never answers
     h = History(tmp_path / "h.jsonl")
     obs = observe.Observer(lab=None, history=h, hz=20, timeout=0.2, eps=eps)  # type: ignore[arg-type]
+
+    def recorded(kind: str) -> int:
+        return sum(1 for e in list(h.events) if e.type == "obs" and e.kind == kind)
+
     with obs:
-        assert obs.wait_until(lambda v: "pbx:sha" in v.at and "cti:sha" in v.at, 5)
-        time.sleep(0.3)
+        assert obs.wait_until(lambda v: "pbx:sha" in v.at and "cti:sha" in v.at, 30)
+        # a few polls of each, and the dead PBX tried again and again (its error is still recorded once)
+        assert eventually(lambda: recorded("pbx_snapshot") >= 3 and recorded("cti_snapshot") >= 3)
+        assert eventually(lambda: tries["dead"] >= 3)
     h.close()
     kinds = [e.kind for e in History.load(h.path) if e.type == "obs"]
     assert kinds.count("pbx_snapshot") >= 3 and kinds.count("cti_snapshot") >= 3

@@ -1,0 +1,110 @@
+"""The lab as a scenario starts from it: every agent home and ready, and every process and link as built.
+
+Why the agents are reset before the history starts and not inside it: a swarm restart logs every agent out
+and in again, which is set-up, not the behaviour under test; the history then holds only the scenario, with
+a baseline read of every PBX and CTI before the first fault.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import observe
+from harness.drivers import Steps, driver_for
+from harness.lab import Lab
+from harness.scenario.agents import SWARM_UNIT, agent_hosts, agents_extensions, agents_homes
+from harness.scenario.settings import LabNotReady, Settings
+
+__all__ = [
+    "AgentsReady",
+    "agents_ready",
+    "lab_problems",
+    "reset_agents",
+    "restart_swarms",
+    "wait_lab_clean",
+]
+
+
+def restart_swarms(lab: Lab, steps: Steps | None = None, sites: Sequence[str] | None = None) -> None:
+    """Restart the agent swarm on every agents host (of ``sites``), in parallel, through the host driver."""
+    hosts = agent_hosts(lab, None if sites is None else tuple(sites))
+
+    def one(name: str) -> None:
+        with driver_for(lab, name, steps) as drv:
+            drv.run(f"systemctl restart {SWARM_UNIT}", action="service_restart", check=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        for f in [pool.submit(one, h) for h in hosts]:
+            f.result()
+
+
+def reset_agents(lab: Lab, steps: Steps | None = None, timeout: float = 45.0, dry_run: bool = False) -> float:
+    """Bring the agents to a known state: restart every swarm, then wait until every agent of the roster
+    is registered once at its home PBX and logged in once at its home CTI, ready, as the PBXs and CTIs show
+    it (never the swarm's own word). Returns the seconds it took; LabNotReady if it does not happen."""
+    t0 = time.monotonic()
+    restart_swarms(lab, steps)
+    if dry_run:
+        return 0.0
+    eps = observe.endpoints(lab)
+    homes, exts = agents_homes(lab), agents_extensions(lab)
+    ok, view = observe.wait_view(eps, lambda v: v.complete(eps) and not v.misplaced(homes, exts), timeout)
+    if not ok:
+        bad = view.misplaced(homes, exts)
+        sample = dict(list(bad.items())[:3])
+        raise LabNotReady(
+            f"after a swarm restart {len(bad)} of {len(homes)} agents were not home and ready within "
+            f"{timeout:.0f}s (e.g. {sample}; unreadable: {view.errors or 'none'})"
+        )
+    return time.monotonic() - t0
+
+
+def lab_problems(lab: Lab) -> list[str]:
+    """What is not as a fresh lab has it: a process not running, a connected port down."""
+    snap = observe.lab_snapshot(lab)
+    if not snap.get("complete", True):
+        return [f"lab state not read: {p}" for p in snap.get("problems", [])]
+    out = [f"process {k} is {v}" for k, v in snap["processes"].items() if v != "running"]
+    out += [f"link {k} is {v}" for k, v in snap["links"].items() if v != "up"]
+    out += [f"management of {k} is {v}" for k, v in snap.get("management", {}).items() if v != "up"]
+    return out
+
+
+def wait_lab_clean(lab: Lab, timeout: float = 15.0) -> None:
+    """Wait until every process runs and answers and every connected link is up (after a heal)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = lab_problems(lab)
+        if not problems:
+            return
+        if time.monotonic() >= deadline:
+            raise LabNotReady("the lab is not back as it began: " + "; ".join(problems))
+        time.sleep(0.2)
+
+
+@dataclass
+class AgentsReady:
+    """The agents in their known state: how long the reset took, and (dry run) the steps it would take."""
+
+    homes: dict[str, str]
+    seconds: float
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+
+def agents_ready(lab: Lab, settings: Settings) -> AgentsReady:
+    """Restart the swarms and wait until every agent is home and ready (see :func:`reset_agents`)."""
+    steps = Steps(dry_run=settings.dry_run)
+    plan: list[dict[str, Any]] = []
+    steps.sinks.append(
+        lambda st: (
+            plan.append({"device": st.device, "action": st.action, "commands": st.commands})
+            if st.dry_run
+            else None
+        )
+    )
+    took = reset_agents(lab, steps, settings.ready_timeout, dry_run=settings.dry_run)
+    return AgentsReady(agents_homes(lab), took, plan)

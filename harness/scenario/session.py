@@ -1,0 +1,127 @@
+"""What the pytest plugin calls around the scenarios (kept here so a plain script can do the same): the
+dry-run lab, skips for labs that lack a device kind, Allure labels and session reports, the capture of a
+test, read-only driver views, and the heal of what a crashed block left."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import credentials, faults, observe, report
+from harness.drivers import driver_for
+from harness.drivers.views import ReadOnlyDriver, read_only
+from harness.lab import Lab
+from harness.lab.dryrun import DryRunBackend
+from harness.scenario.run import Scenario
+from harness.scenario.settings import Settings, slug
+from harness.topology import REPO_ROOT, Topology
+
+__all__ = [
+    "device_facts",
+    "driver",
+    "dry_run_lab",
+    "heal_leftovers",
+    "label_test",
+    "missing_kinds",
+    "scale_unfit",
+    "start_capture",
+    "write_session_reports",
+]
+
+
+def dry_run_lab(topo: Topology) -> Lab:
+    """The lab as a dry run sees it: the topology only. Nothing is brought up or contacted; secrets the
+    environment lacks get a placeholder, since no command is ever sent with them."""
+    credentials.register(topo)
+    for var in credentials.referenced(topo):
+        os.environ.setdefault(var, "dry-run-placeholder")
+    os.environ.setdefault(credentials.STACK_SECRET_VAR, "dry-run-placeholder")
+    return Lab(topo, DryRunBackend(topo))
+
+
+def missing_kinds(topo: Topology, kinds: Sequence[str]) -> list[str]:
+    """The device kinds (``switch``, ``pdu``, ``phone``; ``host:caller`` for a host role) a lab lacks."""
+    out = []
+    for k in kinds:
+        kind, _, role = k.partition(":")
+        found = [d for d in topo.of_kind(kind) if not role or getattr(d.spec, "role", None) == role]
+        if not found:
+            out.append(k)
+    return out
+
+
+def scale_unfit(topo: Topology, need: int = 1000) -> str | None:
+    """Why a lab cannot run a scale scenario (None when it can)."""
+    n = len(topo.agents())
+    if n < need:
+        return f"scale scenarios need {need}+ agents; {topo.name} has {n} (use topologies/virtual-1k.yaml)"
+    return None
+
+
+def label_test(
+    module: str,
+    feature: str | None,
+    story: str,
+    severity: str | None,
+    site: str | Sequence[str] | None = None,
+) -> None:
+    """Allure labels of a scenario (epic, feature, story, severity, and the sites it involves: the one it
+    fails and the one it expects agents at); nothing without an Allure session."""
+    feat = feature or module.rsplit(".", 1)[-1].removeprefix("test_").replace("_", " ")
+    report.apply_labels(epic="failover", feature=feat, story=story, severity=severity, site=site)
+
+
+def device_facts(lab: Lab) -> dict[str, Any]:
+    """What the devices say they are, for the report's environment: kamailio's version (JSON-RPC
+    `core.version`), each switch's `show version` / `display version`, each phone's firmware. A device that
+    does not answer is noted, not fatal: the report must not fail on a fact."""
+    facts: dict[str, Any] = {"kamailio": {}, "switch": {}, "phone": {}}
+    for ep in observe.endpoints(lab):
+        if ep.kind != "pbx":
+            continue
+        try:
+            facts["kamailio"][ep.device] = str(
+                observe.jsonrpc(ep.rpc_url, "core.version", timeout=3) or ""
+            ).strip()
+        except observe.ObserveError as e:
+            facts["kamailio"][ep.device] = f"unreachable: {e}"[:200]
+    for kind in ("switch", "phone"):
+        for d in lab.topology.of_kind(kind):
+            try:
+                with read_only(driver_for(lab, d.name)) as drv:
+                    facts[kind][d.name] = drv.facts()
+            except Exception as e:
+                facts[kind][d.name] = {"error": f"{type(e).__name__}: {e}"[:200]}
+    return facts
+
+
+def write_session_reports(results_dir: str | Path, topology_file: str | None, lab: Lab | None = None) -> None:
+    """environment.properties (with the devices' facts when a lab is at hand) and categories.json, once
+    per session."""
+    topo = topology_file or str(REPO_ROOT / "topologies" / "virtual-two-site.yaml")
+    facts = device_facts(lab) if lab is not None else None
+    report.write_environment(results_dir, facts, topology=topo)
+    report.write_categories(results_dir)
+
+
+def start_capture(lab: Lab, settings: Settings, name: str) -> observe.LabCapture | None:
+    """Start the capture of a scenario (None in a dry run or with capture off)."""
+    if settings.dry_run or not settings.capture:
+        return None
+    return observe.LabCapture(lab, Path(settings.out_dir) / "pcap" / slug(name)).start()
+
+
+def driver(sc: Scenario, name: str) -> ReadOnlyDriver:
+    """A read-only view of a device's driver, whose steps go to the scenario (history, or the plan in a
+    dry run). Changes go through the injector: ``sc.fault(...)``."""
+    return read_only(driver_for(sc.lab, name, sc.steps))
+
+
+def heal_leftovers(sc: Scenario) -> None:
+    """Heal whatever a crashed fault block left in the journal (harness.faults.restore)."""
+    if sc.dry_run:
+        return
+    sc.heal_active()
+    faults.restore(sc.lab, history=None, steps=sc.steps)
