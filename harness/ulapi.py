@@ -26,6 +26,10 @@ class UlError(Exception):
     """The UL refused or could not be reached; the message says which and why."""
 
 
+class UlNotFound(UlError):
+    """The UL has no such rule (HTTP 404): already removed, or never there."""
+
+
 def _sign(secret: str, method: str, path: str, body: bytes) -> dict[str, str]:
     ts = f"{time.time():.3f}"
     msg = f"{method}\n{path}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
@@ -65,7 +69,8 @@ class UlClient:
             payload = r.text
         if r.status_code >= 400:
             detail = payload.get("error", payload) if isinstance(payload, dict) else payload
-            raise UlError(f"{self.base}{path}: HTTP {r.status_code}: {detail}")
+            cls = UlNotFound if r.status_code == 404 else UlError
+            raise cls(f"{self.base}{path}: HTTP {r.status_code}: {detail}")
         return payload
 
     def health(self) -> dict[str, Any]:

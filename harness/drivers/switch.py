@@ -29,6 +29,19 @@ class PortState:
     link_up: bool
 
 
+@dataclass(frozen=True)
+class SpanState:
+    """One SPAN (mirror) session as the switch shows it: source ports (port -> both/rx/tx), destination."""
+
+    session: int
+    sources: dict[str, str]
+    destination: str | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.sources and self.destination is None
+
+
 @dataclass
 class SwitchAccess:
     host: str
@@ -135,6 +148,16 @@ class SwitchDriver(Driver, ABC):
     @abstractmethod
     def span_commands(self, source: str, destination: str, session: int) -> list[str]: ...
 
+    @abstractmethod
+    def span_state_commands(self, session: int) -> list[str]: ...
+
+    @abstractmethod
+    def parse_span(self, session: int, outputs: list[str]) -> SpanState: ...
+
+    @abstractmethod
+    def span_remove_commands(self, state: SpanState) -> list[str]:
+        """Config commands that remove what `state` shows of the session (nothing when it is empty)."""
+
     # -- the interface --------------------------------------------------------------------------------
     def port_down(self, port: str) -> None:
         self._config("port_down", self.shutdown_commands(port, True))
@@ -156,6 +179,23 @@ class SwitchDriver(Driver, ABC):
 
     def span(self, source: str, destination: str, session: int = 1) -> None:
         self._config("span", self.span_commands(source, destination, session))
+
+    def span_state(self, session: int = 1) -> SpanState:
+        outs = [self._show("span_state", cmd) for cmd in self.span_state_commands(session)]
+        if self.dry_run:
+            return SpanState(session, {}, None)
+        return self.parse_span(session, outs)
+
+    def span_remove(self, session: int = 1) -> None:
+        """Remove the session, whatever of it is configured (idempotent: an absent session sends nothing)."""
+        if self.dry_run:
+            self._config(
+                "span_remove", self.span_remove_commands(SpanState(session, {"<source>": "both"}, "-"))
+            )
+            return
+        commands = self.span_remove_commands(self.span_state(session))
+        if commands:
+            self._config("span_remove", commands)
 
 
 class CiscoIosSwitch(SwitchDriver):
@@ -194,6 +234,25 @@ class CiscoIosSwitch(SwitchDriver):
             f"monitor session {session} source interface {source} both",
             f"monitor session {session} destination interface {destination}",
         ]
+
+    def span_state_commands(self, session: int) -> list[str]:
+        return [f"show monitor session {session}"]
+
+    def parse_span(self, session: int, outputs: list[str]) -> SpanState:
+        sources: dict[str, str] = {}
+        destination = None
+        directions = {"both": "both", "rx only": "rx", "tx only": "tx"}
+        for line in outputs[0].splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key.lower() in directions and value:
+                for port in value.split(","):
+                    sources[port.strip()] = directions[key.lower()]
+            elif key.lower().startswith("destination ports") and value:
+                destination = value.split(",")[0].strip()
+        return SpanState(session, sources, destination)
+
+    def span_remove_commands(self, state: SpanState) -> list[str]:
+        return [] if state.empty else [f"no monitor session {state.session}"]
 
 
 class HuaweiVrpSwitch(SwitchDriver):
@@ -264,6 +323,45 @@ class HuaweiVrpSwitch(SwitchDriver):
             f"interface {source}",
             f"port-mirroring to observe-port {session} both",
         ]
+
+    def span_state_commands(self, session: int) -> list[str]:
+        return ["display observe-port", "display port-mirroring"]
+
+    def parse_span(self, session: int, outputs: list[str]) -> SpanState:
+        destination = None
+        index = None
+        for line in outputs[0].splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "Index":
+                index = value
+            elif key == "Interface" and index == str(session):
+                destination = value
+        sources: dict[str, str] = {}
+        words = {"inbound": "rx", "outbound": "tx", "both": "both"}
+        for line in outputs[1].splitlines():
+            cols = line.split()
+            # "  1    GigabitEthernet0/0/1      Both       Observe-port 1"
+            if (
+                len(cols) >= 5
+                and cols[0].isdigit()
+                and cols[-2] == "Observe-port"
+                and cols[-1] == str(session)
+            ):
+                sources[cols[1]] = words.get(cols[2].lower(), "both")
+        return SpanState(session, sources, destination)
+
+    def span_remove_commands(self, state: SpanState) -> list[str]:
+        words = {"rx": "inbound", "tx": "outbound", "both": "both"}
+        out: list[str] = []
+        for port, direction in state.sources.items():
+            out += [
+                f"interface {port}",
+                f"undo port-mirroring to observe-port {state.session} {words.get(direction, 'both')}",
+                "quit",
+            ]
+        if state.destination is not None:
+            out.append(f"undo observe-port {state.session}")
+        return out
 
 
 def _huawei_brief_name(port: str) -> str:
