@@ -559,6 +559,16 @@ def test_results_that_are_not_results_give_one_line_each(tmp_path: Path) -> None
             b'{"schema": "hil-verdicts/1", "verdicts": [], "findings": [{"category": "bug"}]}',
             "findings[0].category: must be one of defect, lab, incomplete, got 'bug'",
         ),
+        (
+            b'{"schema": "hil-verdicts/1", "verdicts": [], "findings": [{"category": ["defect"]}]}',
+            "findings[0].category: must be one of defect, lab, incomplete, got ['defect']",
+        ),
+        (
+            b'{"schema": "hil-verdicts/1", "verdicts": [{"name": "all", "result": "invalid", "reason": "",'
+            b' "witnesses": [{"name": "x", "result": "invalid", "reason": "", "witnesses": 3}],'
+            b' "figures": {"x": "invalid"}}]}',
+            "verdicts: a composed verdict holds a part that is not a verdict: witnesses: must be a list",
+        ),
     ],
 )
 def test_verdict_file_that_is_not_one(tmp_path: Path, data: bytes, why: str) -> None:
@@ -574,6 +584,24 @@ def test_verdict_file_that_is_not_one(tmp_path: Path, data: bytes, why: str) -> 
     assert len(mine) == 1 and mine[0].startswith(f"{vfile}: {why}"), rep.problems
     s = next(s for s in rep.scenarios if "pbx_killed" in s.scenario)
     assert s.verdict == "unjudged" and s.reasons[0] == f"run 1: {mine[0]}", s.reasons
+
+
+@pytest.mark.parametrize("figure", [float("nan"), float("inf"), "6.0", [6.0], True])
+def test_recovery_figure_that_is_not_seconds(tmp_path: Path, figure: Any) -> None:
+    """NaN is over no bound: a figure that is not a finite number proves nothing, so it cannot be judged."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        rt = next(v for v in payload["verdicts"] if v["name"] == "recovery_time")
+        rt["figures"]["p95"] = figure
+
+    r = Results(tmp_path / "res")
+    r.add("scenarios.test_unplanned#test_pbx_killed", payload_edit=edit)
+    r.add("scenarios.test_login#test_local_login")
+    rep = gate.run_gate(policy_file(tmp_path, POLICY.replace("p95: 10", "p95: 5")), r.d)
+    assert rep.exit_code == 2, gate.table(rep)
+    s = next(s for s in rep.scenarios if "pbx_killed" in s.scenario)
+    assert any("p95 figure is not a number of seconds" in x for x in s.reasons), s.reasons
+    assert "p95" not in s.figures
 
 
 def test_history_attachment_that_is_not_text(tmp_path: Path) -> None:

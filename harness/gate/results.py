@@ -179,7 +179,10 @@ class VerdictFile:
 def _findings(raw: Any, verdicts: list[Verdict]) -> list[report.Finding]:
     """The file's findings; a file written before they were carried gets them from its verdicts."""
     if raw is None:
-        return report.findings(verdicts)
+        try:
+            return report.findings(verdicts)
+        except (TypeError, ValueError) as e:  # a witness of a shape no checker writes
+            raise ValueError(f"verdicts: cannot be classified: {e}") from None
     if not isinstance(raw, list):
         raise ValueError(f"findings: must be a list, got {type(raw).__name__}")
     out = []
@@ -209,7 +212,10 @@ def read_verdicts(path: Path) -> tuple[VerdictFile | None, Problem | None]:
             vs.append(report.as_verdict(v))
         except ValueError as e:
             return None, (f, f"verdicts[{k}].{e}", "")
-    leaves = report.leaves(vs)
+    try:
+        leaves = report.leaves(vs)  # a composed verdict's parts are read here
+    except ValueError as e:
+        return None, (f, "verdicts", f"a composed verdict holds a part that is not a verdict: {e}")
     try:
         fs = _findings(payload.get("findings"), vs)
     except ValueError as e:

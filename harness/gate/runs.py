@@ -14,6 +14,7 @@ put on it, and the findings of its verdict files. Never by the text of its messa
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,12 +121,17 @@ def _check_history(sha: str, hist_atts: Mapping[str, Attachment], results: Path,
     add("incomplete", f"no attached {report.HISTORY_NAME} matches the sha256 in {report.VERDICTS_NAME}")
 
 
+def _seconds(x: Any) -> bool:
+    """A figure a bound can be checked against: a finite number (NaN is over no bound: it proves nothing)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _recovery_bounds(
     j: RunJudgement, run: TestRun, rules: Sequence[Rule], recoveries: Sequence[Verdict], add: Add
 ) -> None:
     for v in recoveries:
         for q in ("p50", "p95", "max"):
-            if v.figures.get(q) is not None:
+            if _seconds(v.figures.get(q)):
                 j.figures[q] = max(j.figures.get(q, 0.0), float(v.figures[q]))
     for rule in rules:
         if rule.recovery is None or run.status == "skipped":
@@ -139,8 +145,10 @@ def _recovery_bounds(
                 if bound is None:
                     continue
                 val = v.figures.get(q)
-                if not isinstance(val, int | float):
+                if val is None:
                     add("incomplete", f"recovery_time has no {q} figure ({v.reason})")
+                elif not _seconds(val):
+                    add("incomplete", f"recovery_time's {q} figure is not a number of seconds: {val!r}")
                 elif val > bound:
                     add("defect", f"{q} recovery {val}s over the policy bound {bound}s")
 

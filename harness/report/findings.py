@@ -115,7 +115,7 @@ class Finding:
         if not isinstance(d, Mapping):
             raise ValueError(f"must be an object, got {type(d).__name__}")
         cat = d.get("category")
-        if cat not in CATEGORY_RANK:
+        if not isinstance(cat, str) or cat not in CATEGORY_RANK:
             raise ValueError(f"category: must be one of {', '.join(CATEGORY_RANK)}, got {cat!r}")
         for key in ("kind", "check", "detail"):
             if not isinstance(d.get(key), str) or (key == "kind" and not d[key]):
@@ -162,7 +162,10 @@ def as_verdict(v: Verdict | Mapping[str, Any]) -> Verdict:
 def _is_composed(v: Verdict) -> bool:
     """`checks.compose` keeps the worst sub-verdicts as witnesses (to_dict) and {name: result} figures."""
     return bool(v.witnesses) and all(
-        isinstance(w, Mapping) and {"name", "result", "reason"} <= w.keys() and w.get("name") in v.figures
+        isinstance(w, Mapping)
+        and {"name", "result", "reason"} <= w.keys()
+        and isinstance(w["name"], str)
+        and w["name"] in v.figures
         for w in v.witnesses
     )
 
@@ -203,16 +206,28 @@ def _recovery(v: Verdict, ws: list[Mapping[str, Any]]) -> list[Finding]:
         out.append(_finding("lost_agent", v.name, f"{len(a)} agents not recovered: {_short(a)}", a))
     if late:
         a = _agents(late)
-        slowest = max((w.get("recovery", 0) for w in late), default=0)
+        slowest = max((w["recovery"] for w in late if _number(w.get("recovery"))), default=0)
         bound = v.figures.get("bound")
         detail = f"{len(a)} agents over the {bound}s bound (slowest {slowest}s): {_short(a)}"
         out.append(_finding("recovery_over_bound", v.name, detail, a))
     return out or [_finding("check_failed", v.name, v.reason)]
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _sites(w: Mapping[str, Any], key: str) -> list[Any]:
+    """A witness's list of sites (a verdict file read back may hold anything there)."""
+    v = w.get(key)
+    return v if isinstance(v, list) else [v] if v else []
+
+
 def _registration(v: Verdict, ws: list[Mapping[str, Any]]) -> list[Finding]:
-    twice = [w for w in ws if len(w.get("registered_at") or []) > 1 or len(w.get("sessions_at") or []) > 1]
-    nowhere = [w for w in ws if w not in twice and not w.get("registered_at") and not w.get("sessions_at")]
+    twice = [w for w in ws if len(_sites(w, "registered_at")) > 1 or len(_sites(w, "sessions_at")) > 1]
+    nowhere = [
+        w for w in ws if w not in twice and not _sites(w, "registered_at") and not _sites(w, "sessions_at")
+    ]
     wrong = [w for w in ws if w not in twice and w not in nowhere]
     out = []
     for group, kind, what in (
