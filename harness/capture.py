@@ -10,7 +10,8 @@ switch mirrors to with SPAN; tcpdump's default promiscuous mode is what makes mi
 inside a network namespace of the virtual lab, given as a netns path (entered with ``nsenter``) or as a
 ready argv prefix::
 
-    cap = Capture("sha-pbx1", "eth0", "reports/pcap", netns_path="/run/netns/sha-pbx1", cti_ports=[7010])
+    cap = Capture("sha-pbx1", "eth0", "reports/pcap", netns_path="/run/netns/sha-pbx1", cti_ports=[7010],
+                  tracker=injector)  # optional: journaled, so `hil lab restore` stops it after a crash
     cap.start()                      # returns once tcpdump is capturing
     ...                              # the scenario
     result = cap.stop()              # result.complete, result.packets_dropped_by_kernel, ...
@@ -22,10 +23,12 @@ Choices, each for a measured reason (``bench/bench_capture.py``, tests/test_capt
   the default 256 KiB snap length that is 256 slots, and a burst of 600 SIP packets from one Python loop
   lost 344 of them (20,000: 6,782). TPACKET_V3 packs packets into blocks and took the same bursts with no
   drop. Its cost: a block reaches tcpdump when it is full or when its timeout (1,000 ms, fixed by tcpdump)
-  expires, so ``stop()`` waits ``drain`` seconds (1.2) before SIGINT; without that wait the last second of
-  packets is counted as received by the kernel but never written (300 of 300 in a test). Measured with
-  tcpreplay across a veth: 50,000 and 200,000 packets per second for 3-4 s, every packet captured, none
-  dropped.
+  expires, so the last packets can sit in the kernel when ``stop()`` is called; SIGINT then would count
+  them as received but never write them (300 of 300 in a test). So ``stop()`` first drains: it asks
+  tcpdump for its counters (SIGUSR1, tcpdump's info request on Linux) until it has captured as many packets
+  as the kernel had received at the first ask, for at most ``drain`` seconds (1.2: one block timeout and
+  margin). On a quiet interface that is at once. Measured with tcpreplay across a veth: 50,000 and 200,000
+  packets per second for 3-4 s, every packet captured, none dropped.
 - no ``-U``: packet-buffered output would cost one write() per packet; the file is flushed when tcpdump
   exits, which ``stop()`` waits for. ``packet_buffered=True`` turns it on for a live reader.
 - ``-Z root`` by default: tcpdump otherwise drops to the ``tcpdump`` user, which does not exist inside the
@@ -49,6 +52,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 __all__ = ["Capture", "CaptureError", "CaptureResult", "sip_cti_filter", "netns_prefix"]
 
@@ -62,7 +66,18 @@ _COUNTER = re.compile(
     r"^(\d+) packets? (captured|received by filter|dropped by kernel|dropped by interface)$"
 )
 
+_INFO = re.compile(r"(\d+) packets? captured, (\d+) packets? received by filter")
+
 _running: weakref.WeakSet[Capture] = weakref.WeakSet()
+
+
+class ProcessTracker(Protocol):
+    """Who keeps a record of the processes the controller starts (harness.faults.Injector), so that a
+    controller killed with SIGKILL does not leave a tcpdump running: `hil lab restore` stops it."""
+
+    def track_process(self, kind: str, pid: int, what: str) -> str: ...
+
+    def release(self, id: str) -> None: ...
 
 
 class CaptureError(RuntimeError):
@@ -153,6 +168,7 @@ class Capture:
         user: str | None = "root",
         tcpdump: str = "tcpdump",
         start_timeout: float = 10.0,
+        tracker: ProcessTracker | None = None,
     ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"capture name must be a simple file name: {name!r}")
@@ -178,7 +194,11 @@ class Capture:
         self._reader: threading.Thread | None = None
         self._lines: list[str] = []
         self._listening = threading.Event()
+        self._info = threading.Condition()
+        self._infos: list[tuple[int, int]] = []  # (captured, received) of each answer to SIGUSR1
         self._result: CaptureResult | None = None
+        self.tracker = tracker
+        self._track_id: str | None = None
 
     def argv(self) -> list[str]:
         """The full command line, for logs and for running it by hand."""
@@ -226,19 +246,38 @@ class Capture:
         self._reader = threading.Thread(target=self._read_stderr, name=f"capture-{self.name}", daemon=True)
         self._reader.start()
         _running.add(self)
+        try:
+            if self.tracker is not None:
+                what = f"tcpdump {self.name} on {self.iface}"
+                self._track_id = self.tracker.track_process("capture", self._proc.pid, what)
+        except Exception as e:
+            self._abort()
+            raise CaptureError(f"capture {self.name}: could not be journaled, so not started: {e}") from e
         deadline = time.monotonic() + self.start_timeout
         while not self._listening.wait(0.05):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._reader.join(1.0)
                 rc = self._proc.poll()
-                if rc is None:
-                    self._signal(signal.SIGKILL)
-                    self._proc.wait()
-                    self._reader.join(1.0)
-                _running.discard(self)
+                self._abort()
                 why = f"exited with {rc}" if rc is not None else f"not capturing after {self.start_timeout}s"
                 raise CaptureError(f"capture {self.name}: tcpdump {why}: {self._stderr().strip()}")
         return self
+
+    def _abort(self) -> None:
+        """tcpdump did not start capturing: make sure it is gone and forget it."""
+        assert self._proc is not None
+        if self._proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            self._proc.wait()
+            if self._reader is not None:
+                self._reader.join(1.0)
+        _running.discard(self)
+        self._release()
+
+    def _release(self) -> None:
+        if self.tracker is not None and self._track_id is not None:
+            self.tracker.release(self._track_id)
+            self._track_id = None
 
     def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -247,6 +286,11 @@ class Capture:
             self._lines.append(line)
             if "listening on" in line:
                 self._listening.set()
+            m = _INFO.search(line)
+            if m:
+                with self._info:
+                    self._infos.append((int(m.group(1)), int(m.group(2))))
+                    self._info.notify_all()
 
     def _stderr(self) -> str:
         return "\n".join(self._lines)
@@ -270,7 +314,7 @@ class Capture:
         proc = self._proc
         clean = True
         if self.drain > 0 and proc.poll() is None:
-            time.sleep(self.drain)  # let the kernel hand over the last ring block (see the module doc)
+            self._drain(proc)
         for sig in (signal.SIGINT, signal.SIGTERM):  # tcpdump prints its counters on either
             if proc.poll() is not None:
                 break
@@ -287,8 +331,37 @@ class Capture:
         if self._reader is not None:
             self._reader.join(5.0)
         _running.discard(self)
+        self._release()
         self._result = self._parse_result(proc.returncode, clean)
         return self._result
+
+    def _ask_info(self, timeout: float) -> tuple[int, int] | None:
+        """tcpdump's (captured, received by filter) now; None if it does not answer within `timeout`."""
+        assert self._proc is not None
+        with self._info:
+            seen = len(self._infos)
+            try:
+                os.kill(self._proc.pid, signal.SIGUSR1)  # the process itself: a prefix execs tcpdump
+            except ProcessLookupError:
+                return None
+            if not self._info.wait_for(lambda: len(self._infos) > seen, timeout):
+                return None
+            return self._infos[-1]
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait until tcpdump has taken every packet the kernel had received for it when stop() was called
+        (the last ring block is handed over when full or after its timeout), for at most `drain` s."""
+        deadline = time.monotonic() + self.drain
+        target: int | None = None
+        while proc.poll() is None and (left := deadline - time.monotonic()) > 0:
+            info = self._ask_info(min(left, 0.5))
+            if info is None:
+                continue
+            captured, received = info
+            target = received if target is None else target
+            if captured >= target:
+                return
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # poll: the block timeout is 1 s
 
     def _parse_result(self, returncode: int | None, clean: bool) -> CaptureResult:
         counters: dict[str, int] = {}

@@ -135,13 +135,17 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _heal_leftovers(topo: topology_mod.Topology, out: Callable[[str], None]) -> None:
-    """Heal every fault a (now dead) suite left in the journal."""
+    """Heal every change a (now dead) suite left in the journal; say what could not be healed or read."""
     try:
-        from harness import faults
+        from harness import faults  # TODO(lead): to the top of the file (this function is all I own)
 
         lab = open_lab(topo, bring_up=False)
         for r in faults.restore(lab):
-            out(f"healed a leftover fault: {r}")
+            if r["result"] == "unreadable":
+                out(f"restore: skipped journal line {r['line']}: {r['reason']}")
+                continue
+            why = r.get("reason") or r.get("error") or ""
+            out(f"restore: {r['result']} a leftover {r['kind']} {r['id']} on {r['target']} {why}".rstrip())
     except Exception as e:  # the lab may already be gone: nothing left to heal then
         out(f"restore: {type(e).__name__}: {e}")
 

@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,12 +84,21 @@ stats() {
   [ -n "$FAKE_IFDROP" ] && echo "$FAKE_IFDROP packets dropped by interface" >&2
   exit 0
 }
+asked=0
+info() {  # tcpdump's answer to SIGUSR1; the first $FAKE_LAG answers lag behind the kernel by 2 packets
+  asked=$((asked + 1))
+  got=$FAKE_CAPTURED
+  [ "$asked" -le "${FAKE_LAG:-0}" ] && got=$((FAKE_CAPTURED - 2))
+  recv="$FAKE_CAPTURED packets received by filter"
+  echo "tcpdump: $got packets captured, $recv, 0 packets dropped by kernel" >&2
+}
 if [ "$FAKE_MODE" = stubborn ]; then trap '' INT; else trap stats INT; fi
 trap stats TERM
+trap info USR1
 for a in "$@"; do [ "$prev" = "-w" ] && : > "$a"; prev="$a"; done
-sleep 0.3
+[ -n "$FAKE_GATE" ] && read go < "$FAKE_GATE"  # not capturing until the test opens the gate
 echo "tcpdump: listening on $3, link-type EN10MB (Ethernet), snapshot length 262144 bytes" >&2
-while :; do sleep 0.05; done
+while :; do sleep 5 >/dev/null 2>&1 & wait $!; done  # a trap runs as soon as its signal arrives
 """
 
 
@@ -101,10 +112,30 @@ def fake_tcpdump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return str(path)
 
 
+def eventually(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_start_waits_for_listening_and_stop_reads_counters(
     fake_tcpdump: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cap = Capture("fake", "eth9", tmp_path / "out", tcpdump=fake_tcpdump, drain=0.1).start()
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    monkeypatch.setenv("FAKE_GATE", str(gate))
+    cap = Capture("fake", "eth9", tmp_path / "out", tcpdump=fake_tcpdump, drain=5.0)
+    starter = threading.Thread(target=cap.start, daemon=True)
+    starter.start()
+    assert eventually(lambda: (tmp_path / "out" / "fake.pcap").exists())  # it runs, but is not capturing
+    assert starter.is_alive() and not cap._lines  # so start() has not returned
+    with open(gate, "w") as g:
+        g.write("go\n")
+    starter.join(30)
+    assert not starter.is_alive()
     assert any("listening on eth9" in line for line in cap._lines)  # start() returned only after it
     assert cap.running
     res = cap.stop()
@@ -116,13 +147,65 @@ def test_start_waits_for_listening_and_stop_reads_counters(
     assert cap.stop() is res  # idempotent
 
 
+def test_stop_drains_until_tcpdump_has_every_packet(
+    fake_tcpdump: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() asks tcpdump for its counters until it has captured what the kernel had received; not a
+    fixed wait (a generous drain bound is never reached), and never before it caught up."""
+    monkeypatch.setenv("FAKE_LAG", "2")
+    cap = Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, drain=60.0).start()
+    t0 = time.monotonic()
+    res = cap.stop()
+    assert time.monotonic() - t0 < 30  # it did not wait out the 60 s bound
+    infos = [line for line in res.stderr.splitlines() if "packets captured," in line]
+    assert [i.split()[1] for i in infos] == ["40", "40", "42"], res.stderr  # asked until it caught up
+    assert res.stderr.splitlines()[-3:] == [
+        "42 packets captured",
+        "42 packets received by filter",
+        "0 packets dropped by kernel",
+    ]  # and the counters came after (SIGINT only then)
+    assert res.complete
+
+
+class Tracker:
+    """Records what a capture asks its process tracker (harness.faults.Injector in real use)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.fail = fail
+
+    def track_process(self, kind: str, pid: int, what: str) -> str:
+        self.calls.append(("track", kind, pid, what))
+        if self.fail:
+            raise OSError("journal full")
+        return "t1"
+
+    def release(self, id: str) -> None:
+        self.calls.append(("release", id))
+
+
+def test_a_tracker_journals_the_tcpdump_while_it_runs(fake_tcpdump: str, tmp_path: Path) -> None:
+    tracker = Tracker()
+    cap = Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, tracker=tracker).start()
+    assert tracker.calls == [("track", "capture", cap.pid, "tcpdump fake on eth9")]
+    cap.stop()
+    assert tracker.calls[1:] == [("release", "t1")]
+
+
+def test_a_capture_that_cannot_be_journaled_does_not_run(fake_tcpdump: str, tmp_path: Path) -> None:
+    cap = Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, tracker=Tracker(fail=True))
+    with pytest.raises(CaptureError, match="could not be journaled"):
+        cap.start()
+    assert cap._proc is not None and cap._proc.poll() is not None  # killed, not left behind
+
+
 @pytest.mark.parametrize("kernel,iface", [("3", ""), ("0", "5")])
 def test_any_drop_makes_capture_incomplete(
     fake_tcpdump: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str, iface: str
 ) -> None:
     monkeypatch.setenv("FAKE_DROPPED", kernel)
     monkeypatch.setenv("FAKE_IFDROP", iface)
-    with Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, drain=0.1) as cap:
+    with Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, drain=5.0) as cap:
         pass
     res = cap.stop()
     assert res.packets_dropped_by_kernel == int(kernel)
@@ -134,7 +217,7 @@ def test_stop_escalates_to_sigterm(
     fake_tcpdump: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_MODE", "stubborn")
-    cap = Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, drain=0.1).start()
+    cap = Capture("fake", "eth9", tmp_path, tcpdump=fake_tcpdump, drain=5.0).start()
     res = cap.stop(timeout=0.5)
     assert res.packets_captured == 42
     assert not res.complete  # it did not stop when asked: do not trust it
