@@ -1,9 +1,15 @@
 """The emulated IP phone of the system under test: an asyncio SIP UA, vendor management APIs, control.
 
-- :mod:`stack.phone.ua`: :class:`SipEndpoint` (one UDP socket, many phones) and :class:`Phone`.
+- :mod:`stack.phone.ua`: :class:`Phone`, one account, put together from :mod:`~stack.phone.account`
+  (state and status), :mod:`~stack.phone.registration`, :mod:`~stack.phone.calls` (dialling, hang-up)
+  and :mod:`~stack.phone.answering` (incoming requests).
+- :mod:`stack.phone.endpoint`: :class:`SipEndpoint`, one UDP socket for many phones;
+  :mod:`stack.phone.transaction`: client transactions and :class:`SipTimers`.
 - :mod:`stack.phone.control`: :class:`PhoneControl`, what an agent client may do to its phone,
   in-process (:class:`LocalPhoneControl`) or over the Yealink-style API (:class:`HttpPhoneControl`).
 - :mod:`stack.phone.api`: the Yealink-style and Poly-style HTTP APIs; ``python -m stack.phone`` runs one.
+
+SIP itself (message model, digest) is :mod:`sipcore`'s, shared with the rest of the lab.
 """
 
 from stack.phone.control import HttpPhoneControl, LocalPhoneControl, PhoneControl

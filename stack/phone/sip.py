@@ -1,9 +1,8 @@
-"""SIP message parsing and building, and RFC 2617 digest for the emulated phone.
+"""LEGACY, to be deleted: the phone's former SIP parser, kept only for stack/cti/pbxevents.py.
 
-Why hand-written and not a library: the swarm runs 10,000 phones on one asyncio loop and the REGISTER
-rate is a product figure, so parsing is a single pass over the header block with no object per header,
-and messages are built with f-strings. Only what a phone needs is parsed: start line, headers (compact
-forms expanded, comma-joined Via/Route/Record-Route split), and a body cut at Content-Length.
+The phone, the harness and the virtual lab use :mod:`sipcore` (one message model, one digest). This copy
+stays until stack/cti/pbxevents.py imports ``sipcore.message`` instead (its owner's edit: ``msg.get(x)``
+-> ``msg.header(x)``, ``msg.cseq[0]`` -> ``msg.cseq``); nothing else may import it.
 """
 
 from __future__ import annotations
