@@ -15,7 +15,6 @@ pyVoIP's own VoIPCall still does the media: an answered call gets its RTP stream
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.drivers.base import DeviceUnreachable, Driver, Steps
+from sipcore.digest import authorization, parse_challenge
 
 PASSWORD_ENV = "HIL_CALLER_PASSWORD"
 OUTCOMES = ("answered", "busy", "no_answer", "failed", "register_failed")
@@ -131,28 +131,6 @@ def caller_for(
 # ---------------------------------------------------------------------------------- the subprocess side
 
 
-def _digest(
-    user: str, password: str, realm: str, nonce: str, method: str, uri: str, ch: dict[str, str]
-) -> str:
-    """RFC 2617 digest (qop=auth when the challenge offers it); the Authorization header's value."""
-
-    def md5(s: str) -> str:
-        return hashlib.md5(s.encode()).hexdigest()
-
-    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
-    parts = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
-    if "auth" in ch.get("qop", "").split(","):
-        cnonce, nc = secrets.token_hex(8), "00000001"
-        resp = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
-        parts += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
-    else:
-        resp = md5(f"{ha1}:{nonce}:{ha2}")
-    parts += [f'response="{resp}"', "algorithm=MD5"]
-    if "opaque" in ch:
-        parts.append(f'opaque="{ch["opaque"]}"')
-    return "Digest " + ", ".join(parts)
-
-
 def _headers(raw: bytes, name: str) -> list[str]:
     text = raw.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
     return [m.group(1).strip() for m in re.finditer(rf"(?im)^{name}\s*:\s*(.*)$", text)]
@@ -195,12 +173,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                         self.parse_message(msg)
                         continue
                     code = int(msg.status)
-                    if code in (401, 407) and "auth" not in state:
+                    hdr = "Proxy-Authenticate" if code == 407 else "WWW-Authenticate"
+                    offered = _headers(msg.raw, hdr) if code in (401, 407) else []
+                    chal = parse_challenge(offered[0]) if offered else None  # sipcore.digest: one digest
+                    if chal is not None and "auth" not in state:
                         self.out.sendto(self.gen_ack(msg).encode(), (self.server, self.port))
-                        hdr = "Proxy-Authenticate" if code == 407 else "WWW-Authenticate"
-                        ch = dict(re.findall(r'(\w+)="?([^",]*)"?', (_headers(msg.raw, hdr) or [""])[0]))
                         uri = f"sip:{number}@{self.server}"
-                        auth = _digest(self.username, password, ch["realm"], ch["nonce"], "INVITE", uri, ch)
+                        auth = authorization(chal, "INVITE", uri, self.username, password)
                         state["auth"] = f"{'Proxy-' if code == 407 else ''}Authorization: {auth}\r\n"
                         branch = "z9hG4bK" + secrets.token_hex(10)
                         inv = self.gen_invite(number, str(sess_id), ms, sendtype, branch, call_id)
