@@ -1,77 +1,53 @@
-"""The emulated phone (stack/phone) against real Kamailio PBXs on 127.0.0.1 (virtual/pbx.py).
+"""The emulated phone (stack/phone) against real Kamailio PBXs on 127.0.0.1 (virtual/pbx.py): SIP.
 
 Why real: the phone is only as good as a real registrar and proxy find it: digest accepted, contact
 reachable for INVITEs, bindings removed when it moves. What the PBX holds is read over its JSON-RPC
-(ul.lookup / ul.dump), never taken from the phone's own word.
-Ports: PBX A SIP 26100 / RPC 26101, PBX B 26102 / 26103, relay 26110, APIs 26120-26122,
-phone sockets 26130-26199.
+(ul.lookup / ul.dump), never taken from the phone's own word. The management APIs are tested against
+the same PBXs in tests/test_phone_kamailio_api.py.
+Ports: PBX A SIP 26100 / RPC 26101, PBX B 26102 / 26103 (tests/kamailio_pbx.py), relay 26110,
+phone sockets 26130-26141.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
-import aiohttp
 import pytest
-from aiohttp import web
+from kamailio_pbx import (
+    A_RPC,
+    A_SIP,
+    B_RPC,
+    B_SIP,
+    EXTS,
+    HOST,
+    contacts,
+    no_contacts,
+    spec_a,
+    spec_b,
+    start_pbx,
+    until,
+)
 
-from harness.sipprobe import SipUdpClient
-from stack.phone.api import make_app
-from stack.phone.control import HttpPhoneControl, LocalPhoneControl, PhoneControl
+from sipcore.client import SipUdpClient
+from stack.phone.control import LocalPhoneControl, PhoneControl
 from stack.phone.ua import Phone, PhoneEvent, SipEndpoint
 from virtual import pbx
 from virtual.pbx import PbxSpec
 
 pytestmark = pytest.mark.skipif(not os.access(pbx.KAMAILIO, os.X_OK), reason="kamailio not installed")
 
-HOST = "127.0.0.1"
-A_SIP, A_RPC, B_SIP, B_RPC = 26100, 26101, 26102, 26103
-EXTS = {str(19000 + i): f"pw-{19000 + i}" for i in range(300)}
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _start(spec: PbxSpec) -> Iterator[PbxSpec]:
-    argv = pbx.write_files(spec)
-    with open(spec.log_file, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        pbx.wait_ready(spec.listen, spec.sip_port, 5.0, proc)
-        yield spec
-    finally:
-        pbx.stop(proc)  # SIGTERM by PID, then its own process group if anything is left
-
 
 @pytest.fixture(scope="module")
 def pbx_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from _start(PbxSpec("sha-pbx1", HOST, A_SIP, A_RPC, "sha.lab", tmp_path_factory.mktemp("a"), EXTS))
+    yield from start_pbx(spec_a(tmp_path_factory.mktemp("a")))
 
 
 @pytest.fixture(scope="module")
 def pbx_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from _start(PbxSpec("ntg-pbx1", HOST, B_SIP, B_RPC, "ntg.lab", tmp_path_factory.mktemp("b"), EXTS))
-
-
-def contacts(rpc_port: int, ext: str) -> list[str]:
-    return [c["Address"] for c in pbx.lookup(HOST, rpc_port, ext)]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Poll ``cond()`` until true or ``timeout``; the event loop (and the phones) keep running meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(step)
-    return False
+    yield from start_pbx(spec_b(tmp_path_factory.mktemp("b")))
 
 
 def test_200_phones_register_with_digest_through_one_endpoint(pbx_a: PbxSpec) -> None:
@@ -130,15 +106,7 @@ def test_move_to_second_pbx_removes_the_first_binding(pbx_a: PbxSpec, pbx_b: Pbx
         assert await ctl.set_server(HOST, B_SIP)  # == phone.move_to((HOST, B_SIP))
         assert phone.registered and phone.registrar == (HOST, B_SIP)
         assert await asyncio.to_thread(contacts, B_RPC, "19251") == [f"sip:19251@{HOST}:26132"]
-
-        async def gone_from_a() -> bool:
-            for _ in range(100):
-                if not await asyncio.to_thread(contacts, A_RPC, "19251"):
-                    return True
-                await asyncio.sleep(0.02)
-            return False
-
-        assert await gone_from_a()
+        assert await no_contacts(A_RPC, "19251")
         reg = await ctl.registration()
         assert reg == {
             "extension": "19251",
@@ -171,14 +139,14 @@ def test_call_through_kamailio_rings_answers_and_bye_ends(pbx_a: PbxSpec) -> Non
         assert all(await asyncio.gather(a.register(), b.register(), c.register()))
 
         dial = asyncio.ensure_future(a.call("19253"))
-        assert await until(lambda: b.call_state == "ringing", 3)
+        assert await until(lambda: b.call_state == "ringing", 10)
         assert a.call_state == "ringing" and not dial.done()
         assert await dial
-        assert await until(lambda: b.call_state == "in_call", 3)
+        assert await until(lambda: b.call_state == "in_call", 10)
         assert a.call_state == "in_call"
         assert a.status()["call"]["peer"] == "19253" and b.status()["call"]["direction"] == "incoming"
         assert await a.hangup()
-        assert await until(lambda: b.call_state == "idle", 3)
+        assert await until(lambda: b.call_state == "idle", 10)
         assert a.call_state == "idle"
         assert [e.kind for e in ev_b] == ["registered", "incoming_call", "call_answered", "call_ended"]
         assert [e.kind for e in ev_a][1:] == ["outgoing_call", "call_answered", "call_ended"]
@@ -188,9 +156,9 @@ def test_call_through_kamailio_rings_answers_and_bye_ends(pbx_a: PbxSpec) -> Non
 
         # The callee hangs up this time (BYE from the UAS side along the record-route).
         assert await a.call("19253")
-        assert await until(lambda: b.call_state == "in_call", 3)
+        assert await until(lambda: b.call_state == "in_call", 10)
         assert await b.hangup()
-        assert await until(lambda: a.call_state == "idle", 3)
+        assert await until(lambda: a.call_state == "idle", 10)
         assert ev_a[-1].detail["reason"] == "remote_bye"
 
         # Busy phone: 486 relayed back, the call fails cleanly.
@@ -217,25 +185,25 @@ def test_cancel_while_ringing_and_decline(pbx_a: PbxSpec) -> None:
         assert all(await asyncio.gather(a.register(), b.register()))
         # The caller gives up while it rings: CANCEL through the PBX, 487 back, both idle.
         dial = asyncio.ensure_future(a.call("19263"))
-        assert await until(lambda: b.call_state == "ringing", 3)
+        assert await until(lambda: b.call_state == "ringing", 10)
         assert await a.hangup()
         assert not await asyncio.wait_for(dial, 5)
-        assert await until(lambda: b.call_state == "idle", 3)
+        assert await until(lambda: b.call_state == "idle", 10)
         assert ev_b[-1].kind == "call_ended" and ev_b[-1].detail["reason"] == "cancelled"
         # The callee declines: 603 relayed to the caller.
         dial = asyncio.ensure_future(a.call("19263"))
-        assert await until(lambda: b.call_state == "ringing", 3)
+        assert await until(lambda: b.call_state == "ringing", 10)
         assert await b.hangup()
         assert not await asyncio.wait_for(dial, 5)
         assert ev_a[-1].kind == "call_ended" and ev_a[-1].detail["code"] == 603
         # Answering by hand (auto_answer None) works too.
         dial = asyncio.ensure_future(a.call("19263"))
-        assert await until(lambda: b.call_state == "ringing", 3)
+        assert await until(lambda: b.call_state == "ringing", 10)
         assert b.answer()
         assert await asyncio.wait_for(dial, 5)
-        assert await until(lambda: b.call_state == "in_call", 3)
+        assert await until(lambda: b.call_state == "in_call", 10)
         assert await a.hangup()
-        assert await until(lambda: b.call_state == "idle", 3)
+        assert await until(lambda: b.call_state == "idle", 10)
         for p in (a, b):
             await p.unregister()
             p.close()
@@ -330,173 +298,6 @@ def test_retransmission_survives_lost_registers(pbx_a: PbxSpec) -> None:
         relay_t.close()
 
     asyncio.run(main())
-
-
-def _basic(user: str, pw: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
-
-
-async def _serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, HOST, port).start()
-    return runner
-
-
-def test_yealink_api_reports_and_moves_the_phone(pbx_a: PbxSpec, pbx_b: PbxSpec) -> None:
-    async def main() -> None:
-        ep = await SipEndpoint.open(HOST, 26138)
-        events: list[PhoneEvent] = []
-        phone = Phone(ep, "19259", EXTS["19259"], (HOST, A_SIP), on_event=events.append)
-        assert await phone.register()
-        runner = await _serve(make_app("yealink", phone, "admin", "api-pw"), 26120)
-        ctl = HttpPhoneControl(f"http://{HOST}:26120", "admin", "api-pw", settle_timeout=5)
-        try:
-            reg = await ctl.registration()
-            assert reg == {
-                "extension": "19259",
-                "registered": True,
-                "host": HOST,
-                "port": A_SIP,
-                "call_state": "idle",
-            }
-            async with aiohttp.ClientSession() as s:
-                # The admin guide's bracketed form, with firmware facts.
-                url = f"http://{HOST}:26120/servlet?phonecfg=get[&accounts=1][&fw=1]"
-                async with s.get(url, headers=_basic("admin", "api-pw")) as r:
-                    body = await r.json()
-                assert body["ret"] == "ok" and body["data"]["fw"]["model"] == "SIP-T54W"
-                assert body["data"]["accounts"][0]["status"] == "registered"
-                async with s.get(url, headers=_basic("admin", "wrong")) as r:
-                    assert r.status == 401 and "Basic" in r.headers["WWW-Authenticate"]
-                async with s.get(f"http://{HOST}:26120/servlet?phonecfg=get") as r:
-                    assert r.status == 401
-            assert await ctl.set_server(HOST, B_SIP)
-            assert await asyncio.to_thread(contacts, B_RPC, "19259") == [f"sip:19259@{HOST}:26138"]
-            for _ in range(100):
-                if not await asyncio.to_thread(contacts, A_RPC, "19259"):
-                    break
-                await asyncio.sleep(0.02)
-            assert await asyncio.to_thread(contacts, A_RPC, "19259") == []
-            # Reboot: unregister, ~1 s pause, register again.
-            n = len(events)
-            async with aiohttp.ClientSession() as s:
-                async with s.get(
-                    f"http://{HOST}:26120/servlet?key=Reboot", headers=_basic("admin", "api-pw")
-                ) as r:
-                    assert (await r.json())["ret"] == "ok"
-            assert await until(lambda: len(events) >= n + 2 and phone.registered, 4)
-            assert [e.kind for e in events[n:]] == ["unregistered", "registered"]
-            assert 0.9 < events[n + 1].ts - events[n].ts < 3.0
-        finally:
-            await ctl.close()
-            await runner.cleanup()
-        await phone.unregister()
-        phone.close()
-        ep.close()
-
-    asyncio.run(main())
-
-
-def test_poly_api_reports_and_moves_the_phone(pbx_a: PbxSpec, pbx_b: PbxSpec) -> None:
-    async def main() -> None:
-        ep = await SipEndpoint.open(HOST, 26139)
-        events: list[PhoneEvent] = []
-        phone = Phone(ep, "19260", EXTS["19260"], (HOST, B_SIP), on_event=events.append)
-        assert await phone.register()
-        runner = await _serve(make_app("poly", phone, "Polycom", "456"), 26121)
-        base = f"http://{HOST}:26121/api/v1"
-        auth = _basic("Polycom", "456")
-        try:
-            async with aiohttp.ClientSession(headers=auth) as s:
-                async with s.get(f"{base}/mgmt/lineInfo") as r:
-                    body = await r.json()
-                assert body["Status"] == "2000"
-                line = body["data"][0]
-                assert line["RegistrationStatus"] == "registered" and line["UserID"] == "19260"
-                assert (line["ProxyAddress"], line["Port"]) == (HOST, str(B_SIP))
-                async with s.get(f"{base}/mgmt/device/info") as r:
-                    info = (await r.json())["data"]
-                assert info["ModelNumber"] == "VVX 450" and info["FirmwareRelease"]
-                data = {"data": {"reg.1.server.1.address": HOST, "reg.1.server.1.port": str(A_SIP)}}
-                async with s.post(f"{base}/mgmt/config/set", json=data) as r:
-                    assert (await r.json())["Status"] == "2000"
-                assert await until(lambda: phone.registered and phone.registrar == (HOST, A_SIP), 4)
-                assert await asyncio.to_thread(contacts, A_RPC, "19260") == [f"sip:19260@{HOST}:26139"]
-                async with s.post(f"{base}/mgmt/config/get", json={"data": ["reg.1.server.1.port"]}) as r:
-                    assert (await r.json())["data"] == {"reg.1.server.1.port": str(A_SIP)}
-                async with s.post(
-                    f"{base}/mgmt/config/set", json={"data": {"reg.1.server.1.port": "x"}}
-                ) as r:
-                    assert r.status == 400 and (await r.json())["Status"] == "4000"
-                async with s.get(f"{base}/webCallControl/callStatus") as r:
-                    assert (await r.json())["Status"] == "4007"
-                n = len(events)
-                async with s.post(f"{base}/mgmt/safeRestart") as r:
-                    assert (await r.json())["Status"] == "2000"
-                assert await until(lambda: len(events) >= n + 2 and phone.registered, 4)
-                assert [e.kind for e in events[n:]] == ["unregistered", "registered"]
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"{base}/mgmt/lineInfo", headers=_basic("Polycom", "nope")) as r:
-                    assert r.status == 401
-        finally:
-            await runner.cleanup()
-        await phone.unregister()
-        phone.close()
-        ep.close()
-
-    asyncio.run(main())
-
-
-def test_standalone_phone_process(pbx_a: PbxSpec) -> None:
-    env = dict(os.environ, TEST_SIP_PW=EXTS["19261"], TEST_API_PW="s3cret-api")
-    argv = [
-        sys.executable,
-        "-m",
-        "stack.phone",
-        "--extension",
-        "19261",
-        "--password-env",
-        "TEST_SIP_PW",
-        "--registrar",
-        f"{HOST}:{A_SIP}",
-        "--sip-bind",
-        f"{HOST}:26140",
-        "--api-bind",
-        f"{HOST}:26122",
-        "--vendor",
-        "poly",
-        "--api-user",
-        "admin",
-        "--api-password-env",
-        "TEST_API_PW",
-    ]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        req = urllib.request.Request(
-            f"http://{HOST}:26122/api/v1/mgmt/lineInfo", headers=_basic("admin", "s3cret-api")
-        )
-        status = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(req, timeout=1) as r:
-                    status = json.loads(r.read())["data"][0]["RegistrationStatus"]
-                if status == "registered":
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        assert status == "registered"
-        assert contacts(A_RPC, "19261") == [f"sip:19261@{HOST}:26140"]
-    finally:
-        proc.terminate()  # SIGTERM: the phone unregisters and exits
-        out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err.decode()
-    assert contacts(A_RPC, "19261") == []
-    log = err.decode()
-    assert '"event": "registered"' in log and '"event": "unregistered"' in log
-    assert EXTS["19261"] not in log and "s3cret-api" not in log
 
 
 def test_cti_unbind_removes_the_binding_with_ul_rm(pbx_a: PbxSpec) -> None:
