@@ -81,7 +81,7 @@ def http_answers(lab: Lab, src: str, ul: str) -> bool:
         s.close()
 
 
-def eventually(pred: Callable[[], bool], timeout: float = 8.0) -> bool:
+def eventually(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
@@ -166,7 +166,7 @@ def test_power_off_host(lab: Lab, injector: Injector) -> None:
             socket.create_connection((mgmt, 22), timeout=1.0)
         with driver_for(lab, "ntg-sw1") as sw:
             assert not sw.port_state("GigabitEthernet0/0/3").link_up  # the switch sees no carrier
-    assert eventually(lambda: http_answers(lab, "ntg-agents1", "ntg-ul1"), 15)  # booted: links and service
+    assert eventually(lambda: http_answers(lab, "ntg-agents1", "ntg-ul1"))  # booted: links and service
     assert ping(lab, "ntg-agents1", "ntg-ul1")
 
 
@@ -269,10 +269,35 @@ def test_heal_on_exception_and_max_duration(lab: Lab, injector: Injector) -> Non
 
     f = injector.inject(injector.make("blackhole", "ntg-ul1", max_duration=60), duration=1.0)
     assert not ping(lab, "ntg-agents1", "ntg-ul1")
-    assert eventually(lambda: ping(lab, "ntg-agents1", "ntg-ul1"), 5)  # healed itself
-    assert eventually(lambda: Journal(injector.journal.path).open_faults() == [], 5)
+    assert eventually(lambda: ping(lab, "ntg-agents1", "ntg-ul1"))  # healed itself
+    assert eventually(lambda: Journal(injector.journal.path).open_faults() == [])
     heals = [e for e in injector.history.events if getattr(e, "f", "") == "fault.heal" and e.type == "invoke"]
     assert heals[-1].value == {"id": f.id, "reason": "max_duration"}
+
+
+@pytest.mark.parametrize("error", [RuntimeError("read-back failed"), KeyboardInterrupt()])
+def test_a_fault_whose_verification_raises_is_healed(
+    lab: Lab, injector: Injector, error: BaseException
+) -> None:
+    """The read-back sits inside the heal-on-failure path: an error, or Ctrl-C / SIGTERM (both arrive as
+    KeyboardInterrupt) while the injector checks that the fault showed, and the fault is healed."""
+    f = injector.make("blackhole", "ntg-cti1")
+    real = f.took_effect
+    seen: list[bool] = []
+
+    def read_back() -> bool:
+        seen.append(real())  # the fault is really in place ...
+        raise error  # ... when its verification blows up
+
+    f.took_effect = read_back  # type: ignore[method-assign]
+    with pytest.raises(type(error)):
+        with injector.fault(f):
+            pytest.fail("the block ran")
+    assert seen == [True]
+    assert ping(lab, "ntg-agents1", "ntg-cti1")  # healed, and read back healed before inject() returned
+    assert Journal(injector.journal.path).open_faults() == [] and injector.active == {}
+    heal = [e for e in injector.history.events if getattr(e, "f", "") == "fault.heal"]
+    assert [e.type for e in heal] == ["invoke", "ok"] and heal[0].value["reason"] == "inject failed"
 
 
 def test_heal_through_console_when_management_is_cut(lab: Lab, injector: Injector) -> None:
@@ -415,6 +440,10 @@ def _inband_ul(raw: dict) -> None:
     del raw["sites"]["sha"]["ul"]["sha-ul1"]["mgmt"]
 
 
+def _data_on_mgmt_net(raw: dict) -> None:
+    raw["sites"]["sha"]["pbx"]["sha-pbx1"]["address"] = "198.19.0.99"  # a data address on the mgmt net
+
+
 @pytest.mark.parametrize(
     "kind,target,params,why,variant",
     [
@@ -426,6 +455,21 @@ def _inband_ul(raw: dict) -> None:
         ("partition", "sha-pbx1", {"b": "controller"}, "management path", None),
         ("port_down", "sha-sw1:Gi0/7", {}, "management path", _mgmt_port),
         ("loss", "sha-ul1", {"percent": 10}, "management path", _inband_ul),
+        ("rate_limit", "sha-cti1", {"kbit": 1000, "dev": "mgmt0"}, "management NIC", None),
+        ("rate_limit", "sha-cti1", {"kbit": 1000, "dev": "eth7"}, "no interface eth7", None),
+        ("rate_limit", "sha-cti1", {"kbit": 1000, "dev": "lo"}, "not a data interface", None),
+        ("service_stop", "sha-pbx1", {"service": "ssh.socket"}, "management path", None),
+        (
+            "service_kill",
+            "sha-cti1",
+            {"service": "sshd@0-198.19.0.12:22-198.19.0.1:50000.service"},
+            "management path",
+            None,
+        ),
+        ("service_stop", "sha-ul1", {"service": "systemd-journald"}, "management path", None),
+        ("service_pause", "sha-pbx1", {"service": "cron"}, "not a service the topology names", None),
+        ("service_stop", "sha-pbx1", {"service": "hil-cti"}, "allowed: kamailio", None),
+        ("blackhole", "sha-pbx1", {}, "management address", _data_on_mgmt_net),
     ],
 )
 def test_refused_faults_send_nothing(

@@ -220,8 +220,11 @@ class SpanSession(Change):
 
     def plan(self) -> list[tuple[str, str]]:
         drv = self._driver(self.target)
-        cmds = [c for src in self.sources for c in drv.span_commands(src, self.destination, self.session)]
-        return [(self.target, c) for c in config_wrap(drv.device_type, cmds)]
+        out = []
+        for src in self.sources:  # one configuration session per source, as _inject sends them
+            cmds = config_wrap(drv.device_type, drv.span_commands(src, self.destination, self.session))
+            out += [(self.target, c) for c in cmds]
+        return out
 
     def plan_heal(self) -> list[tuple[str, str]]:
         drv = self._driver(self.target)

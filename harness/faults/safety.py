@@ -36,7 +36,7 @@ IFNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}$")
 # on the allowlist is refused anyway.
 _MGMT_UNITS = {
     "ssh", "sshd", "openssh-server", "dropbear", "networking", "network", "NetworkManager", "dbus",
-    "wpa_supplicant", "ifup", "getty", "serial-getty", "polkit", "rsyslog", "syslog", "cron", "auditd",
+    "wpa_supplicant", "ifup", "getty", "serial-getty", "polkit", "rsyslog", "syslog",
 }  # fmt: skip
 _MGMT_PREFIXES = ("ssh", "sshd", "openssh", "systemd-", "network")
 _UNIT_SUFFIXES = (".service", ".socket", ".target", ".path", ".timer", ".mount", ".slice", ".scope")
