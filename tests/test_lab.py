@@ -231,7 +231,8 @@ def test_nothing_left_behind(own_netns, how: str, eventually: Any) -> None:
 
 def test_span_capture_on_the_controllers_interface(lab: Lab, tmp_path: Path) -> None:
     """Captures run where a physical lab has them: on the controller's NIC on each switch's SPAN port,
-    the SPAN session set through the switch CLI by netmiko (the virtual switch mirrors with tc)."""
+    the SPAN session set through the switch CLI by netmiko (the virtual switch mirrors with tc), as a
+    change through the injector: made for the capture, removed after it."""
     from harness.decode import decode_pcap
     from harness.observe import LabCapture
 
@@ -253,6 +254,8 @@ def test_span_capture_on_the_controllers_interface(lab: Lab, tmp_path: Path) -> 
         s.sendall(b'{"type": "status"}\n')
         s.recv(4096)
         s.close()
+        with driver_for(lab, "sha-sw1") as sw:  # the SPAN session, as the switch's own CLI shows it
+            assert "Gi0/23" in sw._show("span_state", "show monitor session all")
     finally:
         results = cap.stop()
     assert all(r.complete for r in results), [r.to_dict() for r in results]
@@ -271,8 +274,9 @@ def test_span_capture_on_the_controllers_interface(lab: Lab, tmp_path: Path) -> 
     assert set(regs) == {"sha-sw1-span", "ntg-sw1-span"}, regs  # each PBX's 200 seen once, at its own site
     assert all(n == 1 for n in regs.values()), regs
     assert cti_msgs >= 2
+    # the capture's own injector made the SPAN sessions, and removed them when the capture stopped
     with driver_for(lab, "sha-sw1") as sw:
-        assert "Gi0/23" in sw._show("span_state", "show monitor session all")
+        assert "Gi0/23" not in sw._show("span_state", "show monitor session all")
 
 
 def twin(lab: Lab) -> VirtualBackend:

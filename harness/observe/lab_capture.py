@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.capture import Capture, CaptureResult
 from harness.decode import Decoded, decode_pcap
+from harness.faults import Injector
 from harness.history import History
 from harness.lab import Lab
 from harness.observe.points import capture_points, configure_span
@@ -15,11 +17,21 @@ from harness.observe.wire import addresses, cti_observations, sip_observations
 
 __all__ = ["LabCapture", "record_capture"]
 
+log = logging.getLogger("hil.observe")
+
 
 class LabCapture:
-    """One tcpdump per capture point, started together and stopped together."""
+    """One tcpdump per capture point, started together and stopped together.
 
-    def __init__(self, lab: Lab, out_dir: str | Path, prefix: str = "") -> None:
+    Its changes go through an injector: the SPAN sessions it needs, and each tcpdump it starts, journaled
+    by PID and start time so that `hil lab restore` stops the captures of a controller that died (and
+    never another process). Given none, it uses one of its own, which removes the SPAN sessions again when
+    the capture stops; a pytest session passes its own, which keeps them for the session.
+    """
+
+    def __init__(
+        self, lab: Lab, out_dir: str | Path, prefix: str = "", injector: Injector | None = None
+    ) -> None:
         self.lab = lab
         self.out_dir = Path(out_dir)
         self.points = capture_points(lab)
@@ -29,26 +41,51 @@ class LabCapture:
         ]
         self.results: list[CaptureResult] = []
         self.clock_offset = time.time() - time.monotonic()
+        self.injector = injector
+        self._own_injector = False
+        self._tracked: dict[str, str] = {}  # capture name -> the injector's id for its tcpdump
+
+    def _injector(self) -> Injector:
+        if self.injector is None:
+            self.injector = Injector(self.lab, out=log.info)
+            self._own_injector = True
+        return self.injector
 
     def start(self) -> LabCapture:
-        if any(p.device in self.lab.topology.devices and p.name.endswith("-span") for p in self.points):
-            configure_span(self.lab)
-        started = []
+        inj = self._injector()
+        started: list[Capture] = []
         try:
+            if any(p.device in self.lab.topology.devices and p.name.endswith("-span") for p in self.points):
+                configure_span(self.lab, inj)
             for c in self.captures:
                 c.start()
                 started.append(c)
+                if c.pid is not None:
+                    what = f"tcpdump {c.name} on {c.iface}"
+                    self._tracked[c.name] = inj.track_process("capture", c.pid, what)
         except BaseException:
-            for c in started:
-                c.stop()
+            self._stop(started)
             raise
         self.clock_offset = time.time() - time.monotonic()
         return self
 
+    def _stop(self, captures: list[Capture]) -> list[CaptureResult]:
+        """Stop tcpdumps (in parallel: each waits its ring drain, ~1.2 s), release them from the journal,
+        and heal the SPAN sessions if the injector is this capture's own."""
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, len(captures))) as pool:
+                return list(pool.map(lambda c: c.stop(), captures))
+        finally:
+            inj = self.injector
+            if inj is not None:
+                for name in [c.name for c in captures if c.name in self._tracked]:
+                    inj.release(self._tracked.pop(name))
+                if self._own_injector:
+                    inj.close()
+
     def stop(self) -> list[CaptureResult]:
-        if not self.results:  # in parallel: each stop waits tcpdump's ring drain (~1.2 s)
-            with ThreadPoolExecutor(max_workers=max(1, len(self.captures))) as pool:
-                self.results = list(pool.map(lambda c: c.stop(), self.captures))
+        if not self.results:
+            self.results = self._stop(self.captures)
         return self.results
 
     def __enter__(self) -> LabCapture:

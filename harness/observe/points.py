@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.drivers import driver_for
+from harness.faults import Change, Injector, SpanSession
 from harness.lab import Lab
 from harness.observe.readers import ObserveError
 
@@ -58,21 +58,22 @@ def span_points(lab: Lab) -> list[CapturePoint]:
     return out
 
 
-_SPAN_DONE: set[tuple[str, str, bool]] = set()
-
-
-def configure_span(lab: Lab, steps: Any = None) -> None:
-    """Point each switch's SPAN session at its capture port, through the switch's own CLI (netmiko), once
-    per lab run: sources are the ports facing the site's PBX and CTI, both directions."""
-    run = lab.backend.run_id()
-    dry = bool(steps is not None and steps.dry_run)
+def configure_span(lab: Lab, injector: Injector) -> list[Change]:
+    """Point each switch's SPAN session at its capture port (sources: the ports facing the site's PBX and
+    CTI, both directions), as a change through ``injector``: refused if unsafe, journaled, read back, and
+    removed when the injector heals it (its owner's end, or `hil lab restore` after a crash). A session the
+    injector holds already is kept; in a dry run each is planned, nothing is sent."""
+    out: list[Change] = []
     for sw in lab.topology.of_kind("switch"):
-        if not (sw.spec.span_port and sw.spec.capture_interface) or (run, sw.name, dry) in _SPAN_DONE:
+        if not (sw.spec.span_port and sw.spec.capture_interface) or not span_sources(lab, sw):
             continue
-        with driver_for(lab, sw.name, steps) as drv:
-            for port in span_sources(lab, sw):
-                drv.span(port, sw.spec.span_port, session=1)
-        _SPAN_DONE.add((run, sw.name, dry))
+        held = next(
+            (c for c in injector.active.values() if isinstance(c, SpanSession) and c.target == sw.name), None
+        )
+        if held is None:
+            held = injector.start(injector.make("span_session", sw.name))
+        out.append(held)
+    return out
 
 
 def capture_points(lab: Lab) -> list[CapturePoint]:

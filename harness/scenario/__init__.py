@@ -29,7 +29,7 @@ from harness.scenario.agents import (
     uplink,
 )
 from harness.scenario.calls import place_call
-from harness.scenario.plan import PlanLog, format_plan, read_plan, record_plan
+from harness.scenario.plan import PlanLog, change_plan, format_plan, read_plan, record_plan
 from harness.scenario.readiness import (
     AgentsReady,
     agents_ready,
@@ -47,6 +47,7 @@ from harness.scenario.session import (
     label_test,
     missing_kinds,
     scale_unfit,
+    session_injector,
     start_capture,
     write_session_reports,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "agents_ready",
     "agents_where",
     "allure_id",
+    "change_plan",
     "device_facts",
     "driver",
     "dry_run_lab",
@@ -96,6 +98,7 @@ __all__ = [
     "restart_swarms",
     "scale_unfit",
     "scenario_name",
+    "session_injector",
     "settings_from_options",
     "start_capture",
     "switch_back",

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["PlanLog", "format_plan", "read_plan", "record_plan"]
+from harness.faults import FAULT_OPS, Change
+
+__all__ = ["PlanLog", "change_plan", "format_plan", "read_plan", "record_plan"]
+
+_ACTIONS = ("fault", "heal", "change", "revert")  # plan entries of the injector's changes
 
 
 class _Planned(Protocol):
@@ -16,6 +20,18 @@ class _Planned(Protocol):
     name: str
     plan: list[dict[str, Any]]
     settings: Any
+
+
+def change_plan(change: Change, *, heal: bool = False) -> dict[str, Any]:
+    """A change of the injector as a plan entry: what it is, and the device commands it would send (to
+    make it, or with ``heal`` to undo it). A fault is a ``fault`` / ``heal``; another change (a swarm
+    restart, a SPAN session) a ``change`` / ``revert``."""
+    fault = change.ops == FAULT_OPS
+    if heal:
+        undo = "heal" if fault else "revert"
+        return {undo: change.kind, "target": change.target, "plan": change.plan_heal()}
+    what = "fault" if fault else "change"
+    return {what: change.kind, "target": change.target, "params": change.params, "plan": change.plan()}
 
 
 @dataclass
@@ -46,6 +62,13 @@ def read_plan(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _short(v: Any) -> str:
+    """A parameter as a plan line shows it: a long list (the agents a switch moves) by its count."""
+    if isinstance(v, list | tuple) and len(v) > 4:
+        return f"[{v[0]}, {v[1]}, ... {len(v)} in all]"
+    return str(v)
+
+
 def format_plan(entries: Sequence[Mapping[str, Any]]) -> str:
     """The dry-run plan as text: one line per device action, grouped by scenario and phase."""
     lines = []
@@ -54,9 +77,9 @@ def format_plan(entries: Sequence[Mapping[str, Any]]) -> str:
         for item in e["plan"]:
             if "phase" in item:
                 lines.append(f"  [{item['phase']}]")
-            elif "fault" in item or "heal" in item:
-                what = "fault" if "fault" in item else "heal"
-                params = ", ".join(f"{k}={v}" for k, v in (item.get("params") or {}).items())
+            elif any(k in item for k in _ACTIONS):
+                what = next(k for k in _ACTIONS if k in item)
+                params = ", ".join(f"{k}={_short(v)}" for k, v in (item.get("params") or {}).items())
                 extra = f" ({params})" if params else ""
                 if item.get("delay_s") is not None:
                     extra += f" after a seeded {item['delay_s']} s"

@@ -7,6 +7,7 @@ a baseline read of every PBX and CTI before the first fault.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import observe
-from harness.drivers import Steps, driver_for
+from harness.drivers import Steps
+from harness.faults import Change, Injector
 from harness.lab import Lab
-from harness.scenario.agents import SWARM_UNIT, agent_hosts, agents_extensions, agents_homes
+from harness.scenario.agents import agent_hosts, agents_extensions, agents_homes
+from harness.scenario.plan import change_plan
 from harness.scenario.settings import LabNotReady, Settings
 
 __all__ = [
@@ -28,18 +31,29 @@ __all__ = [
     "wait_lab_clean",
 ]
 
+log = logging.getLogger("hil.scenario")
 
-def restart_swarms(lab: Lab, steps: Steps | None = None, sites: Sequence[str] | None = None) -> None:
-    """Restart the agent swarm on every agents host (of ``sites``), in parallel, through the host driver."""
-    hosts = agent_hosts(lab, None if sites is None else tuple(sites))
 
-    def one(name: str) -> None:
-        with driver_for(lab, name, steps) as drv:
-            drv.run(f"systemctl restart {SWARM_UNIT}", action="service_restart", check=True)
-
-    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        for f in [pool.submit(one, h) for h in hosts]:
-            f.result()
+def restart_swarms(
+    lab: Lab,
+    steps: Steps | None = None,
+    sites: Sequence[str] | None = None,
+    injector: Injector | None = None,
+) -> list[Change]:
+    """Restart the agent swarm on every agents host (of ``sites``), in parallel, each a change through the
+    injector (journaled while it happens, verified running after); ``injector`` defaults to one of its
+    own, which first heals what a dead run left. In a dry run each restart is planned, nothing is sent."""
+    inj = injector or Injector(lab, steps=steps, out=log.info)
+    try:
+        hosts = agent_hosts(lab, None if sites is None else tuple(sites))
+        changes = [inj.make("swarm_service", h, verb="restart") for h in hosts]
+        with ThreadPoolExecutor(max_workers=max(1, len(changes))) as pool:
+            for f in [pool.submit(inj.once, c) for c in changes]:
+                f.result()
+        return changes
+    finally:
+        if injector is None:
+            inj.close()
 
 
 def reset_agents(lab: Lab, steps: Steps | None = None, timeout: float = 45.0, dry_run: bool = False) -> float:
@@ -96,15 +110,11 @@ class AgentsReady:
 
 
 def agents_ready(lab: Lab, settings: Settings) -> AgentsReady:
-    """Restart the swarms and wait until every agent is home and ready (see :func:`reset_agents`)."""
-    steps = Steps(dry_run=settings.dry_run)
-    plan: list[dict[str, Any]] = []
-    steps.sinks.append(
-        lambda st: (
-            plan.append({"device": st.device, "action": st.action, "commands": st.commands})
-            if st.dry_run
-            else None
-        )
-    )
-    took = reset_agents(lab, steps, settings.ready_timeout, dry_run=settings.dry_run)
-    return AgentsReady(agents_homes(lab), took, plan)
+    """Restart the swarms and wait until every agent is home and ready (see :func:`reset_agents`); in a
+    dry run, the plan of the restarts."""
+    if settings.dry_run:
+        changes = restart_swarms(lab, Steps(dry_run=True))
+        plan = [e for c in changes for e in (change_plan(c), change_plan(c, heal=True))]
+        return AgentsReady(agents_homes(lab), 0.0, plan)
+    took = reset_agents(lab, Steps(), settings.ready_timeout)
+    return AgentsReady(agents_homes(lab), took)

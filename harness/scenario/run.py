@@ -23,12 +23,13 @@ from typing import Any
 
 from harness import observe
 from harness.checks import PHASE, Verdict
-from harness.drivers import Step, Steps, driver_for
-from harness.faults import Injector, make_fault
+from harness.drivers import Step, Steps
+from harness.faults import Change, Injector, make_fault
 from harness.history import History
 from harness.lab import Lab
-from harness.scenario.agents import SWARM_UNIT, agent_hosts
+from harness.scenario.agents import agent_hosts
 from harness.scenario.judging import Judging
+from harness.scenario.plan import change_plan
 from harness.scenario.readiness import restart_swarms, wait_lab_clean
 from harness.scenario.settings import FAULT_JITTER_S, LabNotReady, Settings, poll_rate, slug
 from harness.scenario.waits import Waits
@@ -79,6 +80,7 @@ class Scenario(Waits, Judging):
         self._faults_drawn = 0  # faults this scenario has drawn a seeded delay for
         self.finished = False
         self._injector: Injector | None = None
+        self._swarms_stopped: dict[str, Change] = {}  # agents host -> its open swarm stop
         self._lock = threading.Lock()
         self.steps.sinks.append(self._on_step)
 
@@ -105,8 +107,8 @@ class Scenario(Waits, Judging):
     def start(self) -> Scenario:
         """Start the evidence: lab snapshot, roster, capture, snapshots, and a baseline read."""
         if self.dry_run:
-            if self.settings.capture and observe.span_points(self.lab):
-                observe.configure_span(self.lab, self.steps)  # the plan shows the SPAN set-up, sends nothing
+            if self.settings.capture and observe.span_points(self.lab):  # the plan shows the SPAN set-up
+                self.plan.extend(change_plan(c) for c in observe.configure_span(self.lab, self.injector()))
             return self
         if self.history is not None:
             return self
@@ -136,12 +138,14 @@ class Scenario(Waits, Judging):
     def finish(self, final_read: bool = True) -> None:
         """End the evidence (idempotent): wait for the lab to be back, a final read of every PBX and CTI,
         the end lab snapshot, then stop the capture and record what it decoded. Faults were healed by
-        their own blocks (harness.faults heals on any exit); after an interrupt the final read is skipped
-        and the evidence so far is still closed and kept."""
+        their own blocks (harness.faults heals on any exit), and a change still open (a swarm stopped by
+        :meth:`begin` and never ended) is healed first; after an interrupt the final read is skipped and
+        the evidence so far is still closed and kept."""
         if self.dry_run or self.finished or self.history is None:
             return
         self.finished = True
         try:
+            self.heal_active()  # a change a block left open (a swarm stopped and never started again)
             if final_read:
                 self._final_read()
         finally:
@@ -261,26 +265,44 @@ class Scenario(Waits, Judging):
             )
         return self._injector
 
-    def op(self, f: str, value: dict[str, Any], fn: Callable[[], Any], process: str = "nemesis") -> Any:
-        """Record an operation of the scenario's own (a planned-switch rule) around ``fn``."""
+    # -- changes that are not faults (a swarm stopped, restarted), through the same injector ----------
+
+    def begin(self, kind: str, target: str, **params: Any) -> Change:
+        """Make a change through the injector (refused if unsafe, journaled, read back) and keep it until
+        :meth:`end` (or the scenario's end, which heals what is left open). Planned in a dry run."""
+        inj = self.injector()
+        change = inj.make(kind, target, **params)
         if self.dry_run:
-            self.plan.append({"op": f, "value": value})
-            return None
-        assert self.history is not None
-        self.history.invoke(process, f, value, sync=True)
-        try:
-            res = fn()
-        except BaseException as e:
-            self.history.info(process, f, {"id": value.get("id")}, error=f"{type(e).__name__}: {e}")
-            raise
-        self.history.ok(process, f, {"id": value.get("id")})
-        return res
+            change.check_safety()
+            self.plan.append(change_plan(change))
+            return change
+        return inj.start(change)
+
+    def end(self, change: Change) -> None:
+        """Undo a change made by :meth:`begin` (its heal, read back)."""
+        if self.dry_run:
+            self.plan.append(change_plan(change, heal=True))
+            return
+        self.injector().end(change)
+
+    def once(self, kind: str, target: str, **params: Any) -> Change:
+        """Make a change and heal it at once (a swarm restart: journaled while it happens, verified after)."""
+        change = self.begin(kind, target, **params)
+        self.end(change)
+        return change
 
     def restart_swarms(self, sites: Sequence[str] | None = None) -> None:
-        restart_swarms(self.lab, self.steps, sites)
+        restart_swarms(self.lab, self.steps, sites, injector=self.injector())
 
     def swarm(self, verb: str, sites: Sequence[str]) -> None:
-        """``systemctl <verb> hil-swarm`` on the agents hosts of ``sites`` (stop, start, restart)."""
+        """``systemctl <verb> hil-swarm`` on the agents hosts of ``sites`` (stop, start, restart), each a
+        change through the injector: a stop lasts until the next start (or the scenario's end), which is
+        its heal; a restart is made and verified at once."""
         for h in agent_hosts(self.lab, tuple(sites)):
-            with driver_for(self.lab, h, self.steps) as drv:
-                drv.run(f"systemctl {verb} {SWARM_UNIT}", action=f"service_{verb}", check=True)
+            if verb == "stop":
+                if h not in self._swarms_stopped:
+                    self._swarms_stopped[h] = self.begin("swarm_service", h, verb="stop")
+            elif h in self._swarms_stopped:
+                self.end(self._swarms_stopped.pop(h))  # the heal of a stop starts it
+            else:
+                self.once("swarm_service", h, verb=verb)

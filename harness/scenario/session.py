@@ -4,6 +4,7 @@ test, read-only driver views, and the heal of what a crashed block left."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +27,12 @@ __all__ = [
     "label_test",
     "missing_kinds",
     "scale_unfit",
+    "session_injector",
     "start_capture",
     "write_session_reports",
 ]
+
+log = logging.getLogger("hil.scenario")
 
 
 def dry_run_lab(topo: Topology) -> Lab:
@@ -106,11 +110,21 @@ def write_session_reports(results_dir: str | Path, topology_file: str | None, la
     report.write_categories(results_dir)
 
 
-def start_capture(lab: Lab, settings: Settings, name: str) -> observe.LabCapture | None:
-    """Start the capture of a scenario (None in a dry run or with capture off)."""
+def start_capture(
+    lab: Lab, settings: Settings, name: str, injector: faults.Injector | None = None
+) -> observe.LabCapture | None:
+    """Start the capture of a scenario (None in a dry run or with capture off). Its SPAN sessions and
+    tcpdumps go through ``injector`` (a session's, which keeps the SPAN sessions for the session), else
+    through one of the capture's own."""
     if settings.dry_run or not settings.capture:
         return None
-    return observe.LabCapture(lab, Path(settings.out_dir) / "pcap" / slug(name)).start()
+    return observe.LabCapture(lab, Path(settings.out_dir) / "pcap" / slug(name), injector=injector).start()
+
+
+def session_injector(lab: Lab, settings: Settings) -> faults.Injector:
+    """The injector of a pytest session (or a script's run of many scenarios): it heals what a dead run
+    left first, and holds the lab-wide changes of the session (SPAN sessions) until it is closed."""
+    return faults.Injector(lab, dry_run=settings.dry_run, out=log.info)
 
 
 def driver(sc: Scenario, name: str) -> ReadOnlyDriver:
