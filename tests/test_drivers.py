@@ -148,3 +148,28 @@ def _in_call(lab: Lab) -> bool:
     with driver_for(lab, "sha-phone1") as phone:
         data = phone._request("call_state", "GET", "/servlet?phonecfg=get&accounts=0")
     return data.get("data", {}).get("call_state") not in (None, "idle")
+
+
+@pytest.mark.parametrize(
+    "switch,sources,dest",
+    [
+        ("sha-sw1", ["Gi0/1", "Gi0/2"], "Gi0/23"),
+        ("ntg-sw1", ["GigabitEthernet0/0/1", "GigabitEthernet0/0/2"], "GigabitEthernet0/0/23"),
+    ],
+)
+def test_span_session_read_back_and_removed(lab: Lab, switch: str, sources: list[str], dest: str) -> None:
+    """SPAN set up, read back from the switch's own show command, removed whatever of it is there, and a
+    second removal (nothing configured) sends nothing."""
+    steps: list[Step] = []
+    with driver_for(lab, switch, Steps(sinks=[steps.append])) as sw:
+        assert sw.span_state(2).empty
+        for src in sources:
+            sw.span(src, dest, session=2)
+        st = sw.span_state(2)
+        assert st.destination is not None and st.destination.endswith(dest.split("Ethernet")[-1])
+        assert sorted(st.sources.values()) == ["both", "both"] and len(st.sources) == 2
+        sw.span_remove(2)
+        assert sw.span_state(2).empty
+        steps.clear()
+        sw.span_remove(2)
+    assert [s.action for s in steps] == ["span_state"] * len(sw.span_state_commands(2))
