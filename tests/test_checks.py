@@ -946,3 +946,19 @@ def test_faults_healed_compares_only_what_both_snapshots_read(rec: Rec) -> None:
     rec.at(5.0).observe("lab_snapshot", "controller", {**start, "links": links})
     v = check_faults_healed(rec.h)
     assert v.result == "unknown" and "ntg-sw1:Gi0/1" in v.reason
+
+
+def test_faults_healed_compares_pdu_outlets_where_recorded(rec: Rec) -> None:
+    """A powered-off device whose outlet never came back on: the lab does not end as it began."""
+    lab = {**LAB, "outlets": {"sha-pdu1:1": "up"}}
+    rec.at(0.0).observe("lab_snapshot", "controller", lab)
+    off = {"id": "p1", "fault": "power_off", "target": "sha-pbx1"}
+    rec.op(1.0, "invoke", "nemesis", "fault.inject", off)
+    rec.op(1.1, "ok", "nemesis", "fault.inject", off)
+    rec.op(2.0, "invoke", "nemesis", "fault.heal", off)
+    rec.op(2.1, "ok", "nemesis", "fault.heal", off)
+    rec.at(3.0).observe("lab_snapshot", "controller", lab)
+    assert check_faults_healed(rec.h).result == "valid"
+    rec.at(4.0).observe("lab_snapshot", "controller", {**LAB, "outlets": {"sha-pdu1:1": "down"}})
+    v = check_faults_healed(rec.h)
+    assert v.result == "invalid" and v.witnesses[0]["field"] == "outlets"

@@ -16,14 +16,21 @@ def roster(lab: Lab) -> dict[str, Any]:
 
 
 def lab_snapshot(lab: Lab) -> dict[str, Any]:
-    """Links and processes of the lab, compared at start and end by check_faults_healed.
+    """Links, processes and (PDU) outlets of the lab, compared at start and end by check_faults_healed.
 
     A process is ``running`` when active and answering; PIDs are left out on purpose: a healed kill
     restarts the process under a new PID, and that is the lab as it began.
     """
     st = lab.status()
     if st is None:
-        return {"links": {}, "processes": {}, "management": {}, "complete": False, "problems": ["no status"]}
+        return {
+            "links": {},
+            "processes": {},
+            "outlets": {},
+            "management": {},
+            "complete": False,
+            "problems": ["no status"],
+        }
     links = {f"{x.switch}:{x.port}": x.state for x in st.links if x.connects}
     procs = {}
     for p in st.processes:
@@ -32,9 +39,11 @@ def lab_snapshot(lab: Lab) -> dict[str, Any]:
             state = "not_answering"
         procs[f"{p.device}:{p.name}"] = "running" if state == "active" else state
     mgmt = {m.device: m.state for m in st.management}
+    outlets = {f"{o.pdu}:{o.outlet}": o.state for o in st.outlets if o.connects}
     return {
         "links": links,
         "processes": procs,
+        "outlets": outlets,
         "management": mgmt,
         "complete": st.complete,
         "problems": st.problems,
