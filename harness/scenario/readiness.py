@@ -78,12 +78,13 @@ def reset_agents(lab: Lab, steps: Steps | None = None, timeout: float = 45.0, dr
 
 
 def lab_problems(lab: Lab) -> list[str]:
-    """What is not as a fresh lab has it: a process not running, a connected port down."""
+    """What is not as a fresh lab has it: a process not running, a connected port down, an outlet off."""
     snap = observe.lab_snapshot(lab)
     if not snap.get("complete", True):
         return [f"lab state not read: {p}" for p in snap.get("problems", [])]
     out = [f"process {k} is {v}" for k, v in snap["processes"].items() if v != "running"]
     out += [f"link {k} is {v}" for k, v in snap["links"].items() if v != "up"]
+    out += [f"outlet {k} is {v}" for k, v in snap.get("outlets", {}).items() if v != "up"]
     out += [f"management of {k} is {v}" for k, v in snap.get("management", {}).items() if v != "up"]
     return out
 
