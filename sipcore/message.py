@@ -89,7 +89,7 @@ def header_name(key: str) -> str:
 
 
 def _start_line(line: str) -> tuple[str, str, int, str] | None:
-    """(method, uri, status, reason) of a start line with an empty method for a response; None if not SIP."""
+    """(method, uri, status, reason) of a start line (method, uri empty in a response); None if not SIP."""
     if line.startswith("SIP/2.0 "):
         code = line[8:11]
         if not code.isdigit() or line[11:12] not in (" ", ""):
