@@ -19,12 +19,12 @@ from harness.lab import Lab, LabStatus
 pytestmark = pytest.mark.lab
 
 
-def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+def eventually(pred: Callable[[], bool], timeout: float = 30.0, every: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.2)
+        time.sleep(every)
     return True
 
 
@@ -58,8 +58,9 @@ def test_poly_moves_to_the_other_pbx_and_back(lab: Lab) -> None:
 def test_yealink_reboot_reregisters(lab: Lab) -> None:
     with driver_for(lab, "sha-phone1") as phone:
         phone.reboot()
-        assert eventually(lambda: not phone.registration().registered, 3)
-        assert eventually(lambda: phone.registration().registered, 10)
+        # the phone is unregistered for about its 1 s reboot pause: poll fast enough not to miss it
+        assert eventually(lambda: not phone.registration().registered, every=0.02)
+        assert eventually(lambda: phone.registration().registered)
 
 
 def test_phone_bad_password_is_a_device_error_not_unreachable(lab: Lab) -> None:
@@ -71,7 +72,7 @@ def test_phone_bad_password_is_a_device_error_not_unreachable(lab: Lab) -> None:
         t0 = time.monotonic()
         with pytest.raises(DeviceUnreachable):  # nothing listens there: retried, then a lab fault
             phone.registration()
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 15  # retried briefly, not hung (generous for a busy machine)
 
 
 @pytest.mark.parametrize("console,port", [("sha-con1", "Gi0/7"), ("ntg-con1", "GigabitEthernet0/0/7")])
@@ -137,7 +138,7 @@ def test_caller_answered_no_answer_busy_failed(lab: Lab) -> None:
     first: dict[str, object] = {}
     t = threading.Thread(target=lambda: first.update(r=caller.call("19001", hold=2.5, sip_port=5064)))
     t.start()
-    assert eventually(lambda: "r" in first or _in_call(lab), 5)
+    assert eventually(lambda: "r" in first or _in_call(lab), every=0.05)
     r = caller.call("19001", sip_port=5066)
     t.join()
     assert r.outcome == "busy" and r.status == 486, r
