@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from harness.faults.base import FaultRefused
 from harness.lab import Lab
@@ -195,20 +195,16 @@ def read_netns(ns_path: str, timeout: float = 5.0) -> HostInterfaces | None:
             os.close(fd)
         box.append(_read_here())
 
-    th = threading.Thread(target=_quietly(read), name="faults-netns-read", daemon=True)
-    th.start()
-    th.join(timeout)
-    return box[0] if box else None
-
-
-def _quietly(fn: Any) -> Any:
-    def run() -> None:
+    def guarded() -> None:
         try:
-            fn()
+            read()
         except OSError:
             pass  # unreadable: the caller gets None and refuses
 
-    return run
+    th = threading.Thread(target=guarded, name="faults-netns-read", daemon=True)
+    th.start()
+    th.join(timeout)
+    return box[0] if box else None
 
 
 def _read_here() -> HostInterfaces:
