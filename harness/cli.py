@@ -97,17 +97,17 @@ def lab_restore(topology_file: str | None, journal: str | None, include_live: bo
     stays open), 2 if the journal is not one."""
     from harness import faults  # TODO(lead): to the top of the file (this function is all I own)
 
-    def unusable(why: str) -> None:
+    def unusable(why: str) -> SystemExit:
         click.echo(f"error: {why}", err=True)
-        sys.exit(EXIT_USAGE)
+        return SystemExit(EXIT_USAGE)
 
     if journal is not None:
         if not faults.Journal(journal).path.is_file():
-            unusable(f"{journal}: no such fault journal")
+            raise unusable(f"{journal}: no such fault journal")
         try:
             faults.Journal(journal).read()  # a file that is not a journal: exit 2 before the lab is read
         except faults.JournalError as e:
-            unusable(str(e))
+            raise unusable(str(e)) from None
     topo = topology_mod.load(topology_file)
     if topo.kind == "virtual" and virtual_backend.find(topo.name) is None:
         click.echo("no lab is up: nothing to restore")
@@ -116,7 +116,7 @@ def lab_restore(topology_file: str | None, journal: str | None, include_live: bo
     try:
         results = faults.restore(the_lab, journal, include_live=include_live)
     except faults.JournalError as e:
-        unusable(str(e))
+        raise unusable(str(e)) from None
     if not [r for r in results if r["result"] != "unreadable"]:
         click.echo("no open faults")
     for r in results:
