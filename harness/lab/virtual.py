@@ -62,7 +62,7 @@ class VirtualBackend:
         ]
         mgmt = [ManagementStatus(m["device"], m["state"]) for m in st.get("management", [])]
         extra = {k: v for k, v in st.items() if k not in ("links", "processes", "management")}
-        return LabStatus(links, procs, mgmt, [], extra)
+        return LabStatus(links, procs, mgmt, problems=[], extra=extra)
 
     def ns_path(self, device: str) -> str | None:
         return self.handle.ns_path(device)
