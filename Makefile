@@ -13,9 +13,11 @@ STAMP := .hil
 run: setup
 	$(VENV)/bin/hil run
 
-# The project's own tests, then the scenario suite: on the default lab, then the scale scenario on the
-# 1,000-agent lab (both sessions always run; the target fails if either does).
+# The import contracts (.importlinter: the house's layering), the project's own tests, then the scenario
+# suite: on the default lab, then the scale scenario on the 1,000-agent lab (both sessions always run; the
+# target fails if either does).
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 	@rc=0; \
 	$(PY) -m pytest -q -p no:cacheprovider scenarios -m "not scale" --alluredir reports/allure-results || rc=1; \
@@ -56,6 +58,7 @@ node_modules/.package-lock.json: package.json package-lock.json | $(STAMP)/deb
 	npm ci --no-audit --no-fund --loglevel=error
 
 lint: venv
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

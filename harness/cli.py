@@ -15,10 +15,12 @@ from typing import Any
 
 import click
 
+from harness import faults, gate, mainjob, report
 from harness import topology as topology_mod
 from harness.lab import virtual as virtual_backend
 from harness.lab.session import LabError, open_lab
-from harness.topology import SecretMissing, TopologyError
+from harness.topology import REPO_ROOT, SecretMissing, TopologyError
+from harness.ulapi import UlError, client_for
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -95,7 +97,6 @@ def lab_restore(topology_file: str | None, journal: str | None, include_live: bo
     """Heal every change a controller left open in the journal (e.g. one killed with SIGKILL), read each
     heal back, and stop the captures it left running. Exit 1 if a heal failed or did not show (the change
     stays open), 2 if the journal is not one."""
-    from harness import faults  # TODO(lead): to the top of the file (this function is all I own)
 
     def unusable(why: str) -> SystemExit:
         click.echo(f"error: {why}", err=True)
@@ -204,7 +205,6 @@ def run(topology_file: str | None, dry_run: bool, policy: str | None, no_scale: 
     Ctrl-C at any point heals the faults in place and takes the lab down. Exit code: the gate's (0 ship,
     1 do not ship, 2 could not judge), 130 when interrupted.
     """
-    from harness import mainjob
 
     t0 = time.monotonic()
     res = mainjob.run(topology_file, dry_run=dry_run, policy=policy, scale=not no_scale, out=click.echo)
@@ -221,7 +221,6 @@ def switch() -> None:
 
 
 def _ul(topology_file: str | None, prefer: str | None = None):  # type: ignore[no-untyped-def]
-    from harness.ulapi import client_for
 
     lab = open_lab(topology_mod.load(topology_file), bring_up=False)
     return client_for(lab, prefer)
@@ -230,7 +229,6 @@ def _ul(topology_file: str | None, prefer: str | None = None):  # type: ignore[n
 def _ul_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*a: Any, **kw: Any) -> Any:
-        from harness.ulapi import UlError
 
         try:
             return fn(*a, **kw)
@@ -333,7 +331,6 @@ def validate(topology_file: str | None) -> None:
 @_friendly
 def report_cmd(results: str, out: str, name: str) -> None:
     """Build the HTML report from the Allure results with Allure 3 (npm `allure`, installed by make setup)."""
-    from harness import report
 
     t0 = time.monotonic()
     try:
@@ -352,7 +349,6 @@ def report_cmd(results: str, out: str, name: str) -> None:
 @_friendly
 def gate_cmd(policy: str | None, results: str, out: str) -> None:
     """Judge a run for release: exit 0 ship, 1 do not ship, 2 could not judge (evidence missing)."""
-    from harness import gate
 
     rep = gate.run_gate(policy, results)
     click.echo(gate.table(rep))
@@ -370,8 +366,6 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 def _bench(script: str, argv: list[str]) -> None:
     import subprocess
-
-    from harness.topology import REPO_ROOT
 
     r = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / script), *argv], cwd=REPO_ROOT)
     sys.exit(r.returncode)

@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import faults, gate, report
 from harness import topology as topology_mod
 from harness.lab import virtual as virtual_backend
 from harness.lab.session import LabError, open_lab
+from harness.scenario import format_plan, read_plan
 from harness.topology import REPO_ROOT
 
 SCALE_TOPOLOGY = REPO_ROOT / "topologies" / "virtual-1k.yaml"
@@ -137,8 +139,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _heal_leftovers(topo: topology_mod.Topology, out: Callable[[str], None]) -> None:
     """Heal every change a (now dead) suite left in the journal; say what could not be healed or read."""
     try:
-        from harness import faults  # TODO(lead): to the top of the file (this function is all I own)
-
         lab = open_lab(topo, bring_up=False)
         for r in faults.restore(lab):
             if r["result"] == "unreadable":
@@ -185,15 +185,11 @@ def run(
         return res
 
     if dry_run:
-        from harness.scenario import format_plan, read_plan
-
         res.plan = format_plan(read_plan(reports / "plan.jsonl"))
         out(res.plan or "(no plan: no scenario was collected)")
         failed = [s for s in res.sessions if s.returncode not in (0, 5)]
         res.exit_code = 1 if failed else 0
         return res
-
-    from harness import gate, report
 
     try:
         res.report = report.build_report(results, reports / "allure-report", name="hil failover lab")
@@ -286,8 +282,6 @@ def summary(res: JobResult, reports: Path = REPO_ROOT / "reports") -> str:
 
 def _allure_hint(index: Path) -> str:
     try:
-        from harness import report
-
         return f"{report.allure_cli()} open {index.parent}"
     except Exception:
         return str(index)

@@ -43,7 +43,6 @@ class LabCapture:
         self.clock_offset = time.time() - time.monotonic()
         self.injector = injector
         self._own_injector = False
-        self._tracked: dict[str, str] = {}  # capture name -> the injector's id for its tcpdump
 
     def _injector(self) -> Injector:
         if self.injector is None:
@@ -58,11 +57,9 @@ class LabCapture:
             if any(p.device in self.lab.topology.devices and p.name.endswith("-span") for p in self.points):
                 configure_span(self.lab, inj)
             for c in self.captures:
+                c.tracker = inj  # journaled by the capture itself, as soon as tcpdump has a PID
                 c.start()
                 started.append(c)
-                if c.pid is not None:
-                    what = f"tcpdump {c.name} on {c.iface}"
-                    self._tracked[c.name] = inj.track_process("capture", c.pid, what)
         except BaseException:
             self._stop(started)
             raise
@@ -70,18 +67,14 @@ class LabCapture:
         return self
 
     def _stop(self, captures: list[Capture]) -> list[CaptureResult]:
-        """Stop tcpdumps (in parallel: each waits its ring drain, ~1.2 s), release them from the journal,
-        and heal the SPAN sessions if the injector is this capture's own."""
+        """Stop tcpdumps in parallel (each releases its journal entry), and heal the SPAN sessions if the
+        injector is this capture's own."""
         try:
             with ThreadPoolExecutor(max_workers=max(1, len(captures))) as pool:
                 return list(pool.map(lambda c: c.stop(), captures))
         finally:
-            inj = self.injector
-            if inj is not None:
-                for name in [c.name for c in captures if c.name in self._tracked]:
-                    inj.release(self._tracked.pop(name))
-                if self._own_injector:
-                    inj.close()
+            if self.injector is not None and self._own_injector:
+                self.injector.close()
 
     def stop(self) -> list[CaptureResult]:
         if not self.results:
