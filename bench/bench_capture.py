@@ -11,7 +11,7 @@ Usage (root; creates two network namespaces of its own and removes them by name 
     time. Target: zero drops at 50,000 packets per second.
 (b) Decoding: ``harness.decode.decode_pcap`` against ``tshark -T fields`` on one 200,000-packet pcap.
     Targets: at least 100,000 packets per second, and at least 3 times tshark's rate.
-(c) SIP parser: ``harness.sipmsg.parse_sip`` against pyVoIP's ``SIPMessage`` (the maintained parser already
+(c) SIP parser: ``sipcore.scan.parse_sip`` against pyVoIP's ``SIPMessage`` (the maintained parser already
     in the stack's dependencies), on the message kinds pyVoIP accepts.
 
 Each target prints PASS or MISS; the targets are the issue's and are not adjusted here.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.sysinfo import describe  # noqa: E402
 from harness.capture import Capture  # noqa: E402
 from harness.decode import decode_pcap  # noqa: E402
-from harness.sipmsg import parse_sip  # noqa: E402
+from sipcore.scan import parse_sip  # noqa: E402
 
 TARGET_CAPTURE_PPS = 50_000
 TARGET_DECODE_PPS = 100_000

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import sipprobe
+from sipcore import digest, message
 from virtual import pbx
 
 HOST = "127.0.0.1"
@@ -55,7 +55,7 @@ def register_storm(exts: dict[str, str], window: int = 400, timeout: float = 60.
 
     def build(ext: str, call_id: str, cseq: int, auth: str | None) -> bytes:
         aor = f"sip:{ext}@{HOST}"
-        msg = sipprobe.SipMessage(
+        msg = message.SipMessage(
             f"REGISTER sip:{HOST} SIP/2.0",
             [
                 ("Via", f"SIP/2.0/UDP {local};branch=z9hG4bK{secrets.token_hex(8)};rport"),
@@ -69,7 +69,7 @@ def register_storm(exts: dict[str, str], window: int = 400, timeout: float = 60.
             ],
         )
         if auth:
-            msg.headers.append(("Authorization", auth))
+            msg.add_header("Authorization", auth)
         return msg.to_bytes()
 
     t0 = time.monotonic()
@@ -89,14 +89,14 @@ def register_storm(exts: dict[str, str], window: int = 400, timeout: float = 60.
                     sock.sendto(data, (HOST, SIP_PORT))
             continue
         raw, _ = sock.recvfrom(65535)
-        resp = sipprobe.parse_message(raw)
+        resp = message.parse(raw)
         call_id = resp.header("Call-ID") or ""
         if call_id not in state:
             continue
         ext, cseq, _, _ = state[call_id]
         if resp.status == 401 and cseq == 1:
-            chal = sipprobe.parse_challenge(resp.header("WWW-Authenticate") or "")
-            auth = sipprobe.digest_authorization(chal, "REGISTER", f"sip:{HOST}", ext, exts[ext])
+            chal = digest.parse_challenge(resp.header("WWW-Authenticate") or "")
+            auth = digest.authorization(chal, "REGISTER", f"sip:{HOST}", ext, exts[ext])
             data = build(ext, call_id, 2, auth)
             state[call_id] = (ext, 2, time.monotonic(), data)
             sock.sendto(data, (HOST, SIP_PORT))

@@ -21,7 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
-from harness.sipprobe import SipUdpClient, parse_message
+from sipcore.client import SipUdpClient
+from sipcore.message import parse as parse_message
 from stack.common import auth
 from stack.cti.client import CtiConnection, CtiError
 from stack.cti.pbxevents import PbxEventListener, listen, parse_event

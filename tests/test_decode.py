@@ -28,7 +28,9 @@ from harness.decode import (
     iter_frames,
     to_dicts,
 )
-from harness.sipmsg import parse_sip, uri_host, uri_user
+from sipcore.scan import parse_sip
+from sipcore.uri import host_of as uri_host
+from sipcore.uri import user_of as uri_user
 
 PBX, PHONE, PHONE2, CTI, AGENT = "198.18.1.1", "198.18.1.11", "198.18.1.12", "198.18.1.2", "198.18.1.21"
 CTI_PORT = 7010

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from harness import sipprobe
 from harness.drivers import driver_for
 from harness.drivers.base import Step, Steps
 from harness.faults import FaultRefused, Injector, Journal, default_journal, make_fault
@@ -26,6 +25,7 @@ from harness.history import History
 from harness.lab import Lab
 from harness.lab.virtual import VirtualBackend
 from harness.topology import REPO_ROOT, Topology
+from sipcore import probe
 from virtual import netns
 
 pytestmark = pytest.mark.lab
@@ -52,7 +52,7 @@ def received(lab: Lab, src: str, dst: str, count: int) -> int:
 def options(lab: Lab, src: str, pbx: str) -> int | None:
     d = lab.topology.device(pbx)
     with netns.entered(lab.ns_path(src)):
-        return sipprobe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=0.5)
+        return probe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=0.5)
 
 
 def tcp_open(lab: Lab, src: str, dst: str, port: int) -> bool:

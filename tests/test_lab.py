@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import serial
 
-from harness import sipprobe
 from harness.drivers import driver_for
 from harness.drivers.host import HostDriver
 from harness.drivers.switch import SwitchDriver
 from harness.lab import Lab
 from harness.lab.virtual import VirtualBackend
 from harness.topology import REPO_ROOT
+from sipcore import client, probe
 from virtual import netns
 
 pytestmark = pytest.mark.lab
@@ -44,7 +44,7 @@ def host(lab: Lab, name: str) -> HostDriver:
 def options(lab: Lab, src: str, pbx: str, timeout: float = 0.5) -> int | None:
     d = lab.topology.device(pbx)
     with netns.entered(lab.ns_path(src)):
-        return sipprobe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=timeout)
+        return probe.options_ping(str(d.spec.address), d.spec.sip_port, timeout=timeout)
 
 
 def test_status_json(lab: Lab) -> None:
@@ -129,8 +129,8 @@ def test_phone_registers_with_digest_auth(lab: Lab, pbx: str) -> None:
     phone = lab.topology.device("sha-phone1")
     ext = phone.spec.extension
     with netns.entered(lab.ns_path("sha-phone1")):
-        ok = sipprobe.register(str(d.spec.address), d.spec.sip_port, ext, lab.sip_password(ext), expires=30)
-        bad = sipprobe.register(str(d.spec.address), d.spec.sip_port, ext, "wrong-password", expires=30)
+        ok = client.register(str(d.spec.address), d.spec.sip_port, ext, lab.sip_password(ext), expires=30)
+        bad = client.register(str(d.spec.address), d.spec.sip_port, ext, "wrong-password", expires=30)
     assert ok == 200
     assert bad in (401, 403)
 
@@ -245,7 +245,7 @@ def test_span_capture_on_the_controllers_interface(lab: Lab, tmp_path: Path) -> 
             d = lab.topology.device(pbx)
             with netns.entered(lab.ns_path("sha-phone1")):
                 assert (
-                    sipprobe.register(str(d.spec.address), d.spec.sip_port, ext, lab.sip_password(ext)) == 200
+                    client.register(str(d.spec.address), d.spec.sip_port, ext, lab.sip_password(ext)) == 200
                 )
         cti = lab.topology.device("sha-cti1").spec
         s = netns.socket_in(lab.ns_path("sha-agents1"))

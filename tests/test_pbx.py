@@ -1,4 +1,4 @@
-"""Tests of the site PBX (virtual/pbx.py) against a real Kamailio on loopback, and of harness/sipprobe.py.
+"""Tests of the site PBX (virtual/pbx.py) against a real Kamailio on loopback, and of sipcore's client.
 
 Why real: the harness trusts what the PBX shows (location table, call routing), so these tests check the
 rendered configuration by running it, never by reading it. Ports: SIP 25060-25099, HTTP 25100-25199.
@@ -21,8 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import sipprobe
-from harness.sipprobe import Dialog, SipMessage, SipUdpClient
+from sipcore import client, digest, message, probe
+from sipcore.client import Dialog, SipUdpClient
+from sipcore.message import SipMessage
 from virtual import pbx
 from virtual.pbx import PbxSpec
 
@@ -111,11 +112,11 @@ def _events(rx: SipUdpClient, count: int, timeout: float) -> list[dict[str, obje
 
 
 def test_digest_matches_rfc2617_example() -> None:
-    challenge = sipprobe.parse_challenge(
+    challenge = digest.parse_challenge(
         'Digest realm="testrealm@host.com", qop="auth,auth-int", '
         'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41"'
     )
-    auth = sipprobe.digest_authorization(
+    auth = digest.authorization(
         challenge, "GET", "/dir/index.html", "Mufasa", "Circle Of Life", nc=1, cnonce="0a4f113b"
     )
     assert 'response="6629fae49393a05397450978507c4ef1"' in auth
@@ -127,7 +128,7 @@ def test_parse_message_lists_and_compact_forms() -> None:
         b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\nRecord-Route: <sip:p1;lr>, <sip:p2;lr>\r\n"
         b"Record-Route: <sip:p3;lr>\r\nCSeq: 7 INVITE\r\nl: 2\r\n\r\nhiXX"
     )
-    msg = sipprobe.parse_message(raw)
+    msg = message.parse(raw)
     assert msg.status == 200 and msg.method == "INVITE" and msg.cseq == 7
     assert msg.header("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
     assert msg.header_values("Record-Route") == ["<sip:p1;lr>", "<sip:p2;lr>", "<sip:p3;lr>"]
@@ -171,8 +172,8 @@ def test_bad_config_fails_fast(tmp_path: Path) -> None:
 
 
 def test_options_answered_200(pbx_a: PbxSpec) -> None:
-    assert sipprobe.options_ping(HOST, pbx_a.sip_port) == 200
-    resp = sipprobe.options(HOST, pbx_a.sip_port)
+    assert probe.options_ping(HOST, pbx_a.sip_port) == 200
+    resp = probe.options(HOST, pbx_a.sip_port)
     assert resp is not None and resp.header("X-Pbx-Boot") == pbx_a.boot_id != ""
     assert resp.header("Server") == "hil-pbx sha-pbx1"
 
@@ -196,7 +197,7 @@ def test_options_over_tcp(pbx_a: PbxSpec) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             data += s.recv(4096)
-    assert sipprobe.parse_message(data).status == 200
+    assert message.parse(data).status == 200
 
 
 def test_pid_file_runtime_dir_and_sockets(pbx_a: PbxSpec) -> None:
@@ -216,7 +217,7 @@ def test_pid_file_runtime_dir_and_sockets(pbx_a: PbxSpec) -> None:
 
 
 def test_register_visible_over_jsonrpc(pbx_a: PbxSpec) -> None:
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1001", EXTS["1001"], local_port=25070) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1001", EXTS["1001"], local_port=25070) == 200
     contacts = pbx.lookup(HOST, pbx_a.rpc_port, "1001")
     assert [c["Address"] for c in contacts] == ["sip:1001@127.0.0.1:25070"]
     assert 0 < contacts[0]["Expires"] <= 60
@@ -227,14 +228,14 @@ def test_register_visible_over_jsonrpc(pbx_a: PbxSpec) -> None:
 
 
 def test_reregister_from_new_address_replaces_contact(pbx_a: PbxSpec) -> None:
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1008", EXTS["1008"], local_port=25078) == 200
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1008", EXTS["1008"], local_port=25079) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1008", EXTS["1008"], local_port=25078) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1008", EXTS["1008"], local_port=25079) == 200
     contacts = pbx.lookup(HOST, pbx_a.rpc_port, "1008")
     assert [c["Address"] for c in contacts] == ["sip:1008@127.0.0.1:25079"]
 
 
 def test_wrong_password_refused_and_not_located(pbx_a: PbxSpec) -> None:
-    status = sipprobe.register(HOST, pbx_a.sip_port, "1002", "not-the-password")
+    status = client.register(HOST, pbx_a.sip_port, "1002", "not-the-password")
     assert status in (401, 403)
     assert pbx.lookup(HOST, pbx_a.rpc_port, "1002") == []
     with pytest.raises(pbx.RpcError) as err:
@@ -255,14 +256,14 @@ def test_password_of_another_extension_refused(pbx_a: PbxSpec) -> None:
 
 
 def test_unknown_extension_refused(pbx_a: PbxSpec) -> None:
-    assert sipprobe.register(HOST, pbx_a.sip_port, "9999", "whatever") == 403
+    assert client.register(HOST, pbx_a.sip_port, "9999", "whatever") == 403
     assert pbx.lookup(HOST, pbx_a.rpc_port, "9999") == []
 
 
 def test_expires_zero_removes(pbx_a: PbxSpec) -> None:
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1005", EXTS["1005"], local_port=25071) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1005", EXTS["1005"], local_port=25071) == 200
     assert pbx.lookup(HOST, pbx_a.rpc_port, "1005")
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1005", EXTS["1005"], expires=0, local_port=25071) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1005", EXTS["1005"], expires=0, local_port=25071) == 200
     assert pbx.lookup(HOST, pbx_a.rpc_port, "1005") == []
 
 
@@ -427,7 +428,7 @@ def test_invite_with_wrong_password_refused(pbx_a: PbxSpec) -> None:
 def test_jsonrpc_shapes(pbx_a: PbxSpec) -> None:
     up = pbx.jsonrpc(HOST, pbx_a.rpc_port, "core.uptime")
     assert set(up) == {"now", "up_since", "uptime"} and isinstance(up["uptime"], int)
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1015", EXTS["1015"], local_port=25076) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1015", EXTS["1015"], local_port=25076) == 200
     brief = pbx.jsonrpc(HOST, pbx_a.rpc_port, "ul.dump", "brief")
     dom = brief["Domains"][0]["Domain"]
     assert dom["Domain"] == "location" and {"AoR": "1015"} in dom["AoRs"]
@@ -451,11 +452,11 @@ def test_http_only_on_rpc_port(pbx_a: PbxSpec) -> None:
     with pytest.raises(pbx.RpcError) as rpc_err:
         pbx.jsonrpc(HOST, pbx_a.rpc_port, "no.such.method")
     assert rpc_err.value.code == 500 and rpc_err.value.message == "Method Not Found"
-    assert sipprobe.options_ping(HOST, pbx_a.rpc_port, timeout=0.5) is None
+    assert probe.options_ping(HOST, pbx_a.rpc_port, timeout=0.5) is None
 
 
 def test_log_has_no_per_register_lines_by_default(pbx_a: PbxSpec) -> None:
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1016", EXTS["1016"]) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1016", EXTS["1016"]) == 200
     assert "REGISTER" not in pbx_a.log_file.read_text()
 
 
@@ -464,7 +465,7 @@ def test_ipv6_listen(tmp_path: Path) -> None:
         pytest.skip("no IPv6 loopback")
     spec = PbxSpec("v6", "::1", 25068, 25108, "lab", tmp_path, EXTS)
     for _ in _run(spec):
-        assert sipprobe.register("::1", spec.sip_port, "1050", EXTS["1050"], local_port=25084) == 200
+        assert client.register("::1", spec.sip_port, "1050", EXTS["1050"], local_port=25084) == 200
         assert [c["Address"] for c in pbx.lookup("::1", spec.rpc_port, "1050")] == ["sip:1050@[::1]:25084"]
 
 
@@ -472,11 +473,11 @@ def test_ipv6_listen(tmp_path: Path) -> None:
 
 
 def test_two_instances_same_extensions(pbx_a: PbxSpec, pbx_b: PbxSpec) -> None:
-    assert sipprobe.options_ping(HOST, pbx_b.sip_port) == 200
-    assert sipprobe.register(HOST, pbx_a.sip_port, "1020", EXTS["1020"], local_port=25077) == 200
+    assert probe.options_ping(HOST, pbx_b.sip_port) == 200
+    assert client.register(HOST, pbx_a.sip_port, "1020", EXTS["1020"], local_port=25077) == 200
     # The phone moves to the other site: same credentials work there too.
-    assert sipprobe.register(HOST, pbx_b.sip_port, "1020", EXTS["1020"], local_port=25077) == 200
-    assert sipprobe.register(HOST, pbx_b.sip_port, "1021", "bad") in (401, 403)
+    assert client.register(HOST, pbx_b.sip_port, "1020", EXTS["1020"], local_port=25077) == 200
+    assert client.register(HOST, pbx_b.sip_port, "1021", "bad") in (401, 403)
     assert [c["Address"] for c in pbx.lookup(HOST, pbx_b.rpc_port, "1020")] == ["sip:1020@127.0.0.1:25077"]
     assert pbx.lookup(HOST, pbx_a.rpc_port, "1020")  # each keeps its own table
     assert "1001" not in pbx.registered_aors(HOST, pbx_b.rpc_port)
@@ -492,7 +493,7 @@ def test_second_pbx_on_a_busy_port_is_not_reported_ready(pbx_a: PbxSpec, tmp_pat
         assert "Address already in use" in dup.log_file.read_text()
     finally:
         pbx.stop(proc)
-    assert sipprobe.options_ping(HOST, pbx_a.sip_port) == 200  # the first one is untouched
+    assert probe.options_ping(HOST, pbx_a.sip_port) == 200  # the first one is untouched
 
 
 def test_nonce_of_one_pbx_is_rechallenged_by_the_other(pbx_a: PbxSpec, pbx_b: PbxSpec) -> None:
@@ -504,8 +505,8 @@ def test_nonce_of_one_pbx_is_rechallenged_by_the_other(pbx_a: PbxSpec, pbx_b: Pb
         )
         challenge = ua.transaction(req)[-1]
         assert challenge.status == 401
-        chal = sipprobe.parse_challenge(challenge.header("WWW-Authenticate") or "")
-        auth = sipprobe.digest_authorization(chal, "REGISTER", req.uri, "1022", EXTS["1022"])
+        chal = digest.parse_challenge(challenge.header("WWW-Authenticate") or "")
+        auth = digest.authorization(chal, "REGISTER", req.uri, "1022", EXTS["1022"])
         moved = ua.build_request(
             "REGISTER",
             f"sip:{HOST}",
@@ -524,7 +525,7 @@ def test_nonce_of_one_pbx_is_rechallenged_by_the_other(pbx_a: PbxSpec, pbx_b: Pb
 
 
 def test_events_pushed_to_cti(pbx_ev: PbxSpec, cti_rx: SipUdpClient) -> None:
-    assert sipprobe.register(HOST, pbx_ev.sip_port, "1030", EXTS["1030"], expires=5, local_port=25080) == 200
+    assert client.register(HOST, pbx_ev.sip_port, "1030", EXTS["1030"], expires=5, local_port=25080) == 200
     first = _events(cti_rx, 1, 3)
     assert first and first[0]["event"] == "registered" and first[0]["ext"] == "1030"
     assert first[0]["contact"] == "sip:1030@127.0.0.1:25080" and first[0]["expires"] == 5
@@ -552,16 +553,16 @@ def test_crash_kills_workers_and_restart_starts_empty(tmp_path: Path) -> None:
     proc = pbx.start(spec)
     try:
         pbx.wait_ready(HOST, spec.sip_port, 5.0, proc, spec.boot_id)
-        assert sipprobe.register(HOST, spec.sip_port, "1040", EXTS["1040"]) == 200
+        assert client.register(HOST, spec.sip_port, "1040", EXTS["1040"]) == 200
         pbx.kill(proc)
         assert pbx.group_members(proc.pid) == []
-        assert sipprobe.options_ping(HOST, spec.sip_port, timeout=0.3) is None
+        assert probe.options_ping(HOST, spec.sip_port, timeout=0.3) is None
         first_boot = spec.boot_id
         proc = pbx.start(spec)  # same ports and work dir, as the keeper does after a PBX fault
         pbx.wait_ready(HOST, spec.sip_port, 5.0, proc, spec.boot_id)
         assert spec.boot_id != first_boot  # a restart is visible from outside
         assert pbx.lookup(HOST, spec.rpc_port, "1040") == []  # memory-only location table
-        assert sipprobe.register(HOST, spec.sip_port, "1040", EXTS["1040"]) == 200
+        assert client.register(HOST, spec.sip_port, "1040", EXTS["1040"]) == 200
     finally:
         pbx.stop(proc)
     assert pbx.group_members(proc.pid) == [] and proc.returncode is not None
@@ -573,10 +574,10 @@ def test_stop_reaps_workers_orphaned_by_a_killed_main(tmp_path: Path) -> None:
     pbx.wait_ready(HOST, spec.sip_port, 5.0, proc, spec.boot_id)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(5)
-    assert sipprobe.options_ping(HOST, spec.sip_port, timeout=0.5) == 200  # workers still serve SIP
+    assert probe.options_ping(HOST, spec.sip_port, timeout=0.5) == 200  # workers still serve SIP
     pbx.stop(proc)
     assert pbx.group_members(proc.pid) == []
-    assert sipprobe.options_ping(HOST, spec.sip_port, timeout=0.3) is None
+    assert probe.options_ping(HOST, spec.sip_port, timeout=0.3) is None
 
 
 # --- scale ----------------------------------------------------------------------------------------
@@ -589,5 +590,5 @@ def test_startup_with_10000_extensions(tmp_path: Path) -> None:
     t0 = time.monotonic()
     for _ in _run(spec):
         elapsed = time.monotonic() - t0
-        assert sipprobe.register(HOST, spec.sip_port, "209999", "p9999") == 200
+        assert client.register(HOST, spec.sip_port, "209999", "p9999") == 200
         print(f"\nstart-up with 10,000 extensions: {elapsed:.3f} s (write_files + exec + OPTIONS 200)")

@@ -70,7 +70,6 @@ How a CTI learns registration changes:
 from __future__ import annotations
 
 import glob
-import hashlib
 import ipaddress
 import math
 import os
@@ -83,6 +82,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sipcore import digest
 from sipcore.probe import options
 from virtual.pbxrpc import RpcError, jsonrpc, lookup, registered_aors, registrations, statistics
 
@@ -220,7 +220,7 @@ class PbxSpec:
 
 def ha1(ext: str, realm: str, password: str) -> str:
     """RFC 2617 HA1 for MD5: what the PBX stores instead of the password."""
-    return hashlib.md5(f"{ext}:{realm}:{password}".encode()).hexdigest()
+    return digest.ha1(ext, realm, password)
 
 
 def event_uri(target: str) -> str:

@@ -5,7 +5,7 @@ second) and tshark dissects everything in C but then prints text we would parse 
 agents gives hundreds of thousands of packets, so this package reads the pcap with ``struct`` over an mmap
 (``pcapfile``), walks the link/IP/UDP/TCP headers by offset (``packets``), reassembles TCP streams by
 sequence number per direction (``tcp``: out-of-order segments, overlaps, retransmissions and duplicates give
-each byte once), and hands only SIP and CTI payloads to the message builder (``messages``: ``harness.sipmsg``
+each byte once), and hands only SIP and CTI payloads to the message builder (``messages``: ``sipcore.scan``
 for SIP, framed by Content-Length over TCP; ``json`` for CTI, one object per line). The results are
 ``events`` (``Event``, ``DecodeStats``, ``Decoded``). ``bench/bench_capture.py`` measures it against tshark.
 

@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from harness.decode.events import DecodeStats, Event, new_event
-from harness.sipmsg import parse_sip_tuple
+from sipcore.scan import parse_sip_tuple
 
 __all__ = ["MAX_BUFFER", "Messages", "StreamKey"]
 

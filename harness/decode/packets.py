@@ -32,7 +32,7 @@ from harness.decode.pcapfile import (
     iter_frames,
 )
 from harness.decode.tcp import TcpStreams
-from harness.sipmsg import SIP_PREFIXES
+from sipcore.scan import SIP_PREFIXES
 
 __all__ = ["SIP_PORTS", "decode_pcap"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.decode.events import DecodeStats
 from harness.decode.messages import Messages, StreamKey
-from harness.sipmsg import SIP_PREFIXES
+from sipcore.scan import SIP_PREFIXES
 
 __all__ = ["Stream", "TcpStreams"]
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from harness.drivers.base import DeviceUnreachable, Driver, Steps
 from sipcore.digest import authorization, parse_challenge
+from sipcore.message import parse as parse_sip
 
 PASSWORD_ENV = "HIL_CALLER_PASSWORD"
 OUTCOMES = ("answered", "busy", "no_answer", "failed", "register_failed")
@@ -132,8 +133,9 @@ def caller_for(
 
 
 def _headers(raw: bytes, name: str) -> list[str]:
-    text = raw.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
-    return [m.group(1).strip() for m in re.finditer(rf"(?im)^{name}\s*:\s*(.*)$", text)]
+    """A header's values as sipcore reads them (pyVoIP's own parse keeps only one of a repeated header)."""
+    msg = parse_sip(raw)
+    return msg.header_values(name) if msg is not None else []
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
