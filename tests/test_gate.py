@@ -673,24 +673,11 @@ def test_switch_dead_reported():
         pytest.fail(report.lab_fault_message(e))
 """
 
-# What fixtures/plugin.py does: the run's category by the exception's type, as Allure labels.
-CONFTEST = """
-import pytest
-
-from harness import report
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    if call.excinfo is not None:
-        sc = getattr(item, "funcargs", {}).get("scenario")
-        report.apply_outcome(call.excinfo.value, getattr(sc, "verdicts", None))
-"""
-
 
 def test_gate_on_a_real_allure_run(tmp_path: Path) -> None:
+    """A real pytest + allure-pytest run with the hil plugin (its makereport hook labels each failed run's
+    category by the exception's type), then the gate over its results."""
     (tmp_path / "test_sample_gate.py").write_text(textwrap.dedent(SAMPLE))
-    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
     results = tmp_path / "allure-results"
     env = {**os.environ, "HIL_HISTORIES": str(HIST), "PYTHONWARNINGS": "ignore"}
     cmd = [
@@ -700,8 +687,6 @@ def test_gate_on_a_real_allure_run(tmp_path: Path) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
-        "-p",
-        "no:hil",
         "--alluredir",
         str(results),
     ]

@@ -339,3 +339,14 @@ def test_read_only_view_of_a_driver() -> None:
             view.name = "x"
         assert read_only(view) is view
     assert host.closed
+
+
+def test_a_bad_topology_ends_the_session_with_exit_2(pytester: pytest.Pytester) -> None:
+    """Not an error in every test: one line naming the file and what is wrong, and exit 2."""
+    pytester.makepyfile("def test_x(topology):\n    pass\n")
+    bad = pytester.path / "lab.yaml"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    res = pytester.runpytest("--topology", str(bad))
+    assert res.ret == 2
+    res.stdout.fnmatch_lines([f"*error: {bad}: *not UTF-8*"])
+    assert "Traceback" not in res.stdout.str() + res.stderr.str()
