@@ -24,8 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sipcore.probe import options_ping_async
 from stack.agent.client import AgentClient, Timers, TokenBucket, UlHttp
-from stack.common import auth, directory, sipping
+from stack.common import auth, directory
 from stack.common.addr import hostport
 from stack.common.daemon import secret_from_env, serve, until_signalled
 from stack.common.eventlog import EventLog
@@ -100,7 +101,7 @@ class Swarm:
         self.expires = expires
         self.initial_state = initial_state
         self.ul = UlHttp()
-        self.options = SharedProbe(sipping.options)
+        self.options = SharedProbe(options_ping_async)
         self.cti_link = SharedProbe(cti_link_up)
         self.endpoint: SipEndpoint | None = None
         self.clients: dict[str, AgentClient] = {}

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sipcore.probe import options_ping_async
 from stack.agent.pacing import TokenBucket
 from stack.agent.ulapi import UlHttp
-from stack.common import sipping
 from stack.common.eventlog import EventLog
 from stack.cti.client import CtiConnection
 from stack.phone.control import PhoneControl
@@ -84,7 +84,7 @@ class AgentState:
         self.events = events or EventLog(size=1000)
         self.ul = ul_api or UlHttp()
         self.cti_open: CtiOpen = cti_open or CtiConnection.open
-        self.sip_options: SipOptions = sip_options or sipping.options
+        self.sip_options: SipOptions = sip_options or options_ping_async
         self.cti_link = cti_link
         self.pacer = pacer
         self.phase = "offline"

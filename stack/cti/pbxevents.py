@@ -16,7 +16,7 @@ contract). This module is only the wire half:
 - ``sources``: when set, datagrams from any other address are dropped unanswered (the other site's PBX
   pointed here by mistake must not move this site's view of its phones).
 
-The SIP parsing is the phone's (stack/phone/sip.py): one pass, no object per header.
+The SIP parsing is the shared one (sipcore.message): one pass, no object per header.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import secrets
 from collections.abc import Callable, Collection
 from typing import Any
 
+from sipcore import message as sip
 from stack.common import fastjson
-from stack.phone import sip
 
 log = logging.getLogger("stack.cti.pbxevents")
 
@@ -99,7 +99,7 @@ class PbxEventListener(asyncio.DatagramProtocol):
             return
         if not msg.is_request or msg.method == "ACK":
             return
-        if not (msg.get("via") and msg.call_id and msg.get("from") and msg.get("to") and msg.cseq[0]):
+        if not (msg.header("via") and msg.call_id and msg.header("from") and msg.header("to") and msg.cseq):
             self.garbage += 1  # no transaction to answer
             return
         if msg.method != "MESSAGE":

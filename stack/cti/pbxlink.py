@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from stack.common import sipping
+from sipcore.probe import options_ping_async
 
 
 class RpcError(Exception):
@@ -122,7 +122,7 @@ class PbxLink:
 
     async def _sip_alive(self) -> bool:
         assert self.sip is not None
-        return await sipping.options(self.sip[0], self.sip[1], self.timeout.total or 0.4) is not None
+        return await options_ping_async(self.sip[0], self.sip[1], self.timeout.total or 0.4) is not None
 
     async def probe(self) -> bool:
         """One liveness probe; True when the PBX answered. ``up`` turns False after ``fail_after`` misses.
