@@ -1,0 +1,196 @@
+"""A fault schedule as data: what happens, to what, when, and for how long.
+
+A schedule is JSON (schema `hil-schedule/1`), generated from a seed and a profile, or written by hand, or
+shrunk from a failing one; it is replayed from its file at the same offsets. It names its targets by the
+topology's device names, so one file replays on any lab with the same names. Loading checks everything that
+can be checked without the lab (types, kinds, offsets, durations, that each target exists and is fair game)
+and names the file, the field and the problem in one line: nothing touches the lab before a schedule loads.
+
+    {"schema": "hil-schedule/1", "seed": 7, "profile": "default", "topology": "virtual-two-site",
+     "settle": 8.0,
+     "ops": [{"at": 0.5, "kind": "service_pause", "target": "sha-pbx1", "duration": 2.4,
+              "params": {"service": "kamailio"}},
+             {"at": 1.0, "kind": "agent_logout", "target": "a00003"}]}
+
+`at` and `duration` are seconds from the schedule's start; a fault op with no `duration` holds until the
+final heal. Stack events (`agent_logout`, `agent_login`, `call`) have no duration; a `planned_switch` does
+(the rule is removed when it ends).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.topology import Topology
+
+SCHEMA = "hil-schedule/1"
+MAX_SECONDS = 600.0  # no op starts or lasts longer than this: a longer schedule is a typo, not a test
+
+FAULT_KINDS = (
+    "port_down",
+    "link_cut",
+    "service_kill",
+    "service_stop",
+    "service_pause",
+    "power_off",
+    "blackhole",
+    "partition",
+    "loss",
+    "rate_limit",
+)
+STACK_KINDS = ("agent_logout", "agent_login", "planned_switch", "call")
+KINDS = FAULT_KINDS + STACK_KINDS
+
+
+class ScheduleError(Exception):
+    """A schedule that cannot be run: one line per problem, each naming the file and the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+class Op(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float = Field(ge=0.0, le=MAX_SECONDS, description="seconds from the schedule's start")
+    kind: Literal[KINDS]  # type: ignore[valid-type]
+    target: str = Field(min_length=1)
+    duration: float | None = Field(None, gt=0.0, le=MAX_SECONDS, description="seconds until healed")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("at", "duration")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number of seconds")
+        return v
+
+    @property
+    def is_fault(self) -> bool:
+        return self.kind in FAULT_KINDS
+
+    @property
+    def end(self) -> float | None:
+        """When the op is healed (None: held until the final heal, or an instant event)."""
+        return None if self.duration is None else self.at + self.duration
+
+
+class Schedule(BaseModel):
+    schema_: Literal["hil-schedule/1"] = Field(SCHEMA, alias="schema")
+    seed: int | None = None
+    profile: str | None = None
+    topology: str | None = Field(None, description="the name of the topology it was drawn for")
+    settle: float = Field(8.0, ge=0.0, le=MAX_SECONDS, description="wait after the final heal, then read")
+    ops: list[Op] = Field(default_factory=list)
+    note: str | None = Field(None, description="free text: how it was made (generated, shrunk from ...)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), indent=1) + "\n"
+
+    def write(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(self.to_json())
+        return p
+
+    def sorted_ops(self) -> list[Op]:
+        return sorted(self.ops, key=lambda o: o.at)
+
+    @property
+    def span(self) -> float:
+        """When the last op starts or ends (the final heal comes after it)."""
+        return max([o.end if o.end is not None else o.at for o in self.ops], default=0.0)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(x) for x in loc) or "(top)"
+
+
+def parse(data: Any, source: str, topo: Topology | None = None) -> Schedule:
+    """A schedule from decoded JSON; `source` names it in errors. With a topology, targets are checked."""
+    try:
+        sched = Schedule.model_validate(data)
+    except ValidationError as e:
+        raise ScheduleError(
+            [f"{source}: {_where(err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)]
+        ) from None
+    if topo is not None:
+        problems = check_targets(sched, topo, source)
+        if problems:
+            raise ScheduleError(problems)
+    return sched
+
+
+def load(path: str | Path, topo: Topology | None = None) -> Schedule:
+    """Read and check a schedule file; every problem is a ScheduleError line naming the file and field."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except IsADirectoryError:
+        raise ScheduleError([f"{p}: is a directory, not a schedule file"]) from None
+    except OSError as e:
+        raise ScheduleError([f"{p}: cannot read: {e.strerror or e}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScheduleError(
+            [f"{p}: (top): not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"]
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScheduleError([f"{p}: line {e.lineno} column {e.colno}: not JSON: {e.msg}"]) from None
+    if not isinstance(data, dict):
+        raise ScheduleError(
+            [f"{p}: (top): must be a JSON object with schema, ops, ..., not {type(data).__name__}"]
+        )
+    return parse(data, str(p), topo)
+
+
+def check_targets(sched: Schedule, topo: Topology, source: str) -> list[str]:
+    """What the topology says of each target: it exists, and a fault may touch it (fair game, cuttable)."""
+    out: list[str] = []
+    agents = {a.id for a in topo.agents()}
+    for k, op in enumerate(sched.ops):
+        where = f"{source}: ops.{k}.target"
+        if op.kind in ("agent_logout", "agent_login"):
+            if op.target not in agents:
+                out.append(f"{where}: {op.target!r} is not an agent of {topo.name}")
+            continue
+        if op.kind == "link_cut":
+            continue  # a link name; the fault itself checks both ends are cuttable
+        name = op.target.split(":", 1)[0]
+        if name not in topo.devices:
+            out.append(f"{where}: {name!r} is not a device of {topo.name}")
+            continue
+        problem = fair_game_problem(topo, op)
+        if problem:
+            out.append(f"{where}: {problem}")
+    return out
+
+
+def fair_game_problem(topo: Topology, op: Op) -> str | None:
+    """Why the topology does not let a fault touch this target (None: it may)."""
+    name, _, port = op.target.partition(":")
+    dev = topo.device(name)
+    if op.kind == "port_down" and port:
+        spec = dev.spec.ports.get(port) if dev.kind == "switch" else None
+        if spec is None:
+            return f"{op.target!r} is not a switch port of {topo.name}"
+        return None if spec.cuttable else f"{op.target!r} is not cuttable"
+    if op.kind in ("planned_switch", "call", "port_down", "power_off"):
+        return None  # the UL, a caller or a device on a cuttable port/outlet: the fault checks the rest
+    if not getattr(dev.spec, "fair_game", False):
+        return f"{name!r} is not fair game (fair_game: true in the topology)"
+    return None
