@@ -1,21 +1,28 @@
 """The agent swarm: every agent of a site's pools (agent client + emulated phone) in one asyncio process.
 
 ``python -m stack.swarm --topology FILE --site sha [--ul URL --peer-ul URL] [--sip-bind ADDR:PORT]
-[--admin ADDR:PORT] [--rate N --burst N] [--limit N] [--log FILE]``
+[--admin ADDR:PORT] [--admin-secret-env VAR] [--rate N --burst N] [--limit N] [--log FILE]``
 
 Why one process: 10,000 agents as 10,000 processes would cost gigabytes and measure the OS, not the stack.
 All phones share one UDP socket (stack.phone.ua.SipEndpoint), all clients one HTTP connection pool to the
 ULs, and UL logins go through one token bucket so a failover storm reaches the surviving site at a pace it
 can take. The admin endpoint (aiohttp) lists each agent's site, registered PBX, CTI, state and the times of
 its last transitions, and the recent structured events.
+
+It also lets the lab controller make one agent log out or log in again (``POST /agents/<id>/logout`` and
+``/login``), as the person at that desk would: a nemesis schedule's stack events. Those two change the
+system under test, so they are signed like the UL's admin requests (X-Hil-Time, X-Hil-Sig over method, path,
+time and body hash with the lab's stack secret); without a secret configured they are refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
+import os
 import resource
 import sys
 import time
@@ -89,6 +96,7 @@ class Swarm:
         burst: float,
         expires: int = 300,
         initial_state: str = "ready",
+        admin_secret: str | None = None,
     ) -> None:
         self.site = site
         self.agents = agents
@@ -100,12 +108,16 @@ class Swarm:
         self.pacer = TokenBucket(rate, burst)
         self.expires = expires
         self.initial_state = initial_state
+        self.admin_secret = admin_secret
         self.ul = UlHttp()
         self.options = SharedProbe(options_ping_async)
         self.cti_link = SharedProbe(cti_link_up)
         self.endpoint: SipEndpoint | None = None
         self.clients: dict[str, AgentClient] = {}
         self.phones: dict[str, Phone] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # each client's life (done: logged out, or fenced)
+        self.by_id = {a.id: a for a in agents}
+        self._session_locks: dict[str, asyncio.Lock] = {}  # one logout/login at a time per agent
         self.started = time.monotonic()
 
     async def start(self, sip_bind: tuple[str, int], contact_host: str | None = None) -> None:
@@ -115,16 +127,44 @@ class Swarm:
                 self.endpoint, a.extension, auth.derive_password(self.sip_secret, a.extension),
                 self.home_pbx, self.expires,
             )  # fmt: skip
-            client = AgentClient(
-                a.id, auth.derive_password(self.agent_secret, a.id), a.extension, a.home, self.uls,
-                LocalPhoneControl(phone), timers=self.timers, events=self.events, ul_api=self.ul,
-                pacer=self.pacer, initial_state=self.initial_state, sip_options=self.options,
-                cti_link=self.cti_link,
-            )  # fmt: skip
-            self.phones[a.id], self.clients[a.id] = phone, client
-        for c in self.clients.values():
-            c.start()
+            self.phones[a.id], self.clients[a.id] = phone, self._client(a, phone, self.timers)
+        for aid, c in self.clients.items():
+            self.tasks[aid] = c.start()
         gc.freeze()  # thousands of long-lived objects: keep the collector from walking them again and again
+
+    def _client(self, a: directory.Agent, phone: Phone, timers: Timers) -> AgentClient:
+        return AgentClient(
+            a.id, auth.derive_password(self.agent_secret, a.id), a.extension, a.home, self.uls,
+            LocalPhoneControl(phone), timers=timers, events=self.events, ul_api=self.ul,
+            pacer=self.pacer, initial_state=self.initial_state, sip_options=self.options,
+            cti_link=self.cti_link,
+        )  # fmt: skip
+
+    async def logout(self, aid: str) -> None:
+        """The agent logs out (CTI and UL told, the client stopped); its phone stays registered, as a desk
+        phone does. Logging out an agent that is logged out already changes nothing."""
+        async with self._session_locks.setdefault(aid, asyncio.Lock()):
+            c = self.clients[aid]
+            if self.running(aid):
+                self.events.emit("admin_logout", agent=aid, site=c.site)
+                await c.stop(logout=True)
+
+    async def login(self, aid: str) -> None:
+        """The agent starts its client again: a fresh login from home (design steps 1-6), at once (no
+        start-up jitter: a person pressed the button). An agent whose client runs is left as it is."""
+        async with self._session_locks.setdefault(aid, asyncio.Lock()):
+            if self.running(aid):
+                return
+            timers = dataclasses.replace(self.timers, jitter=0)
+            client = self._client(self.by_id[aid], self.phones[aid], timers)
+            self.clients[aid] = client
+            self.events.emit("admin_login", agent=aid, site=None)
+            self.tasks[aid] = client.start()
+
+    def running(self, aid: str) -> bool:
+        """Whether the agent's client is alive (logging in, online, failing over), not logged out."""
+        task = self.tasks.get(aid)
+        return task is not None and not task.done()
 
     async def stop(self) -> None:
         await asyncio.gather(*(c.stop() for c in self.clients.values()), return_exceptions=True)
@@ -161,6 +201,7 @@ class Swarm:
         c, p = self.clients[aid], self.phones[aid]
         return {
             **c.view(),
+            "running": self.running(aid),
             "phone": {"registered": p.registered, "registrar": list(p.registrar), "call_state": p.call_state},
         }
 
@@ -174,6 +215,8 @@ class Swarm:
                 web.get("/agents", self.h_agents),
                 web.get("/agents/{id}", self.h_agent),
                 web.post("/agents/{id}/state", self.h_state),
+                web.post("/agents/{id}/logout", self.h_logout),
+                web.post("/agents/{id}/login", self.h_login),
                 web.get("/events", self.h_events),
             ]
         )
@@ -211,6 +254,30 @@ class Swarm:
             raise web.HTTPBadRequest(text=f'{{"error": "{err}"}}', content_type="application/json") from None
         return web.json_response(self.agent_view(aid))
 
+    async def _signed_agent(self, request: web.Request) -> str:
+        """The agent a signed admin request names (403 unsigned or badly signed, 404 no such agent)."""
+        body = await request.read()
+        if not self.admin_secret or not auth.check_request(
+            self.admin_secret, request.method, request.path, body, request.headers
+        ):
+            raise web.HTTPForbidden(
+                text='{"error": "admin request not signed"}', content_type="application/json"
+            )
+        aid = request.match_info["id"]
+        if aid not in self.clients:
+            raise web.HTTPNotFound(text='{"error": "no such agent"}', content_type="application/json")
+        return aid
+
+    async def h_logout(self, request: web.Request) -> web.Response:
+        aid = await self._signed_agent(request)
+        await self.logout(aid)
+        return web.json_response(self.agent_view(aid))
+
+    async def h_login(self, request: web.Request) -> web.Response:
+        aid = await self._signed_agent(request)
+        await self.login(aid)
+        return web.json_response(self.agent_view(aid))
+
     async def h_events(self, request: web.Request) -> web.Response:
         q = request.query
         match = {k: q[k] for k in ("agent", "event") if k in q}
@@ -230,6 +297,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sip-bind", type=hostport, default=("0.0.0.0", 0), help="phones' UDP ADDR:PORT")
     ap.add_argument("--contact-host", default=None, help="address phones put in Contact")
     ap.add_argument("--admin", type=hostport, default=("127.0.0.1", 0), help="admin HTTP ADDR:PORT")
+    ap.add_argument(
+        "--admin-secret-env",
+        default="LAB_STACK_SECRET",
+        help="variable holding the secret that signs admin logouts/logins (unset: they are refused)",
+    )
     ap.add_argument("--agent-secret-env", default="LAB_AGENT_PASSWORD")
     ap.add_argument("--sip-secret-env", default="LAB_SIP_SECRET")
     ap.add_argument("--limit", type=int, default=None, help="only the first N agents of the site")
@@ -279,7 +351,7 @@ async def run(args: argparse.Namespace) -> None:
         args.site, agents, uls, home,
         agent_secret=agent_secret, sip_secret=sip_secret,
         timers=timers, events=events, rate=args.rate, burst=args.burst, expires=args.expires,
-        initial_state=args.initial_state,
+        initial_state=args.initial_state, admin_secret=os.environ.get(args.admin_secret_env) or None,
     )  # fmt: skip
     runner = web.AppRunner(swarm.app(), access_log=None)
     await runner.setup()

@@ -5,6 +5,8 @@ made, read back, healed at the end of their block or by `hil lab restore` after 
 - swarm_service: `systemctl restart|stop|start hil-swarm` on an agents host; heal: make sure it runs.
 - span_session: a switch's SPAN session toward its span_port; heal: remove the session.
 - process: a process the controller started (tcpdump); heal: SIGTERM while its PID and start time match.
+- agent_session: one agent logged out at its swarm's admin API (as the person at the desk would); heal:
+  logged in again. A `login` verb logs an agent in that is not (there is nothing to undo).
 
 A planned-switch rule's id is known only after the POST: it is journaled as a note the moment the UL gives
 it, and a rule whose id never reached the journal is found again by (scope, value, target).
@@ -12,11 +14,18 @@ it, and a rule whose id never reached the journal is found again by (scope, valu
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import shlex
 import signal
+import time
 from typing import Any, ClassVar
 
+import requests
+
+from harness.credentials import STACK_SECRET_VAR
 from harness.drivers.switch import SpanState
 from harness.faults.base import FAULT_OPS, Change, FaultRefused, wait_for
 from harness.faults.journal import proc_start, proc_state
@@ -319,3 +328,86 @@ class TrackedProcess(Change):
 
     def heal_took_effect(self) -> bool:
         return not self._same()
+
+
+# Where an agents host's swarm answers its admin API (the lab runs it on the host's management address; the
+# topology has no field for it yet, as the bench and the virtual lab's stack services assume this port).
+SWARM_ADMIN_PORT = 8081
+SWARM_TIMEOUT = 5.0
+
+
+class AgentSession(Change):
+    """One agent logged out (verb `logout`, healed by logging it in again) or logged in (verb `login`,
+    nothing to undo), through its swarm's signed admin API: a stack event of a nemesis schedule."""
+
+    kind = "agent_session"
+    VERBS = ("logout", "login")
+
+    @property
+    def verb(self) -> str:
+        return str(self.params.get("verb", "logout"))
+
+    @property
+    def site(self) -> str | None:
+        return next((a.home for a in self.lab.topology.agents() if a.id == self.target), None)
+
+    def _swarm(self) -> str:
+        """The admin URL of the swarm that runs this agent: the agents host of its home site."""
+        site = self.site
+        if site is None:
+            raise FaultRefused(f"agent_session: {self.target!r} is not an agent of {self.lab.topology.name}")
+        hosts = [d for d in self.lab.topology.of_kind("host", site) if d.spec.role == "agents"]
+        if not hosts:
+            raise FaultRefused(f"agent_session: site {site} has no agents host to run {self.target}")
+        return f"http://{hosts[0].control_address}:{SWARM_ADMIN_PORT}"
+
+    def check_safety(self) -> None:
+        if self.verb not in self.VERBS:
+            raise FaultRefused(f"agent_session: verb must be one of {', '.join(self.VERBS)}")
+        self._swarm()
+
+    def plan(self) -> list[tuple[str, str]]:
+        return [(self.target, f"POST {self._swarm()}/agents/{self.target}/{self.verb}")]
+
+    def plan_heal(self) -> list[tuple[str, str]]:
+        if self.verb == "login":
+            return []
+        return [(self.target, f"POST {self._swarm()}/agents/{self.target}/login")]
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        """One request to the swarm's admin API, signed (POST) as the UL's admin requests are."""
+        url = self._swarm() + path
+        headers: dict[str, str] = {}
+        if method == "POST":
+            secret = os.environ.get(STACK_SECRET_VAR, "")
+            if not secret:
+                raise FaultRefused(f"agent_session: {STACK_SECRET_VAR} is not set (it signs the request)")
+            ts = f"{time.time():.3f}"
+            msg = f"POST\n{path}\n{ts}\n{hashlib.sha256(b'').hexdigest()}".encode()
+            sig = hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+            headers = {"X-Hil-Time": ts, "X-Hil-Sig": sig}
+        r = requests.request(method, url, headers=headers, timeout=SWARM_TIMEOUT)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            out = r.json()
+        except json.JSONDecodeError:
+            raise RuntimeError(f"{url}: not JSON: {r.text[:200]}") from None
+        return out if isinstance(out, dict) else {}
+
+    def _running(self) -> bool:
+        return bool(self._call("GET", f"/agents/{self.target}").get("running"))
+
+    def _inject(self) -> None:
+        self._call("POST", f"/agents/{self.target}/{self.verb}")
+
+    def took_effect(self) -> bool:
+        return self._running() == (self.verb == "login")
+
+    def _heal(self) -> None:
+        if self.verb == "logout":
+            self._call("POST", f"/agents/{self.target}/login")
+
+    def heal_took_effect(self) -> bool:
+        """Logged in again: its client runs (whether the login succeeds is the product's, judged later)."""
+        return self.verb == "login" or self._running()

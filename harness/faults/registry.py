@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.drivers.base import Steps
 from harness.faults.base import Change
-from harness.faults.changes import PlannedSwitch, SpanSession, SwarmService, TrackedProcess
+from harness.faults.changes import AgentSession, PlannedSwitch, SpanSession, SwarmService, TrackedProcess
 from harness.faults.host import ServiceKill, ServicePause, ServiceStop
 from harness.faults.network import Blackhole, Loss, Partition, RateLimit
 from harness.faults.power import PowerOff
@@ -33,6 +33,7 @@ KINDS: dict[str, type[Change]] = {
         SwarmService,
         SpanSession,
         TrackedProcess,
+        AgentSession,
     )
 }
 
