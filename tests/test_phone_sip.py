@@ -55,7 +55,9 @@ Script = list[Callable[[SipMessage], tuple[int, str, str]]]
 Body = Callable[[SipEndpoint, tuple[str, int]], Awaitable[None]]
 
 
-FAST = SipTimers(t1=0.05, t2=0.4, timer_f=0.5, retry_base=0.1)
+# No keep-alive: the scripted registrar answers requests in order, and an OPTIONS would take a REGISTER's turn
+# (the keep-alive has tests of its own, tests/test_phone_keepalive.py).
+FAST = SipTimers(t1=0.05, t2=0.4, timer_f=0.5, retry_base=0.1, keepalive=0.0)
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -136,7 +138,9 @@ def test_register_timeout_retransmits_then_fails() -> None:
 
     # T1=50 ms doubling to T2=400 ms within timer F=600 ms: sent at ~0, 50, 150, 350 ms (no jitter, so a
     # busy machine has 250 ms of slack for the last one).
-    fake = _run_fake([lambda m: (0, "", "")], 26902, body, SipTimers(t1=0.05, t2=0.4, timer_f=0.6, jitter=0))
+    fake = _run_fake(
+        [lambda m: (0, "", "")], 26902, body, SipTimers(t1=0.05, t2=0.4, timer_f=0.6, jitter=0, keepalive=0.0)
+    )
     assert 4 <= len(fake.requests) <= 6
     assert len({r.branch for r in fake.requests}) == 1  # retransmissions, not new requests
     assert events[-1].kind == "registration_failed"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sipcore.message import SipMessage, build_response, parse
 from sipcore.uri import user_of
 from stack.phone.account import ALLOW, USER_AGENT
+from stack.phone.keepalive import RegistrarKeepalive
 from stack.phone.transaction import ClientTransaction, SipTimers, TimerWheel
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._users: dict[str, Phone] = {}
         self._dialogs: dict[str, Phone] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._rx_from: dict[tuple[str, int], int] = {}  # datagrams received, by source (the keep-alive)
+        self.keepalive: RegistrarKeepalive | None = None
         self.stats: dict[str, int] = {
             "rx": 0,
             "tx": 0,
@@ -133,6 +136,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         """Close the socket; pending transactions end as timeouts."""
+        if self.keepalive is not None:
+            self.keepalive.stop()
         for tx in list(self._tx.values()):
             tx.finish(None)
         for phone in list(self._users.values()):
@@ -189,6 +194,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if other is not None and other is not phone:
             raise ValueError(f"contact user {phone.contact_user!r} already used on this endpoint")
         self._users[phone.contact_user] = phone
+        if self.keepalive is None and self.timers.keepalive > 0:
+            t = self.timers
+            self.keepalive = RegistrarKeepalive(self, t.keepalive, t.keepalive_misses)
+            self.keepalive.start()
+
+    def heard_from(self, addr: tuple[str, int]) -> int:
+        """How many datagrams came from ``addr`` so far (the keep-alive: any answer proves it alive)."""
+        return self._rx_from.get(addr, 0)
 
     def detach(self, phone: Phone) -> None:
         if self._users.get(phone.contact_user) is phone:
@@ -309,6 +322,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.stats["rx"] += 1
+        src = (addr[0], addr[1])
+        rx = self._rx_from
+        rx[src] = rx.get(src, 0) + 1
         try:
             msg = parse(data)
             if msg is None:

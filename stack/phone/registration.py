@@ -80,6 +80,27 @@ class RegisteringAccount(Account):
         self._active = True
         return await self._register_cycle(gen)
 
+    def _registrar_lost(self) -> None:
+        """The endpoint's keep-alive got no answer from this phone's registrar (stack/phone/keepalive.py):
+        the phone no longer calls itself registered (its agent sees the phone leg broken) and registers
+        again at once, keeping its binding in mind so a move still takes it back there."""
+        if not self._registered:
+            return
+        self._registered = False
+        self._fails += 1
+        self.counts[2] += 1
+        self._last_error = "keepalive timeout"
+        self._emit(
+            "registration_failed",
+            registrar=self._bound,
+            code=0,
+            reason="keepalive timeout",
+            was_registered=True,
+        )
+        if self._active and not self._pending:
+            self._cancel_timer()
+            self.endpoint.spawn(self._register_cycle(self._gen))
+
     def _drop_inflight(self, keep: tuple[str, int]) -> set[tuple[str, int]]:
         """End every REGISTER in flight to a registrar other than ``keep`` (no more retransmissions; its
         awaiting side sees a timeout); returns those registrars."""

@@ -29,7 +29,11 @@ class SipTimers:
 
     ``jitter`` is the +- fraction applied to every retransmission interval. ``retry_base``..``retry_max``
     is the exponential backoff after a timeout or 5xx; ``reject_retry`` the wait after a 4xx (wrong
-    password, unknown extension), as a real phone's "registration retry timer".
+    password, unknown extension), as a real phone's "registration retry timer". ``keepalive`` is the
+    interval of the endpoint's OPTIONS to each registrar its phones are bound to (0: none), and
+    ``keepalive_misses`` how many unanswered in a row mean the registrar is lost (stack/phone/keepalive.py):
+    0.75 s and 2 tell a dead path in 1.4-2.2 s, and forgive a busy event loop for a second and a half
+    before a probe's answer is read.
     """
 
     t1: float = T1
@@ -39,6 +43,8 @@ class SipTimers:
     retry_base: float = 1.0
     retry_max: float = 30.0
     reject_retry: float = 60.0
+    keepalive: float = 0.75
+    keepalive_misses: int = 2
 
     def jittered(self, interval: float) -> float:
         j = self.jitter
