@@ -28,6 +28,7 @@ from harness.checks.placement import check_placement_between
 from harness.checks.recovery import check_recovery_time, percentile
 from harness.checks.refusals import check_refused
 from harness.checks.registration import check_single_registration
+from harness.checks.schedule_outcome import check_schedule_outcome
 from harness.checks.split_brain import check_no_split_brain
 from harness.checks.verdict import Checker, Result, Verdict, compose, renamed
 
@@ -49,6 +50,7 @@ __all__ = [
     "check_placement_between",
     "check_recovery_time",
     "check_refused",
+    "check_schedule_outcome",
     "check_single_registration",
     "compose",
     "depends_on_capture",

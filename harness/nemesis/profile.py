@@ -102,7 +102,7 @@ class Limits(_Strict):
     overlap: int = Field(3, ge=1, le=50, description="faults active at the same moment, at most")
     span: float = Field(60.0, gt=0, le=MAX_SECONDS, description="seconds: no op starts or ends later")
     durations: list[float] = Field(
-        default_factory=lambda: [0.2, 0.5, 1.0, 1.5, 2.0, 4.0], min_length=1, description="in windows"
+        default_factory=lambda: [0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 4.0], min_length=1, description="in windows"
     )
     hold: float = Field(0.05, ge=0, le=1, description="probability a fault is held until the final heal")
     loss_percent: list[float] = Field(default_factory=lambda: [5.0, 30.0, 60.0], min_length=1)
@@ -150,8 +150,9 @@ class Profile(_Strict):
 
     name: str = Field("default", min_length=1, max_length=64)
     window: float = Field(4.0, gt=0, le=60, description="the confirmation window, seconds")
-    stay_below: float = Field(0.2, gt=0, le=MAX_WINDOWS, description="windows: shorter stays")
-    move_above: float = Field(1.5, gt=0, le=MAX_WINDOWS, description="windows: longer moves")
+    stay_below: float = Field(1.0, gt=0, le=MAX_SECONDS, description="seconds on the wire: shorter stays")
+    move_above: float = Field(6.0, gt=0, le=MAX_SECONDS, description="seconds: a longer hard break moves")
+    heal_latency: float = Field(0.5, ge=0, le=60, description="seconds a heal adds to a fault's duration")
     settle: float = Field(15.0, ge=0, le=MAX_SECONDS, description="seconds from the final heal to the read")
     weights: Weights = Weights()
     limits: Limits = Limits()
@@ -160,7 +161,7 @@ class Profile(_Strict):
     relogin: float = Field(0.7, ge=0, le=1, description="probability a logout is followed by a login")
     data_nic: str | None = Field("eth0", description="rate_limit dev= on a virtual lab")
 
-    @field_validator("window", "stay_below", "move_above", "settle")
+    @field_validator("window", "stay_below", "move_above", "heal_latency", "settle")
     @classmethod
     def _finite_field(cls, v: float) -> float:
         return _finite(v)
@@ -183,13 +184,13 @@ class Profile(_Strict):
         """A duration given in windows, in seconds."""
         return windows * self.window
 
-    @property
-    def stay_s(self) -> float:
-        return self.stay_below * self.window
+    def surely_stays(self, seconds: float) -> bool:
+        """A clean break of this nominal length moves nobody, with the heal's own latency added."""
+        return seconds + self.heal_latency <= self.stay_below
 
-    @property
-    def move_s(self) -> float:
-        return self.move_above * self.window
+    def surely_moves(self, seconds: float) -> bool:
+        """A hard break of this nominal length moves everybody it cuts off."""
+        return seconds >= self.move_above
 
 
 def _where(loc: tuple[Any, ...]) -> str:
