@@ -174,26 +174,30 @@ def _schedule_start(events: list[Event]) -> float | None:
 
 
 def _final_cut(events: list[Event]) -> tuple[float, list[str]]:
-    """The end of the last fault or session operation, and the faults/changes never healed."""
+    """The end of the last fault or session operation, and the faults never healed (a logout left open is
+    the schedule's own doing, judged by where the agent is, not a fault left in the lab)."""
     pairs, _ = pair_ops(events)
     cut = -math.inf
-    applied: dict[str, str] = {}  # id -> what
+    ours: set[str] = set()  # ids of the schedule's faults and session changes
+    applied: dict[str, str] = {}  # id -> what, for those that must be healed
     healed: set[str] = set()
     for p in pairs:
         v = value_of(p.invoke)
-        if p.invoke.f not in ("fault.inject", "fault.heal", "change.apply", "change.revert"):
-            continue
-        if p.invoke.f == "change.apply" and v.get("change") in _HARNESS_CHANGES:
-            continue
         ident = str(v.get("id"))
-        if p.invoke.f in ("fault.heal", "change.revert") and ident not in applied:
-            continue  # a harness change's revert (its apply was left out above)
-        cut = max(cut, p.completion.t if p.completion else p.invoke.t)
-        if p.invoke.f in ("fault.inject", "change.apply") and p.outcome != "fail":
-            if not (p.invoke.f == "change.apply" and v.get("verb") == "login"):
+        if p.invoke.f in ("fault.inject", "change.apply"):
+            if v.get("change") in _HARNESS_CHANGES:
+                continue
+            ours.add(ident)
+            if p.outcome != "fail" and v.get("change") != SESSION_CHANGE:
                 applied[ident] = f"{v.get('fault') or v.get('change')} {v.get('target')}"
-        elif p.invoke.f in ("fault.heal", "change.revert") and p.outcome == "ok":
-            healed.add(ident)
+        elif p.invoke.f in ("fault.heal", "change.revert"):
+            if ident not in ours:
+                continue  # a harness change's revert (its apply was left out above)
+            if p.outcome == "ok":
+                healed.add(ident)
+        else:
+            continue
+        cut = max(cut, p.completion.t if p.completion else p.invoke.t)
     open_ = [f"{what} ({i})" for i, what in applied.items() if i not in healed]
     return cut, open_
 
