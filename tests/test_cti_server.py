@@ -289,6 +289,51 @@ def test_fence_removes_the_stale_binding_unless_active_here() -> None:
     with_cti(body)
 
 
+def test_a_fence_confirms_the_end_of_a_session_that_ended_unconfirmed() -> None:
+    """A session that ended by its lease, or whose connection was lost without a logout, ended with
+    nothing on the wire; the fence that supersedes it answers ``fenced: true`` (once), so the UL's fence
+    says on the wire that the session is gone before the agent's newer session begins elsewhere. A logout
+    is its own confirmation, and a fence that does not supersede the session confirms nothing."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        srv.lease, srv.lease_late = 0.6, 0.2
+        adm = await CtiConnection.open("127.0.0.1", CTI)
+
+        def fence(agent: str, epoch: int, site: str, ext: str) -> dict[str, Any]:
+            return auth.sign_message(SECRET, {"type": "admin", "op": "fence", "agent": agent, "epoch": epoch,
+                                              "site": site, "extension": ext})  # fmt: skip
+
+        # by its lease: an older epoch at this site does not supersede it; a newer one elsewhere does, once
+        conn1, _ = await agent(fake, "a00001", "10001", epoch=100)
+        await wait_for(lambda: "a00001" not in srv.sessions, timeout=5.0)
+        assert (await adm.request(fence("a00001", 90, "sha", "10001")))["fenced"] is False
+        assert (await adm.request(fence("a00001", 200, "ntg", "10001")))["fenced"] is True
+        assert (await adm.request(fence("a00001", 201, "ntg", "10001")))["fenced"] is False
+        await conn1.close(logout=False)
+        # by a lost connection (no logout)
+        srv.lease = 0
+        conn2, _ = await agent(fake, "a00002", "10002", epoch=100)
+        await conn2.close(logout=False)
+        await wait_for(lambda: "a00002" not in srv.sessions)
+        assert (await adm.request(fence("a00002", 200, "ntg", "10002")))["fenced"] is True
+        # a logout confirmed its own end: nothing left to confirm
+        conn3, _ = await agent(fake, "a00003", "10003", epoch=100)
+        await conn3.close(logout=True)
+        await wait_for(lambda: "a00003" not in srv.sessions)
+        assert (await adm.request(fence("a00003", 200, "ntg", "10003")))["fenced"] is False
+        # a new session here forgets the old one's unconfirmed end
+        conn4, _ = await agent(fake, "a00004", "10004", epoch=100)
+        await conn4.close(logout=False)
+        await wait_for(lambda: "a00004" not in srv.sessions)
+        conn5, _ = await agent(fake, "a00004", "10004", epoch=150)
+        await conn5.close(logout=True)
+        await wait_for(lambda: "a00004" not in srv.sessions)
+        assert (await adm.request(fence("a00004", 200, "ntg", "10004")))["fenced"] is False
+        await adm.close()
+
+    with_cti(body)
+
+
 def test_a_binding_the_pbx_could_not_remove_yet_is_removed_when_it_answers() -> None:
     """A site coming back heals its ports one by one: a fence may reach the CTI while its PBX is still cut
     off. The removal is retried after the next good dump, so no stale binding outlives the fence."""

@@ -29,6 +29,8 @@ class Server(Protocol):
 
     def _renew(self, s: Session, req: dict[str, Any]) -> None: ...
 
+    def lost(self, s: Session) -> None: ...
+
     def _handle_now(self, conn: Connection, req: dict[str, Any], kind: Any) -> dict[str, Any] | None: ...
 
     def _login(self, conn: Connection, req: dict[str, Any]) -> Awaitable[dict[str, Any]]: ...
@@ -192,8 +194,8 @@ class Connection(asyncio.Protocol):
     def _drop(self) -> None:
         srv = self.server
         s = self.session
-        if s is not None and srv.sessions.get(s.agent) is s:
-            del srv.sessions[s.agent]
+        if s is not None:
+            srv.lost(s)
         srv.conns.discard(self)
 
     def _line(self, line: bytes) -> None:

@@ -36,6 +36,7 @@ class Handlers:
     _epochs: EpochBatcher | None
     lease: float
     expired: int
+    lapsed: dict[str, int]
 
     def _handle_now(self, conn: Connection, req: dict[str, Any], kind: Any) -> dict[str, Any] | None:
         """The reply to a message whose handling does not await (all but ``login`` and ``link_phone``,
@@ -136,6 +137,7 @@ class Handlers:
         if prev is not None and prev.agent != agent and self.sessions.get(prev.agent) is prev:
             del self.sessions[prev.agent]
         s = Session(agent, str(claims.get("ext", "")), epoch, conn, epoch_checked=checked)
+        self.lapsed.pop(agent, None)  # a session here again: an older one's end needs no confirming
         if old is not None and old.epoch == epoch:
             s.state, s.since = old.state, old.since
         s.phone = self.phone_state(s.extension)

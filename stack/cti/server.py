@@ -84,6 +84,9 @@ class CtiServer(Handlers, SessionTable, PbxWatch):
         self.lease = lease
         self.lease_late = lease_late
         self.expired = 0  # sessions ended by their lease
+        # agent -> epoch of its last session here that ended unconfirmed (lease, lost connection), until a
+        # fence supersedes it (stack/cti/sessions.py)
+        self.lapsed: dict[str, int] = {}
         self.unbound = 0  # PBX bindings removed after a fence
         self.unbind_pending: set[str] = set()  # extensions whose removal failed: retried after each dump
         self.sessions: dict[str, Session] = {}

@@ -6,6 +6,12 @@ Why it is built this way:
   (the UL's ``fence`` admin message, or the periodic bulk epoch sweep), or by the client's logout.
 - A late message renews a lease only as of when its client sent it: a TCP retransmission after a long cut
   heals cannot revive a session.
+- A session that ended unconfirmed (its lease ran out, or its connection was lost without a logout) is
+  remembered by its epoch until a fence supersedes it, and that fence answers ``fenced: true``: the UL's
+  fence is then the one message on the wire that says the session is gone before the agent's newer
+  session begins elsewhere. Without it a lease that ran out just before the agent logged in at the other
+  site left nothing on the wire between the two (scenarios/test_gray.py, 30 % loss on the CTI link: the
+  split-brain checker could only answer that the sessions may have overlapped).
 - Sessions are also indexed by extension, so a PBX event finds its agent without a walk over 5,000.
 """
 
@@ -81,6 +87,7 @@ class SessionTable:
     lease: float
     lease_late: float
     expired: int
+    lapsed: dict[str, int]
 
     def _sessions_of(self, ext: str) -> list[Session]:
         live = [s for s in self._by_ext.get(ext, ()) if self.sessions.get(s.agent) is s]
@@ -121,7 +128,13 @@ class SessionTable:
         if ext and site != self.site and self.pbx.rpc_url:
             asyncio.ensure_future(self.unbind(ext))
         if s is None:
-            return False
+            gone = self.lapsed.get(agent)
+            if gone is None or (epoch <= gone and site == self.site):
+                return False
+            del self.lapsed[agent]  # superseded: its end is confirmed now, once
+            log.info("cti %s: %s fenced by epoch %s at %s (its session had ended unconfirmed)",
+                     self.site, agent, epoch, site)  # fmt: skip
+            return True
         del self.sessions[agent]
         s.conn.session = None
         s.conn.send({"type": "event", "event": "fenced", "epoch": epoch, "site": site})
@@ -150,6 +163,7 @@ class SessionTable:
         gone = [s for s in self.sessions.values() if s.heard < cutoff]
         for s in gone:
             del self.sessions[s.agent]
+            self.lapsed[s.agent] = s.epoch
             s.conn.session = None
             s.conn.close()
             log.info(
@@ -161,6 +175,12 @@ class SessionTable:
             )
         self.expired += len(gone)
         return len(gone)
+
+    def lost(self, s: Session) -> None:
+        """The connection of session ``s`` went away without a logout: the session ends, unconfirmed."""
+        if self.sessions.get(s.agent) is s:
+            del self.sessions[s.agent]
+            self.lapsed[s.agent] = s.epoch
 
     def _renew(self, s: Session, req: dict[str, Any]) -> None:
         """A message from the client renews its session's lease as of when the client sent it (in this
