@@ -5,6 +5,8 @@ A schedule is data (`schedule.Schedule`, JSON `hil-schedule/1`); running one on 
 runner's job (harness.scenario), judging it the checkers' (harness.checks).
 """
 
+from harness.nemesis.expect import Expectation, expected_outcome
+from harness.nemesis.profile import Profile, ProfileError, load_profile
 from harness.nemesis.schedule import (
     FAULT_KINDS,
     KINDS,
@@ -16,15 +18,26 @@ from harness.nemesis.schedule import (
     load,
     parse,
 )
+from harness.nemesis.shrink import ShrinkResult
+
+# `generate` and `shrink` are left as modules here (harness.nemesis.generate.generate, .shrink.shrink):
+# a function of the same name bound on the package would hide the module from `from harness.nemesis import
+# generate`.
 
 __all__ = [
     "FAULT_KINDS",
     "KINDS",
     "SCHEMA",
     "STACK_KINDS",
+    "Expectation",
     "Op",
+    "Profile",
+    "ProfileError",
     "Schedule",
     "ScheduleError",
+    "ShrinkResult",
+    "expected_outcome",
     "load",
+    "load_profile",
     "parse",
 ]
