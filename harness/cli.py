@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,7 +19,8 @@ import click
 from harness import faults, gate, mainjob, report
 from harness import topology as topology_mod
 from harness.lab import virtual as virtual_backend
-from harness.lab.session import LabError, open_lab
+from harness.lab.session import LabError, close_lab, open_lab
+from harness.scenario import exploration
 from harness.topology import REPO_ROOT, SecretMissing, TopologyError
 from harness.ulapi import UlError, client_for
 
@@ -359,6 +361,79 @@ def gate_cmd(policy: str | None, results: str, out: str) -> None:
     sys.exit(rep.exit_code)
 
 
+@main.command("explore")
+@click.option("--schedules", "count", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="the first seed (seeds S..S+N-1)")
+@click.option("--profile", "profile_file", default=None, help="nemesis profile (default: the shipped one)")
+@topology_option
+@click.option("--json", "json_file", default=None, help="write every schedule's verdict here")
+@click.option("--replay", "replay_file", default=None, help="run this schedule file as it is, once")
+@click.option("--no-shrink", is_flag=True, help="keep an invalid schedule as it is, do not shrink it")
+@click.option(
+    "--shrink-budget",
+    type=click.IntRange(min=1),
+    default=exploration.SHRINK_BUDGET,
+    show_default=True,
+    help="lab runs a shrink may take",
+)
+@_friendly
+def explore(
+    count: int,
+    seed: int,
+    profile_file: str | None,
+    topology_file: str | None,
+    json_file: str | None,
+    replay_file: str | None,
+    no_shrink: bool,
+    shrink_budget: int,
+) -> None:
+    """Random fault schedules on one lab (seeds S..S+N-1), each judged; an invalid one is shrunk on the lab
+    and kept in reports/explore/ with the command that replays it. --replay FILE runs one schedule file
+    at the same offsets. Exit 0 all valid, 1 any invalid (or not judged), 2 bad input (nothing touched)."""
+    try:
+        inputs = exploration.load_inputs(topology_file, profile_file, replay_file)
+        schedules = [] if inputs.replay else exploration.draw(inputs, range(seed, seed + count))
+    except exploration.InputError as e:
+        for line in e.lines():
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_USAGE)
+    t0 = time.monotonic()
+    lab = open_lab(inputs.topology)
+    results: list[exploration.ScheduleResult] = []
+    try:
+        with exploration.Explorer(lab, inputs, say=click.echo, shrink_budget=shrink_budget) as ex:
+            if inputs.replay is not None:
+                name = Path(str(replay_file)).name.removesuffix(".json")
+                results.append(ex.replay(inputs.replay, name, shrink_invalid=False))
+                click.echo(results[-1].line())
+            else:
+                with click.progressbar(length=len(schedules), label="exploring") as bar:
+
+                    def done(res: exploration.ScheduleResult) -> None:
+                        click.echo(f"\r{res.line()}")
+                        bar.update(1)
+
+                    results = ex.explore(schedules, shrink_invalid=not no_shrink, on_result=done)
+    except KeyboardInterrupt:
+        click.echo("interrupted: every fault healed", err=True)
+        sys.exit(130)
+    finally:
+        close_lab(lab)
+    bad = [r for r in results if r.result != "valid"]
+    click.echo(
+        f"{len(results) - len(bad)} of {len(results)} schedules valid in {time.monotonic() - t0:.0f} s"
+    )
+    for r in bad:
+        if r.replay:
+            click.echo(f"{r.name}: {r.result}: replay with: {r.replay}")
+    if json_file:
+        payload = exploration.summary(results, seed=seed, profile=profile_file, replay=replay_file)
+        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_file).write_text(json.dumps(payload, indent=1, default=str))
+        click.echo(f"written: {json_file}")
+    sys.exit(1 if bad else 0)
+
+
 # ---- benchmarks: thin wrappers that run the scripts in bench/ (options after the known ones pass through)
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -418,6 +493,20 @@ def bench_capture(ctx: click.Context, json_file: str | None) -> None:
 def bench_lab(ctx: click.Context, json_file: str | None) -> None:
     """Lab up and down times, the default and the 10,000-agent topology."""
     _bench("bench_lab.py", [*_json_arg(json_file), *ctx.args])
+
+
+@bench.command("explore", context_settings=_PASS_THROUGH)
+@click.option("--schedules", "count", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "json_file", default=None, help="write the figures here")
+@click.pass_context
+def bench_explore(ctx: click.Context, count: int, seed: int, json_file: str | None) -> None:
+    """Random schedules on the default lab: schedules per hour, invalid ones, lost agents, split brain,
+    false failovers, and the time a shrink takes."""
+    _bench(
+        "bench_explore.py",
+        ["--schedules", str(count), "--seed", str(seed), *_json_arg(json_file), *ctx.args],
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""Random fault schedules (issue 11): faults drawn from a fixed seed over every fair-game target, at either
+site or both, overlapping, with durations from well under the confirmation window to several times it,
+plus logouts and logins, planned switches and calls; each judged against its expected outcome after
+Jepsen's end (heal everything, settle, a final read of every PBX and CTI). And every schedule the nemesis
+found failing, shrunk and kept as a regression case in scenarios/schedules/*.json, replayed at the same
+offsets.
+
+The suite's schedules span at most SPAN seconds (the shipped profile's 60 s is `hil explore`'s), so each
+test takes well under a minute: the agents' reset, the span, the profile's settle, the final read."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import allure
+import pytest
+
+from harness import checks
+from harness.nemesis import expect, generate, profile
+from harness.nemesis.schedule import Schedule
+from harness.nemesis.schedule import load as load_schedule
+from harness.scenario import Scenario
+from harness.scenario.explore import run_ops, schedule_checks
+
+FEATURE = "random fault schedules"
+SEEDS = (1, 2, 3)
+SPAN = 15.0  # seconds: the suite's schedules, drawn from the shipped profile with this span
+KEPT = sorted((Path(__file__).parent / "schedules").glob("*.json"))
+
+
+def suite_profile() -> profile.Profile:
+    """The shipped profile with the suite's shorter span (every other field as shipped)."""
+    return profile.parse_profile({"name": "suite", "limits": {"span": SPAN}}, "scenarios/test_explore.py")
+
+
+def run_schedule(scenario: Scenario, sched: Schedule, prof: profile.Profile) -> None:
+    """Attach the schedule, run it (every op at its offset, then the final heal), settle for the schedule's
+    `settle`, take the final read, and judge: the standard checkers and the schedule's expected outcome."""
+    allure.attach(sched.to_json(), name="schedule.json", attachment_type=allure.attachment_type.JSON)
+    expectation = expect.expected_outcome(sched, scenario.lab.topology, prof).to_dict()
+    scenario.settings = replace(scenario.settings, settle=sched.settle)
+    run_ops(scenario, sched, expectation)
+    with scenario.phase("final read"):
+        scenario.finish()
+    overall = scenario.conclude(schedule_checks(scenario, sched, extra=[checks.check_schedule_outcome]))
+    assert overall.valid, scenario.failure_message()
+
+
+@pytest.mark.explore
+@pytest.mark.severity("critical")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_schedule(scenario: Scenario, seed: int) -> None:
+    """The schedule drawn from this seed: every agent ends online once at a site it may be at, in its state
+    from before; agents cut off longer than the window moved, agents under it stayed; nobody active at two
+    sites at once; every fault healed and the lab as it began."""
+    prof = suite_profile()
+    run_schedule(scenario, generate.generate(scenario.lab.topology, prof, seed), prof)
+
+
+@pytest.mark.explore
+@pytest.mark.severity("critical")
+@pytest.mark.parametrize("path", KEPT, ids=[p.name.removesuffix(".json") for p in KEPT])
+def test_kept_schedule(scenario: Scenario, path: Path) -> None:
+    """A schedule the nemesis once found failing, shrunk, replayed at the same offsets: it must pass now."""
+    run_schedule(scenario, load_schedule(path, scenario.lab.topology), profile.load_profile(None))
