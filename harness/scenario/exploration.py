@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from harness.lab import Lab
 from harness.nemesis import expect, generate, profile, shrink
 from harness.nemesis.schedule import Schedule, ScheduleError
 from harness.nemesis.schedule import load as load_schedule
-from harness.scenario.explore import OpRecord, run_ops, schedule_checks
+from harness.scenario.explore import OpRecord, interruptible, run_ops, schedule_checks
 from harness.scenario.readiness import reset_agents, wait_lab_clean
 from harness.scenario.run import Scenario
 from harness.scenario.session import start_capture
@@ -169,16 +170,24 @@ class Explorer:
         self.out_dir = Path(out_dir)
         self.shrink_budget = shrink_budget
         self.injector: faults.Injector | None = None
+        self._signals: AbstractContextManager[None] = nullcontext()
 
     def __enter__(self) -> Explorer:
+        # SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C does, for the whole run (a reset, a settle,
+        # a shrink), so every `finally` heals on the way out, not only the schedule's own.
+        self._signals = interruptible()
+        self._signals.__enter__()
         # The session's injector: heals what a dead run left, holds each switch's SPAN session until the end.
         self.injector = faults.Injector(self.lab, out=log.info)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.injector is not None:
-            self.injector.close()
-            self.injector = None
+        try:
+            if self.injector is not None:
+                self.injector.close()
+                self.injector = None
+        finally:
+            self._signals.__exit__(None, None, None)
 
     # -- one schedule ---------------------------------------------------------------------------------
     def expectation(self, schedule: Schedule) -> dict[str, Any]:

@@ -50,6 +50,7 @@ __all__ = [
     "SCHEDULE_EXPECTATION",
     "OpRecord",
     "ScheduleRunner",
+    "interruptible",
     "run_ops",
     "schedule_checks",
     "schedule_ran",
@@ -114,7 +115,7 @@ class _Lane:
 
 
 @contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[None]:
     """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread as SIGINT does, so a schedule's
     `finally` heals before the process goes (the ops' threads cannot receive signals)."""
     if threading.current_thread() is not threading.main_thread():
@@ -155,7 +156,7 @@ class ScheduleRunner:
     # -- the timer wheel --------------------------------------------------------------------------------
     def run(self) -> list[OpRecord]:
         assert self.sc.history is not None, "the scenario must be started"
-        with _interruptible():
+        with interruptible():
             try:
                 self._dispatch()
                 self._wait_durations()
