@@ -69,6 +69,7 @@ def test_long_hard_break_moves_everyone_there() -> None:
         ("blackhole", "sha-pbx1", {}),
         ("partition", "sha-cti1", {"b": "sha-pbx1"}),
         ("partition", "sha-cti1", {"b": "sha-agents1", "one_way": True}),
+        ("partition", "sha-pbx1", {"b": "sha-agents1", "one_way": True}),  # the phones' keep-alive sees it
     ]:
         e = expect(op(1, kind, target, 8.0, **params))
         assert {outcome(e, a) for a in SHA} == {("must", ("ntg",), True)}, (kind, target, params)
@@ -91,7 +92,6 @@ def test_gray_failures_may_move_but_never_lose() -> None:
     for kind, target, params in [
         ("loss", "sha-cti1", {"percent": 60}),
         ("rate_limit", "sha-pbx1", {"kbit": 64, "dev": "eth0"}),
-        ("partition", "sha-pbx1", {"b": "sha-agents1"}),  # the phones' path: seen only at a refresh
     ]:
         e = expect(op(1, kind, target, 16.0, **params))
         assert outcome(e, SHA[0]) == ("may", ("ntg", "sha"), True), kind

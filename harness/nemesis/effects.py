@@ -14,7 +14,7 @@ An effect is one of:
   every session), so even a short one may move agents.
 - `gray`: a part is degraded, not gone (loss, rate limit).
 - `pair`: two hosts cannot talk (a partition, one way or both: request and answer ride the same pair, so a
-  one-way drop breaks a TCP exchange as surely as a two-way one).
+  one-way drop breaks a TCP exchange, a heartbeat or a phone's keep-alive as surely as a two-way one).
 - `wan`: the link between two sites is cut (a link cut, or a port down on its end).
 """
 
@@ -144,10 +144,10 @@ def _chain_level(topo: Topology, e: Effect, home: str, site: str) -> Level | Non
         # the CTI cannot probe its PBX: it reports the link down to every agent
         return "hard" if {roles[a], roles[b]} == {"pbx", "cti"} else None
     if (agents(a) and server(b)) or (agents(b) and server(a)):
-        other = b if agents(a) else a
-        # the client heartbeats the CTI, so a cut there is seen; its phone's path to the PBX is seen only
-        # when a registration refresh fails, which may come long after the partition ends
-        return "hard" if roles[other] == "cti" else "gray"
+        # the client heartbeats its CTI; the phones keep their registrar alive (an OPTIONS every 0.75 s,
+        # two unanswered and they call themselves unregistered: stack/phone/keepalive.py), so a cut of
+        # either leg, either direction, is seen like a dead part
+        return "hard"
     return None
 
 

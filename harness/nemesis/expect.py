@@ -22,8 +22,8 @@ says "may" rather than guess. docs/nemesis.md states them at more length.
      heartbeats, the confirmation and its re-check's timeout are over by then (test_unplanned).
    - Everything else may move it or not, but never loses it: a break between the two bounds; a lossy
      one at any length (a killed or powered-off PBX forgets every registration, a killed CTI every
-     session, and the phones do not re-register before their refresh); gray failures (loss, rate limit,
-     a partition between the agents and their PBX, which only a failed registration refresh shows).
+     session, and the phones re-register only once their keep-alive has missed twice); gray failures
+     (loss, rate limit).
 3. Where a mover lands: the other site, surely, when that site's chain and UL are whole from the break's
    start until W after its end and nothing else (a planned switch, a logout) touches the agent the while;
    otherwise it may land at either (both sites broken at once: unservable during the overlap, back at
