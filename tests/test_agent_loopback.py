@@ -43,6 +43,7 @@ if not os.path.exists(pbx.KAMAILIO):
 
 TIMERS = Timers(
     heartbeat=0.25,
+    heartbeat_timeout=0.25,
     heartbeat_misses=3,
     confirm_delay=0.6,
     confirm_timeout=0.5,

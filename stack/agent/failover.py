@@ -1,9 +1,12 @@
 """Design step 8: the agent client confirms a break on its chain, then fails over to the other site.
 
-Why it is built this way: after ``confirm_delay`` the client re-checks through independent paths (a fresh
-CTI connection, a SIP OPTIONS to the PBX, the phone's status) and fails over only if one of them still
-shows the break: a blip shorter than the confirmation moves nobody. There is no automatic failback: once
-at the other site the agent stays there until a planned switch moves it.
+Why it is built this way: the client re-checks through independent paths (a fresh CTI connection, a SIP
+OPTIONS to the PBX, the phone's status) ``confirm_delay`` after the break was raised, and fails over only
+if one of them still shows the break: a blip shorter than the confirmation moves nobody. A break that is
+the CTI's silence has had its wait already: the heartbeat's answer was waited for ``heartbeat_timeout``,
+longer than a heartbeat interval (stack/agent/watch.py), and a wait on top of it only delayed every
+failover from a cut, blackholed or hung CTI. There is no automatic failback: once at the other site the
+agent stays there until a planned switch moves it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from stack.agent.state import Trouble
 from stack.agent.ulapi import UlRefused, UlUnavailable
 from stack.cti.client import CtiError
 
+SILENCE = "heartbeats_missed"  # the CTI's silence: its wait was the heartbeat's own
+# Troubles that a lost session explains: a blip of one of them re-attaches (same token, same site).
+LOST = (SILENCE, "cti_disconnected", "heartbeat_not_logged_in")
+
 
 class Failover(LoginFlow):
     """Secondary confirmation of a break, and the move (unplanned failover or ordered switch)."""
 
     async def confirm(self, trouble: Trouble) -> bool:
-        """Re-check through independent paths after ``confirm_delay``; True when the break is real."""
+        """Re-check through independent paths after ``confirm_delay`` (at once after the CTI's silence,
+        already waited out); True when the break is real."""
         self._set_phase("confirming", reason=trouble.reason)
-        await asyncio.sleep(self.t.confirm_delay)
+        if trouble.reason != SILENCE:
+            await asyncio.sleep(self.t.confirm_delay)
         reg = self.reg or {}
         cti, pbx = reg.get("cti", {}), reg.get("pbx", {})
         cti_ok, sip_ok, phone_ok = await self._recheck(cti, pbx)
@@ -34,8 +43,7 @@ class Failover(LoginFlow):
         if broken:
             return True
         # A blip: keep the agent where it is; a lost CTI connection is re-opened with the same token.
-        lost = trouble.reason in ("heartbeats_missed", "cti_disconnected", "heartbeat_not_logged_in")
-        if self.conn is None or self.conn.closed or lost:
+        if self.conn is None or self.conn.closed or trouble.reason in LOST:
             if not await self.attach(reg):
                 self._emit("reattach_failed")
                 return True

@@ -23,12 +23,23 @@ from stack.phone.control import PhoneControl
 
 @dataclass
 class Timers:
-    """Every timer of the client, in seconds (all configurable, defaults from the design brief)."""
+    """Every timer of the client, in seconds (all configurable).
+
+    A CTI that only goes silent (its port cut, blackholed, hung: no TCP reset) is found by its heartbeats:
+    one goes out every ``heartbeat``, its answer is waited for ``heartbeat_timeout``, and
+    ``heartbeat_misses`` unanswered in a row raise the break; the confirmation then re-checks through
+    fresh paths within ``confirm_timeout`` (any other break waits ``confirm_delay`` first). So a silent CTI
+    is confirmed at most ``detection_bound`` after it fell silent (issue 11: within 3 s; three misses of
+    a second each, a second's delay and a second's re-check took 5 s), a break of its answers shorter than
+    ``window[0]`` moves no agent, and one longer than ``window[1]`` moves every agent; between the two it
+    depends on where the agent's heartbeat fell in the break, so the band is one heartbeat wide.
+    """
 
     heartbeat: float = 1.0
-    heartbeat_misses: int = 3
-    confirm_delay: float = 1.0
-    confirm_timeout: float = 1.0
+    heartbeat_timeout: float = 1.1  # longer than the interval: the wait is the confirmation's delay too
+    heartbeat_misses: int = 1
+    confirm_delay: float = 0.6
+    confirm_timeout: float = 0.5
     ul_health_timeout: float = 0.5
     ul_timeout: float = 3.0
     cti_timeout: float = 2.0
@@ -37,6 +48,26 @@ class Timers:
     link_retry: float = 0.25
     retry_delay: float = 2.0
     jitter: float = 1.0
+
+    @property
+    def silence(self) -> float:
+        """How long the CTI's answers may stop before the break is raised, counted from the first
+        heartbeat that went unanswered: its wait, and the wait of each further miss (the next heartbeat
+        goes out when the last one's wait ends, or at its interval, whichever is later)."""
+        each = max(self.heartbeat, self.heartbeat_timeout)
+        return self.heartbeat_timeout + (self.heartbeat_misses - 1) * each
+
+    @property
+    def detection_bound(self) -> float:
+        """The longest a silent CTI goes unconfirmed: its last answer came just before the break, the next
+        heartbeat went out a whole interval later, then the silence and the confirmation's re-check."""
+        return self.heartbeat + self.silence + self.confirm_timeout
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """(shortest, longest) break of the CTI's answers that is confirmed: one shorter than the first moves
+        no agent, one longer than the second moves every agent (the heartbeat's phase decides between)."""
+        return self.silence, self.silence + self.heartbeat
 
 
 CtiOpen = Callable[..., Awaitable[Any]]
@@ -156,10 +187,11 @@ class AgentState:
         self._sent_at = now
         return await conn.request({**msg, "t": int(now * 1000)}, timeout or self.t.cti_timeout)
 
-    async def _heartbeat(self, conn: Any) -> dict[str, Any]:
-        """One heartbeat on ``conn`` (seq: the send time in ms), answered within a heartbeat interval."""
+    async def _heartbeat(self, conn: Any, timeout: float | None = None) -> dict[str, Any]:
+        """One heartbeat on ``conn`` (seq: the send time in ms), answered within ``timeout`` (default: a
+        heartbeat interval)."""
         beat = {"type": "heartbeat", "seq": int(time.monotonic() * 1000)}
-        return await self._request(conn, beat, self.t.heartbeat)
+        return await self._request(conn, beat, timeout or self.t.heartbeat)
 
     def _raise(self, trouble: Trouble) -> None:
         if self._trouble is None or trouble.kind in ("stop", "fenced"):

@@ -4,6 +4,13 @@ Why it is built this way: a break seen on the chain (missed heartbeats, a CTI ev
 its PBX link or of the phone's registration, the phone's own state) never moves the agent by itself: it is
 raised as trouble, and the caller confirms it first (stack/agent/failover.py). Between heartbeats the
 watch sleeps on one future that trouble wakes (no task per agent per heartbeat).
+
+A heartbeat's answer is waited for ``Timers.heartbeat_timeout``, a little longer than the interval, and
+one miss raises the break: a CTI that only goes silent (its port cut, blackholed, hung) resets nothing, so
+silence is all the client can go by, and this wait is the confirmation's delay as well (a break shorter
+than it moves nobody). Three misses of a second each, then a second's delay, made a cut CTI take 5 s to
+confirm (bench/bench_failover.py --fault cti-port) where a killed one took 1 s. Waiting on the same
+request costs nothing more per heartbeat and sends nothing more to a CTI that may only be slow.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class Watch(AgentState):
                 return t
             t0 = time.monotonic()
             try:
-                ack = await self._heartbeat(self.conn)
+                ack = await self._heartbeat(self.conn, self.t.heartbeat_timeout)
                 misses = 0
                 if ack.get("pbx_link") == "down":
                     self._raise(Trouble("broken", "pbx_link_down"))
