@@ -11,6 +11,7 @@ faults, sites, phases) and `timeline` (registration and session tables, event by
 A new checker goes in a module of its own here and is exported below.
 """
 
+from harness.checks.blip import check_blip
 from harness.checks.calls import check_no_lost_call
 from harness.checks.capture_complete import CAPTURE_KINDS, check_capture_complete, depends_on_capture
 from harness.checks.evidence import (
@@ -41,6 +42,7 @@ __all__ = [
     "Checker",
     "Result",
     "Verdict",
+    "check_blip",
     "check_capture_complete",
     "check_expectations",
     "check_faults_healed",
