@@ -12,9 +12,10 @@ and names the file, the field and the problem in one line: nothing touches the l
               "params": {"service": "kamailio"}},
              {"at": 1.0, "kind": "agent_logout", "target": "a00003"}]}
 
-`at` and `duration` are seconds from the schedule's start; a fault op with no `duration` holds until the
-final heal. Stack events (`agent_logout`, `agent_login`, `call`) have no duration; a `planned_switch` does
-(the rule is removed when it ends).
+`at` and `duration` are seconds from the schedule's start; an op with no `duration` holds until the final
+heal, which comes when every op has ended and a held one has lasted at least `hold` seconds (`span`).
+`agent_login` and `call` are instant events; an `agent_logout` lasts until its agent logs in again (its own
+`duration`, a later `agent_login`, or the final heal); a `planned_switch` rule is removed when it ends.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ FAULT_KINDS = (
 )
 STACK_KINDS = ("agent_logout", "agent_login", "planned_switch", "call")
 KINDS = FAULT_KINDS + STACK_KINDS
+INSTANT_KINDS = ("agent_login", "call")  # events with no lasting effect of their own to heal
 
 
 class ScheduleError(Exception):
@@ -90,6 +92,12 @@ class Schedule(BaseModel):
     profile: str | None = None
     topology: str | None = Field(None, description="the name of the topology it was drawn for")
     settle: float = Field(8.0, ge=0.0, le=MAX_SECONDS, description="wait after the final heal, then read")
+    hold: float = Field(
+        4.0,
+        ge=0.0,
+        le=MAX_SECONDS,
+        description="the least time a held op (no duration) lasts before the final heal",
+    )
     ops: list[Op] = Field(default_factory=list)
     note: str | None = Field(None, description="free text: how it was made (generated, shrunk from ...)")
 
@@ -107,10 +115,17 @@ class Schedule(BaseModel):
     def sorted_ops(self) -> list[Op]:
         return sorted(self.ops, key=lambda o: o.at)
 
+    def held_until(self, op: Op) -> float:
+        """When an op's effect ends at the latest: its own end, or (held) `hold` after it began; an instant
+        event (a call, a login) ends when it starts."""
+        if op.end is not None:
+            return op.end
+        return op.at if op.kind in INSTANT_KINDS else op.at + self.hold
+
     @property
     def span(self) -> float:
-        """When the last op starts or ends (the final heal comes after it)."""
-        return max([o.end if o.end is not None else o.at for o in self.ops], default=0.0)
+        """When the final heal comes: after every op has ended, a held one after at least `hold` seconds."""
+        return max([self.held_until(o) for o in self.ops], default=0.0)
 
 
 def _where(loc: tuple[Any, ...]) -> str:
