@@ -26,7 +26,8 @@ from harness.scenario.explore import run_ops, schedule_checks
 FEATURE = "random fault schedules"
 SEEDS = (1, 2, 3)
 SPAN = 15.0  # seconds: the suite's schedules, drawn from the shipped profile with this span
-KEPT = sorted((Path(__file__).parent / "schedules").glob("*.json"))
+KEPT_DIR = Path(__file__).parent / "schedules"
+KEPT = sorted(p.name for p in KEPT_DIR.glob("*.json"))
 
 
 def suite_profile() -> profile.Profile:
@@ -47,20 +48,23 @@ def run_schedule(scenario: Scenario, sched: Schedule, prof: profile.Profile) -> 
     assert overall.valid, scenario.failure_message()
 
 
-@pytest.mark.explore
-@pytest.mark.severity("critical")
-@pytest.mark.parametrize("seed", SEEDS)
-def test_random_schedule(scenario: Scenario, seed: int) -> None:
-    """The schedule drawn from this seed: every agent ends online once at a site it may be at, in its state
-    from before; agents cut off longer than the window moved, agents under it stayed; nobody active at two
-    sites at once; every fault healed and the lab as it began."""
-    prof = suite_profile()
-    run_schedule(scenario, generate.generate(scenario.lab.topology, prof, seed), prof)
+# Each case: a seed of the suite's profile, or the name of a kept schedule file (ids seed-1, kept-<name>).
+CASES = [pytest.param(seed, id=f"seed-{seed}") for seed in SEEDS] + [
+    pytest.param(name, id=f"kept-{name.removesuffix('.json')}") for name in KEPT
+]
 
 
 @pytest.mark.explore
 @pytest.mark.severity("critical")
-@pytest.mark.parametrize("path", KEPT, ids=[p.name.removesuffix(".json") for p in KEPT])
-def test_kept_schedule(scenario: Scenario, path: Path) -> None:
-    """A schedule the nemesis once found failing, shrunk, replayed at the same offsets: it must pass now."""
-    run_schedule(scenario, load_schedule(path, scenario.lab.topology), profile.load_profile(None))
+@pytest.mark.parametrize("case", CASES)
+def test_schedule(scenario: Scenario, case: int | str) -> None:
+    """A schedule drawn from a fixed seed, or one the nemesis once found failing, shrunk and kept (replayed
+    at the same offsets): every agent ends online once at a site it may be at, in its state from before;
+    agents cut off longer than the window moved, agents cut off shorter stayed; nobody active at two sites
+    at once; every fault healed and the lab as it began."""
+    if isinstance(case, str):
+        sched = load_schedule(KEPT_DIR / case, scenario.lab.topology)
+        run_schedule(scenario, sched, profile.load_profile(None))
+    else:
+        prof = suite_profile()
+        run_schedule(scenario, generate.generate(scenario.lab.topology, prof, case), prof)
