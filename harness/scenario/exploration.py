@@ -278,7 +278,7 @@ class Explorer:
             self.say(f"  shrink run {k}: {len(candidate.ops)} ops: {r.result}")
             return r.result == "invalid"
 
-        self.say(f"shrinking {res.name} ({len(res.schedule.ops)} ops), at most {self.shrink_budget} runs")
+        self.say(f"{res.line()}: shrinking it, at most {self.shrink_budget} runs")
         got = shrink.shrink(res.schedule, fails, self.shrink_budget, self.say, topo=self.inputs.topology)
         small = got.schedule
         path = small.write(self.out_dir / f"{stem}.min.json")

@@ -1,0 +1,82 @@
+"""The exploration loop (harness/scenario/exploration.py) with the lab run faked: an invalid schedule is
+kept as <seed>.json, shrunk with each candidate run again, kept as <seed>.min.json with the command that
+replays it; valid ones are kept nowhere; the summary counts them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import topology
+from harness.checks import Verdict
+from harness.nemesis import generate, profile
+from harness.nemesis.schedule import Schedule
+from harness.nemesis.schedule import load as load_schedule
+from harness.scenario import exploration
+from harness.scenario.exploration import Explorer, Inputs, ScheduleResult, summary
+
+
+class FakeExplorer(Explorer):
+    """Judges a schedule invalid when it holds an op of `culprit` kind; nothing touches a lab."""
+
+    culprit = "service_pause"
+
+    def __init__(self, inputs: Inputs, out: Path) -> None:
+        super().__init__(None, inputs, say=lambda _line: None, out_dir=out, shrink_budget=40)  # type: ignore[arg-type]
+        self.runs: list[str] = []
+
+    def run_one(self, schedule: Schedule, name: str) -> ScheduleResult:
+        self.runs.append(name)
+        bad = any(op.kind == self.culprit for op in schedule.ops)
+        v = Verdict(name, "invalid" if bad else "valid", "fake", [], {})
+        return ScheduleResult(name, schedule, v, [v], [], 1.0, Path("/dev/null"))
+
+
+@pytest.fixture
+def inputs() -> Inputs:
+    return Inputs(topology.load(None), profile.load_profile(None))
+
+
+def _seed_with(inputs: Inputs, kind: str, others: int) -> Schedule:
+    """A drawn schedule holding an op of `kind` and at least `others` other ops."""
+    for seed in range(1, 500):
+        s = generate.generate(inputs.topology, inputs.profile, seed)
+        if any(o.kind == kind for o in s.ops) and len(s.ops) > others:
+            return s
+    raise AssertionError(f"no seed below 500 draws a {kind} with {others} other ops")
+
+
+def test_invalid_schedule_kept_shrunk_and_replayable(inputs: Inputs, tmp_path: Path) -> None:
+    ex = FakeExplorer(inputs, tmp_path)
+    bad = _seed_with(inputs, FakeExplorer.culprit, 2)
+    results = ex.explore([bad])
+    (res,) = results
+    assert res.result == "invalid"
+    original, shrunk = Path(res.files["original"]), Path(res.files["shrunk"])
+    assert original == tmp_path / f"{bad.seed}.json" and shrunk == tmp_path / f"{bad.seed}.min.json"
+    assert load_schedule(original, inputs.topology) == bad
+    small = load_schedule(shrunk, inputs.topology)
+    assert [o.kind for o in small.ops] == [FakeExplorer.culprit], "shrunk to the one op that fails"
+    assert res.replay == f"hil explore --replay {shrunk}"
+    assert res.shrink["runs"] == len(ex.runs) - 1 and res.shrink["ops_after"] == 1
+    assert all(name.startswith(f"shrink-{bad.seed}-") for name in ex.runs[1:])
+
+
+def test_valid_schedules_are_kept_nowhere(inputs: Inputs, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(FakeExplorer, "culprit", "no such kind")
+    ex = FakeExplorer(inputs, tmp_path)
+    results = ex.explore(exploration.draw(inputs, range(1, 4)))
+    assert [r.result for r in results] == ["valid"] * 3 and not list(tmp_path.iterdir())
+    doc = summary(results, seed=1)
+    assert (doc["schedules"], doc["valid"], doc["invalid"]) == (3, 3, 0)
+    assert [r["seed"] for r in doc["results"]] == [1, 2, 3]
+
+
+def test_no_shrink_keeps_the_original_only(inputs: Inputs, tmp_path: Path) -> None:
+    ex = FakeExplorer(inputs, tmp_path)
+    bad = _seed_with(inputs, FakeExplorer.culprit, 2)
+    (res,) = ex.explore([bad], shrink_invalid=False)
+    assert "shrunk" not in res.files and ex.runs == [f"explore-{bad.seed}"]
+    assert res.replay == f"hil explore --replay {tmp_path / f'{bad.seed}.json'}"
