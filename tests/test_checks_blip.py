@@ -88,6 +88,7 @@ def test_short_cti_blip_moves_nobody_and_is_measured_on_the_wire() -> None:
     assert f["wire_length_s"] == 1.0  # a2's 9.75 to a2's 10.75: the link's answers stopped this long
     assert f["last_before"] == 9.75 and f["first_after"] == 10.75
     assert f["agents_missed_answers"] == 1  # a1 missed one answer; a2's heartbeat fell outside the blip
+    assert f["agents_answered_late"] == 1
 
 
 def test_short_cti_blip_that_moved_an_agent_is_a_false_failover() -> None:
@@ -145,12 +146,16 @@ def pbx_blip(rechecker: str | None) -> Hist:
     h.obs(0.1, "sip", "sha-pbx1", {"status": 200, "cseq_method": "REGISTER", "src_ip": pbx, "dst_ip": "x"})
     t = 0.2
     while t < 20:
-        h.obs(t, "sip", "sha-pbx1", {"method": "OPTIONS", "src_ip": cti, "dst_ip": pbx, "site": "sha"})
+        probe = {"method": "OPTIONS", "src_ip": cti, "dst_ip": pbx, "site": "sha", "from_user": "probe"}
+        h.obs(t, "sip", "sha-pbx1", probe)
         if not 10.0 <= t <= 10.6:
             h.obs(t + 0.001, "sip", "sha-pbx1", {"status": 200, "src_ip": pbx, "dst_ip": cti, "site": "sha"})
         t = round(t + 0.5, 3)
+    phone = {"method": "OPTIONS", "src_ip": "198.18.1.100", "dst_ip": pbx, "site": "sha", "from_user": "1001"}
+    h.obs(5.0, "sip", "sha-pbx1", phone)  # a phone's keepalive from the agents host: not a re-check
     if rechecker:
-        h.obs(10.5, "sip", "sha-pbx1", {"method": "OPTIONS", "src_ip": rechecker, "dst_ip": pbx})
+        recheck = {"method": "OPTIONS", "src_ip": rechecker, "dst_ip": pbx, "from_user": "probe"}
+        h.obs(10.5, "sip", "sha-pbx1", recheck)
     h.obs(10.4, "cti", "sha-cti1", {"site": "sha", "agent": "a1", "event": "pbx_link_down"})
     return h.ntg_snapshot(20.0, ["b1"])
 
@@ -200,3 +205,14 @@ def test_no_fault_and_a_fault_elsewhere_are_unknown() -> None:
     h.fault("sha-ul1", (9.9, 10.1), (10.2, 10.3))
     v = check_blip(h.done(), window=WINDOW)
     assert v.result == "unknown" and "only a CTI's or a PBX's" in v.reason
+
+
+def test_a_break_not_where_the_scenario_meant_it_is_unknown() -> None:
+    """A blip meant to be short that lasted into the window on the wire (a port's shutdown is a CLI round
+    trip and a verification long) proves neither promise."""
+    h = cti_blip(off_at=11.4, back_at=11.6).ntg_snapshot(20.0, ["b1"])
+    v = check_blip(h.done(), window=WINDOW, expect="stay")
+    assert v.result == "unknown" and "not below the window's 1.1s" in v.reason
+    short = cti_blip(off_at=10.2, back_at=10.5).ntg_snapshot(20.0, ["b1"])
+    assert check_blip(short.done(), window=WINDOW, expect="stay").result == "valid"
+    assert check_blip(short.done(), window=WINDOW, expect="move").result == "unknown"

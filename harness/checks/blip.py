@@ -14,7 +14,7 @@ captured `cti` (or `sip`) messages of the faulted device before and after it, an
 sites after it (a `cti` message or a `cti_snapshot`), else the answer is `unknown`. The client's side of
 the blip is counted where the capture recorded it: `cti` events `heartbeat` (asked, unanswered), pushed
 `pbx_link_down` (the link-down report), `status` (a re-check on a fresh connection), and SIP `OPTIONS` to
-the PBX from an address that was not probing it before (a client's re-check).
+the PBX from a sender (address and From user) that was not probing it before (a client's re-check).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def _moves(events: list[Event], agents: set[str], site: str, since: float) -> tu
 
 def _client_side(events: list[Event], target: str, site: str, span: Span, last: float) -> dict[str, Any]:
     """What the clients did about the blip on the wire: unanswered heartbeats, link-down reports, re-checks
-    (a fresh connection's ``status``, an OPTIONS to the PBX from an address that was not probing it)."""
+    (a fresh connection's ``status``, an OPTIONS to the PBX from a sender, address and From user, that
+    was not probing it before)."""
     asked: set[str] = set()
     reports = status = 0
     probers: set[str] = set()
@@ -157,9 +158,10 @@ def _client_side(events: list[Event], target: str, site: str, span: Span, last: 
             elif ev == "status" and span.start <= e.t <= span.end + 5.0:
                 status += 1
         elif e.kind == SIP and site_of(e) == site and v.get("method") == "OPTIONS" and v.get("src_ip"):
+            who = f"{v['src_ip']} {v.get('from_user')}"  # the CTI's probe, a phone's keepalive, a re-check
             if e.t < span.start:
-                probers.add(str(v["src_ip"]))
-            elif e.t <= span.end + 5.0 and v["src_ip"] not in probers:
+                probers.add(who)
+            elif e.t <= span.end + 5.0 and who not in probers:
                 rechecks.add(str(v["src_ip"]))
     return {
         "agents_unanswered_heartbeats": len(asked),
@@ -173,6 +175,7 @@ def check_blip(
     history: Iterable[Event],
     *,
     window: tuple[float, float],
+    expect: str | None = None,
     fault: str | None = None,
     heartbeat: float = 1.0,
     roster: Mapping[str, Mapping[str, Any]] | None = None,
@@ -180,8 +183,12 @@ def check_blip(
     """Measure the blip of ``fault`` (its id; default: the first that took effect) on the wire and judge
     who moved against ``window`` = (shortest, longest) break that is confirmed: a break surely shorter than
     the first moved nobody, one surely longer than the second moved every agent of the faulted device's
-    site. ``heartbeat`` (s) tells a missed answer in an agent's stream. Figures: the wire length and its
-    bounds, the quiet before, who missed answers, who moved, and what the clients did on the wire."""
+    site. ``expect`` ("stay" or "move") is what the scenario meant to show: a break that was not below
+    (above) the window on the wire shows nothing of the kind, and is unknown. ``heartbeat`` (s) tells a
+    missed answer in an agent's stream. Figures: the wire length and its bounds, the quiet before, who
+    missed answers, who moved, and what the clients did on the wire."""
+    if expect not in (None, "stay", "move"):
+        raise ValueError(f"expect must be 'stay', 'move' or None, got {expect!r}")
     events = by_time(history)
     pairs, _ = pair_ops(events)
     flts = [f for f in faults_of(pairs) if f.took_effect and (fault is None or f.key == fault)]
@@ -228,14 +235,20 @@ def check_blip(
         hit = {a for a, ts in per_agent.items() if a in home and ts[0] <= span.start}
     else:
         hit = home
-    missed = []  # agents an answer was missing for: a gap in their own messages over 1.5 heartbeats
+    # Per agent: its own answers' gap over the fault. Over a heartbeat (and the link's usual jitter), an
+    # answer came late (its heartbeat fell in the break); over one and a half, one never came.
+    late, missed = [], []
     for a in sorted(hit & set(per_agent)):
         lo, hi, _ = _gap(per_agent[a], span)
-        if lo is not None and (hi if hi is not None else span.end) - lo > 1.5 * heartbeat:
+        agap = (hi if hi is not None else span.end) - lo if lo is not None else 0.0
+        if agap > heartbeat + baseline:
+            late.append(a)
+        if agap > 1.5 * heartbeat:
             missed.append(a)
     moved, seen_elsewhere = _moves(events, hit, site, span.start)
     figures.update(
         agents=len(hit),
+        agents_answered_late=len(late),
         agents_missed_answers=len(missed),
         moved=len(moved),
         stayed=len(hit - moved),
@@ -247,7 +260,13 @@ def check_blip(
         return unknown(
             NAME, "nothing seen of the other sites after the blip: a move could hide there", **figures
         )
-    return _judge(target, site, window, (lower, upper, first is not None), hit, moved, len(missed), figures)
+    rule = "stay" if upper < window[0] else "move" if lower > window[1] else None
+    if expect is not None and rule != expect:
+        side = "below the window's" if expect == "stay" else "above the window's"
+        edge = window[0] if expect == "stay" else window[1]
+        why = f"the break was {lower:.2f}-{upper:.2f}s on the wire, not {side} {edge:g}s: it shows nothing"
+        return unknown(NAME, why, **figures)
+    return _judge(target, site, window, (lower, upper, first is not None), hit, moved, len(late), figures)
 
 
 def _judge(
@@ -257,7 +276,7 @@ def _judge(
     length: tuple[float, float, bool],
     hit: set[str],
     moved: set[str],
-    missed: int,
+    late: int,
     figures: dict[str, Any],
 ) -> Verdict:
     """The promise for a break of ``length`` = (at least, at most, measured at both ends)."""
@@ -276,5 +295,5 @@ def _judge(
     if bad:
         return Verdict(NAME, "invalid", why, [{"agent": a, "site": site} for a in bad], figures)
     seen = f"{upper:.2f}s on the wire" if both_ends else f"{lower:.2f}-{upper:.2f}s"
-    why = f"{target} silent {seen}; {missed} of {len(hit)} agents missed answers; {len(moved)} moved"
+    why = f"{target} silent {seen}; {late} of {len(hit)} agents' answers late or lost; {len(moved)} moved"
     return Verdict(NAME, "valid", f"{why} ({figures['rule']})", [], figures)
