@@ -19,9 +19,11 @@ from harness.scenario.exploration import Explorer, Inputs, ScheduleResult, summa
 
 
 class FakeExplorer(Explorer):
-    """Judges a schedule invalid when it holds an op of `culprit` kind; nothing touches a lab."""
+    """Judges a schedule invalid when it holds an op of `culprit` kind (check `culprit_check`), and invalid
+    another way when it holds none but an op of `other` kind; nothing touches a lab."""
 
     culprit = "service_pause"
+    other = "no such kind"
 
     def __init__(self, inputs: Inputs, out: Path) -> None:
         super().__init__(None, inputs, say=lambda _line: None, out_dir=out, shrink_budget=40)  # type: ignore[arg-type]
@@ -29,8 +31,13 @@ class FakeExplorer(Explorer):
 
     def run_one(self, schedule: Schedule, name: str) -> ScheduleResult:
         self.runs.append(name)
-        bad = any(op.kind == self.culprit for op in schedule.ops)
-        v = Verdict(name, "invalid" if bad else "valid", "fake", [], {})
+        kinds = {op.kind for op in schedule.ops}
+        if self.culprit in kinds:
+            v = Verdict("culprit_check", "invalid", "fake", [], {})
+        elif self.other in kinds:
+            v = Verdict("other_check", "invalid", "fake", [], {})
+        else:
+            v = Verdict("culprit_check", "valid", "fake", [], {})
         return ScheduleResult(name, schedule, v, [v], [], 1.0, Path("/dev/null"))
 
 
@@ -80,3 +87,27 @@ def test_no_shrink_keeps_the_original_only(inputs: Inputs, tmp_path: Path) -> No
     (res,) = ex.explore([bad], shrink_invalid=False)
     assert "shrunk" not in res.files and ex.runs == [f"explore-{bad.seed}"]
     assert res.replay == f"hil explore --replay {tmp_path / f'{bad.seed}.json'}"
+
+
+def test_a_shrink_keeps_to_the_same_failure(inputs: Inputs, tmp_path: Path, monkeypatch: Any) -> None:
+    """Dropping the culprit but keeping another op that fails another way is not the same failure."""
+    bad = _seed_with(inputs, FakeExplorer.culprit, 2)
+    other = next(o.kind for o in bad.ops if o.kind != FakeExplorer.culprit)
+    monkeypatch.setattr(FakeExplorer, "other", other)
+    (res,) = FakeExplorer(inputs, tmp_path).explore([bad])
+    small = load_schedule(res.files["shrunk"], inputs.topology)
+    assert [o.kind for o in small.ops] == [FakeExplorer.culprit] and res.shrink["failure"] == [
+        "culprit_check"
+    ]
+
+
+def test_failure_words() -> None:
+    lost = {"agent": "a1", "problem": "lost: no session anywhere"}
+    sb = {"name": "no_split_brain", "result": "invalid"}
+    vs = [
+        Verdict("schedule_outcome", "invalid", "x", [lost, sb], {}),
+        Verdict("no_split_brain", "invalid", "x", [], {}),
+        Verdict("faults_healed", "valid", "x", [], {}),
+        Verdict("capture_complete", "unknown", "x", [], {}),
+    ]
+    assert exploration.failure(vs) == {"outcome: lost", "no_split_brain"}

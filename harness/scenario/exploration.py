@@ -271,12 +271,18 @@ class Explorer:
         t0 = time.monotonic()
         k = 0
 
+        wanted = failure(res.verdicts)
+
         def fails(candidate: Schedule) -> bool:
+            """The candidate fails the same way (one failure in common with the original): a shrink that
+            slipped to another failure would hide the first one (Hypothesis keeps to one failure too)."""
             nonlocal k
             k += 1
             r = self.run_one(candidate, f"shrink-{stem}-{k}")
-            self.say(f"  shrink run {k}: {len(candidate.ops)} ops: {r.result}")
-            return r.result == "invalid"
+            same = bool(failure(r.verdicts) & wanted)
+            got = "the same failure" if same else f"{r.result} {sorted(failure(r.verdicts))}"
+            self.say(f"  shrink run {k}: {len(candidate.ops)} ops: {got}")
+            return same
 
         self.say(f"{res.line()}: shrinking it, at most {self.shrink_budget} runs")
         got = shrink.shrink(res.schedule, fails, self.shrink_budget, self.say, topo=self.inputs.topology)
@@ -285,12 +291,31 @@ class Explorer:
         res.files["shrunk"] = str(path)
         res.replay = f"hil explore --replay {path}"
         res.shrink = {
+            "failure": sorted(wanted),
             "runs": got.runs,
             "steps": got.steps,
             "seconds": round(time.monotonic() - t0, 1),
             "ops_before": len(res.schedule.ops),
             "ops_after": len(small.ops),
         }
+
+
+def failure(verdicts: list[Verdict]) -> set[str]:
+    """What a run's failure is, as words a shrink compares: each invalid verdict's name, and for the
+    schedule's outcome each witness's problem (`lost`, `moved`, `doubled`, `split brain`...)."""
+    out: set[str] = set()
+    for v in verdicts:
+        if v.result != "invalid":
+            continue
+        if v.name != "schedule_outcome":
+            out.add(v.name)
+            continue
+        for w in v.witnesses:
+            if isinstance(w, dict) and "problem" in w:
+                out.add(f"outcome: {str(w['problem']).split(':')[0].split(',')[0]}")
+            elif isinstance(w, dict) and w.get("name"):
+                out.add(str(w["name"]))  # a verdict it folded in (no_split_brain)
+    return out
 
 
 def summary(results: list[ScheduleResult], **about: Any) -> dict[str, Any]:
