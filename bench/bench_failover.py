@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         earlier = set_earlier_states(lab, sha, args.not_ready_every)
         steady_state(svc, args, figures, targets, out_dir)
         o = fault_window(lab, svc, args, earlier, figures)
-        times, detection = agent_figures(lab, args, o, sha, where, doc)
+        times, detection = agent_figures(lab, o, sha, where, sw.burst, doc)
         n = len(sha)
         if times and detection is not None:
             # In-run yardstick: the swarm paces UL logins (token bucket); no failover can beat detection plus
