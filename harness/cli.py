@@ -405,6 +405,7 @@ def explore(
             if inputs.replay is not None:
                 name = Path(str(replay_file)).name.removesuffix(".json")
                 results.append(ex.replay(inputs.replay, name, shrink_invalid=False))
+                results[-1].replay = f"hil explore --replay {replay_file}"
                 click.echo(results[-1].line())
             else:
                 with click.progressbar(length=len(schedules), label="exploring") as bar:
