@@ -368,7 +368,11 @@ def gate_cmd(policy: str | None, results: str, out: str) -> None:
 @topology_option
 @click.option("--json", "json_file", default=None, help="write every schedule's verdict here")
 @click.option("--replay", "replay_file", default=None, help="run this schedule file as it is, once")
-@click.option("--no-shrink", is_flag=True, help="keep an invalid schedule as it is, do not shrink it")
+@click.option(
+    "--shrink/--no-shrink",
+    default=None,
+    help="shrink an invalid schedule on the lab (default: yes for drawn schedules, no for a replay)",
+)
 @click.option(
     "--shrink-budget",
     type=click.IntRange(min=1),
@@ -384,7 +388,7 @@ def explore(
     topology_file: str | None,
     json_file: str | None,
     replay_file: str | None,
-    no_shrink: bool,
+    shrink: bool | None,
     shrink_budget: int,
 ) -> None:
     """Random fault schedules on one lab (seeds S..S+N-1), each judged; an invalid one is shrunk on the lab
@@ -404,8 +408,8 @@ def explore(
         with exploration.Explorer(lab, inputs, say=click.echo, shrink_budget=shrink_budget) as ex:
             if inputs.replay is not None:
                 name = Path(str(replay_file)).name.removesuffix(".json")
-                results.append(ex.replay(inputs.replay, name, shrink_invalid=False))
-                results[-1].replay = f"hil explore --replay {replay_file}"
+                results.append(ex.replay(inputs.replay, name, shrink_invalid=bool(shrink)))
+                results[-1].replay = results[-1].replay or f"hil explore --replay {replay_file}"
                 click.echo(results[-1].line())
             else:
                 with click.progressbar(length=len(schedules), label="exploring") as bar:
@@ -414,7 +418,7 @@ def explore(
                         click.echo(f"\r{res.line()}")
                         bar.update(1)
 
-                    results = ex.explore(schedules, shrink_invalid=not no_shrink, on_result=done)
+                    results = ex.explore(schedules, shrink_invalid=shrink is not False, on_result=done)
     except KeyboardInterrupt:
         click.echo("interrupted: every fault healed", err=True)
         sys.exit(130)

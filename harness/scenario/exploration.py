@@ -254,10 +254,11 @@ class Explorer:
         return out
 
     def replay(self, schedule: Schedule, name: str, *, shrink_invalid: bool = False) -> ScheduleResult:
-        """Run a schedule from a file as it is (same ops, same offsets); shrink it if asked and invalid."""
+        """Run a schedule from a file as it is (same ops, same offsets); shrink it if asked and invalid
+        (kept as `<name>.replay.json` and `.replay.min.json`, beside whatever the file was)."""
         res = self.run_one(schedule, f"replay-{name}")
         if res.result == "invalid" and shrink_invalid:
-            self.keep(res, name, True)
+            self.keep(res, f"{name}.replay", True)
         return res
 
     def keep(self, res: ScheduleResult, stem: str, shrink_it: bool) -> None:
