@@ -421,3 +421,28 @@ def test_pushed_events_link_without_lookup_and_reach_the_agent_at_once() -> None
             sock.close()
 
     with_cti(body, pbx_events=("127.0.0.1", EVENTS))
+
+
+def test_a_message_read_after_the_cti_stalled_past_the_lease_ends_the_session() -> None:
+    """Found by `hil explore` (scenarios/schedules/cti-pause-8s.json): a CTI hung past its agents' lease
+    read their buffered heartbeats on SIGCONT and acked them, while they were already active at the other
+    site. The lease holds when a message is read, not only in the sweep (which skips a late round)."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        srv.lease, srv.lease_late = 0.6, 0.2
+        conn, events = await agent(fake, "a00001", "10001")
+        await conn.request({"type": "heartbeat", "seq": 1, "t": int(time.monotonic() * 1000)})
+        beat = asyncio.create_task(
+            conn.request({"type": "heartbeat", "seq": 2, "t": int(time.monotonic() * 1000)})
+        )
+        await asyncio.sleep(0)  # the heartbeat is written; the CTI has not read it yet
+        time.sleep(1.2)  # the CTI's event loop stalls twice the lease (this test shares its loop)
+        try:
+            reply = await asyncio.wait_for(beat, 5.0)
+        except (CtiError, ConnectionError, asyncio.IncompleteReadError, EOFError) as err:
+            reply = {"error": repr(err)}
+        assert reply.get("type") != "heartbeat_ack", reply
+        assert "a00001" not in srv.sessions and srv.expired == 1
+        await conn.close()
+
+    with_cti(body)

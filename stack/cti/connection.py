@@ -27,7 +27,7 @@ class Server(Protocol):
     sessions: dict[str, Session]
     conns: set[Connection]
 
-    def _renew(self, s: Session, req: dict[str, Any]) -> None: ...
+    def _renew(self, s: Session, req: dict[str, Any]) -> bool: ...
 
     def lost(self, s: Session) -> None: ...
 
@@ -215,8 +215,8 @@ class Connection(asyncio.Protocol):
                 self._end()
             return
         kind = req.get("type")
-        if self.session is not None and kind != "logout":
-            srv._renew(self.session, req)
+        if self.session is not None and kind != "logout" and not srv._renew(self.session, req):
+            return  # its lease ran out while this message waited: the session is over, the connection closed
         if kind == "login" or kind == "link_phone":
             self._task = asyncio.get_running_loop().create_task(self._awaiting(req, kind))
             return

@@ -162,19 +162,18 @@ class SessionTable:
         # the per-item loop was 6 % of a busy CTI's CPU in the 10,000-agent failover profile).
         gone = [s for s in self.sessions.values() if s.heard < cutoff]
         for s in gone:
-            del self.sessions[s.agent]
-            self.lapsed[s.agent] = s.epoch
-            s.conn.session = None
-            s.conn.close()
-            log.info(
-                "cti %s: %s lease expired (epoch %s, %.1fs silent)",
-                self.site,
-                s.agent,
-                s.epoch,
-                now - s.heard,
-            )
-        self.expired += len(gone)
+            self._expire(s, now)
         return len(gone)
+
+    def _expire(self, s: Session, now: float) -> None:
+        del self.sessions[s.agent]
+        self.lapsed[s.agent] = s.epoch
+        s.conn.session = None
+        s.conn.close()
+        self.expired += 1
+        log.info(
+            "cti %s: %s lease expired (epoch %s, %.1fs silent)", self.site, s.agent, s.epoch, now - s.heard
+        )
 
     def lost(self, s: Session) -> None:
         """The connection of session ``s`` went away without a logout: the session ends, unconfirmed."""
@@ -182,11 +181,16 @@ class SessionTable:
             del self.sessions[s.agent]
             self.lapsed[s.agent] = s.epoch
 
-    def _renew(self, s: Session, req: dict[str, Any]) -> None:
+    def _renew(self, s: Session, req: dict[str, Any]) -> bool:
         """A message from the client renews its session's lease as of when the client sent it (in this
         server's clock: its send time plus the least transit seen). A message held up by TCP retransmission
         after a short cut still proves the client was alive then; one held up longer than the lease (a
-        long cut healing) renews nothing, so it cannot revive a session."""
+        long cut healing) renews nothing, so it cannot revive a session.
+
+        The lease is enforced here too, not only by the sweep: after this CTI itself was stalled (SIGSTOP,
+        a swapped-out host) the sweep has not run yet when the buffered messages are read, and answering
+        them would tell an agent that already logged in at the other site that it is still active here
+        (split brain). False: the lease had run out, and the session is over."""
         now = time.monotonic()
         sent = req.get("t")
         if isinstance(sent, int | float) and not isinstance(sent, bool):
@@ -195,5 +199,9 @@ class SessionTable:
                 s.offset = off
             if off - s.offset > self.lease_late:
                 s.heard = max(s.heard, sent / 1000.0 + s.offset)
-                return
+                if now - s.heard > self.lease and self.sessions.get(s.agent) is s:
+                    self._expire(s, now)
+                    return False
+                return True
         s.heard = now
+        return True
