@@ -14,8 +14,9 @@ sent from the phones' own socket (the same 5-tuple as their REGISTERs, so it fai
 would), not one per phone. Anything received from the registrar while a probe is out counts as an answer (a
 PBX busy with a registration storm still answers REGISTERs). After ``keepalive_misses`` probes in a row
 without an answer, every phone registered there is told (``_registrar_lost``): it stops calling itself
-registered and registers again at once, so a blip that is over by then costs one REGISTER, and a real break
-keeps the phone unregistered until its agent moves it to the other site's PBX.
+registered and registers again within a quarter of a second (spread: thousands lose one registrar
+together), so a blip that is over by then costs one REGISTER per phone, and a real break keeps the phone
+unregistered until its agent moves it to the other site's PBX.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class RegisteringAccount(Account):
     def _registrar_lost(self) -> None:
         """The endpoint's keep-alive got no answer from this phone's registrar (stack/phone/keepalive.py):
         the phone no longer calls itself registered (its agent sees the phone leg broken) and registers
-        again at once, keeping its binding in mind so a move still takes it back there."""
+        again within a quarter of a second, keeping its binding in mind so a move still removes it."""
         if not self._registered:
             return
         self._registered = False
@@ -98,8 +98,10 @@ class RegisteringAccount(Account):
             was_registered=True,
         )
         if self._active and not self._pending:
+            # Soon, not at once: thousands of phones lose one registrar together, and a blip that is over
+            # should cost its PBX a spread of REGISTERs, not one burst (the agent re-checks 0.6 s later).
             self._cancel_timer()
-            self.endpoint.spawn(self._register_cycle(self._gen))
+            self._timer = self.endpoint.loop.call_later(_uniform(0.0, 0.25), self._timer_fired, self._gen)
 
     def _drop_inflight(self, keep: tuple[str, int]) -> set[tuple[str, int]]:
         """End every REGISTER in flight to a registrar other than ``keep`` (no more retransmissions; its
