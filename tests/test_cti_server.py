@@ -446,3 +446,22 @@ def test_a_message_read_after_the_cti_stalled_past_the_lease_ends_the_session() 
         await conn.close()
 
     with_cti(body)
+
+
+def test_a_fence_read_after_the_lease_ran_out_is_not_pushed_as_fenced() -> None:
+    """The same stall seen from the UL's side: its fence of an agent now active at ntg is read after the
+    session's lease ran out. The session ended at its lease (silently), not at the fence: no `fenced`
+    event claims it lasted until now (the capture would show two sites at once)."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        srv.lease, srv.lease_late = 0.6, 0.2
+        conn, events = await agent(fake, "a00001", "10001")
+        s = srv.sessions["a00001"]
+        s.heard -= 1.2  # as after a stall of twice the lease, before the sweep has run
+        assert srv.fence("a00001", s.epoch + 1, "ntg") is True
+        assert "a00001" not in srv.sessions and srv.expired == 1
+        await asyncio.sleep(0.05)
+        assert not [e for e in events if e.get("event") == "fenced"]
+        await conn.close()
+
+    with_cti(body)

@@ -127,6 +127,12 @@ class SessionTable:
         ext = extension or (s.extension if s is not None else None)
         if ext and site != self.site and self.pbx.rpc_url:
             asyncio.ensure_future(self.unbind(ext))
+        now = time.monotonic()
+        if s is not None and now - s.heard > self.lease:
+            # Its lease ran out before this fence was read (this CTI was stalled): the session ended then,
+            # unheard; telling the client "fenced" now would claim it lasted until now.
+            self._expire(s, now)
+            s = None
         if s is None:
             gone = self.lapsed.get(agent)
             if gone is None or (epoch <= gone and site == self.site):
