@@ -221,6 +221,27 @@ def test_cti_messages_become_session_events() -> None:
     )  # the session's site, not the new one
 
 
+def test_cti_blip_evidence_is_mapped_too() -> None:
+    """What tells a blip was seen (issue 11, check_blip): the client's heartbeats, the CTI's pushed
+    link-down report, its ack saying the link is down, and a re-check's status on a fresh connection."""
+    cti = ("198.18.1.20", 7000)
+    agent_c, fresh_c = ("198.18.1.100", 40001), ("198.18.1.100", 40009)
+    evs = [
+        _cti_ev(1.0, agent_c, cti, {"type": "login", "id": 1, "agent": "a00001", "token": "t"}),
+        _cti_ev(1.1, cti, agent_c, {"type": "login_ok", "id": 1, "agent": "a00001", "epoch": 7}),
+        _cti_ev(2.0, agent_c, cti, {"type": "heartbeat", "id": 2, "seq": 1}),
+        _cti_ev(2.1, cti, agent_c, {"type": "event", "event": "pbx_link_down"}),
+        _cti_ev(2.2, cti, agent_c, {"type": "heartbeat_ack", "id": 2, "state": "ready", "pbx_link": "down"}),
+        _cti_ev(2.3, fresh_c, cti, {"type": "status", "id": 1, "extension": "10001"}),
+    ]
+    out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
+    vals = [v for _, _, v in out]
+    assert vals[1] == {"event": "heartbeat", "site": "sha", "agent": "a00001"}
+    assert vals[2] == {"event": "pbx_link_down", "site": "sha", "agent": "a00001", "epoch": 7}
+    assert vals[3]["event"] == "state" and vals[3]["pbx_link"] == "down"
+    assert vals[4] == {"event": "status", "site": "sha", "extension": "10001"}
+
+
 def test_sip_messages_get_the_pbx_site() -> None:
     reg_ok = Event(
         5.0, 3, "sip", "udp", "198.18.2.10", 5060, "198.18.1.100", 5060,

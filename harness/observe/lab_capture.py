@@ -112,12 +112,13 @@ def record_capture(
             stats["decode"] = dec.stats_dict()
             stats["lossless"] = dec.stats.lossless
             stats["packets"] = res.packets_captured
-            is_pbx = point.device in {dev for dev, _ in pbx_addr.values()}
-            kind = "sip" if is_pbx else "cti"
-            mapped = (
-                sip_observations(dec.events, pbx_addr) if is_pbx else cti_observations(dec.events, cti_addr)
-            )
-            for ev, device, value in mapped:
-                history.observe(kind, device, value, t=ev.time - capture.clock_offset, wall=ev.time)
+            # A SPAN point (a switch's) carries both SIP and CTI; a port point one of them: each mapping
+            # keeps only its own protocol, so both run on every point.
+            for kind, mapped in (
+                ("sip", sip_observations(dec.events, pbx_addr)),
+                ("cti", cti_observations(dec.events, cti_addr)),
+            ):
+                for ev, device, value in mapped:
+                    history.observe(kind, device, value, t=ev.time - capture.clock_offset, wall=ev.time)
         history.observe("capture_stats", point.device, stats)
     return decoded
