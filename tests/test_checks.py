@@ -506,6 +506,45 @@ def test_split_brain_killed_cti_ends_its_sessions(rec: Rec) -> None:
     assert check_no_split_brain(without).result == "unknown"
 
 
+@pytest.mark.parametrize("kind", ["service_pause", "blackhole", "port_down"])
+def test_split_brain_a_silenced_cti_served_nobody_until_healed(rec: Rec, kind: str) -> None:
+    """Found by `hil explore` (cti-pause-8s): sha's CTI hung 8 s, its agents logged in at ntg, and when it
+    came back their sessions were gone (lease). Last seen before the silence and never after: those sessions
+    served nobody from the silence on, so there is no doubt to report; a lapsed fence read after the heal
+    says only that the session is over by then."""
+    f = {"id": "p", "fault": kind, "target": "sha-cti1", "site": "sha"}
+    rec.cti_msg(5.0, "sha", "a00001", "login", 1, "ready")
+    rec.cti_msg(6.0, "sha", "a00001", "state", 1, "ready")
+    rec.op(7.0, "invoke", "nemesis", "fault.inject", f)
+    rec.op(7.1, "ok", "nemesis", "fault.inject", f)
+    rec.cti_msg(10.0, "ntg", "a00001", "login", 2, "ready")
+    rec.op(15.0, "invoke", "nemesis", "fault.heal", f)
+    rec.op(15.1, "ok", "nemesis", "fault.heal", f)
+    rec.cti_msg(15.2, "sha", "a00001", "lapsed", 1)
+    rec.cti(16.0, "sha", {})
+    rec.cti(16.1, "ntg", {"a00001": ("ready", 2)})
+    assert check_no_split_brain(rec.h).result == "valid"
+    # Not known to have taken effect (no ok): the session may have lasted until the lapsed fence.
+    unsure = [e for e in rec.h if not (getattr(e, "f", None) == "fault.inject" and e.type == "ok")]
+    assert check_no_split_brain(unsure).result == "unknown"
+
+
+def test_split_brain_a_session_seen_after_the_silence_is_not_excused(rec: Rec) -> None:
+    """The CTI came back and still served a00001 at 15.5 while it was active at ntg: split brain."""
+    f = {"id": "p", "fault": "service_pause", "target": "sha-cti1", "site": "sha"}
+    rec.cti_msg(5.0, "sha", "a00001", "login", 1, "ready")
+    rec.op(7.0, "invoke", "nemesis", "fault.inject", f)
+    rec.op(7.1, "ok", "nemesis", "fault.inject", f)
+    rec.cti_msg(10.0, "ntg", "a00001", "login", 2, "ready")
+    rec.op(15.0, "invoke", "nemesis", "fault.heal", f)
+    rec.op(15.1, "ok", "nemesis", "fault.heal", f)
+    rec.cti_msg(15.5, "sha", "a00001", "state", 1, "ready")
+    rec.cti(16.0, "sha", {})
+    rec.cti(16.1, "ntg", {"a00001": ("ready", 2)})
+    v = check_no_split_brain(rec.h)
+    assert v.result == "invalid" and v.witnesses[0]["interval"] == [10.0, 15.5]
+
+
 def test_split_brain_exact_handover_at_one_instant_is_not_overlap(rec: Rec) -> None:
     rec.cti_msg(5.0, "sha", "a00001", "login", 1, "ready")
     rec.cti_msg(10.0, "sha", "a00001", "fenced", 1)

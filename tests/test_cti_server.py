@@ -315,7 +315,8 @@ def test_a_fence_confirms_the_end_of_a_session_that_ended_unconfirmed() -> None:
         conn2, _ = await agent(fake, "a00002", "10002", epoch=100)
         await conn2.close(logout=False)
         await wait_for(lambda: "a00002" not in srv.sessions)
-        assert (await adm.request(fence("a00002", 200, "ntg", "10002")))["fenced"] is True
+        reply = await adm.request(fence("a00002", 200, "ntg", "10002"))
+        assert reply["fenced"] is True and reply["lapsed"] is True  # ended before: when, the wire cannot say
         # a logout confirmed its own end: nothing left to confirm
         conn3, _ = await agent(fake, "a00003", "10003", epoch=100)
         await conn3.close(logout=True)
@@ -458,7 +459,7 @@ def test_a_fence_read_after_the_lease_ran_out_is_not_pushed_as_fenced() -> None:
         conn, events = await agent(fake, "a00001", "10001")
         s = srv.sessions["a00001"]
         s.heard -= 1.2  # as after a stall of twice the lease, before the sweep has run
-        assert srv.fence("a00001", s.epoch + 1, "ntg") is True
+        assert srv.fence("a00001", s.epoch + 1, "ntg") == "lapsed"
         assert "a00001" not in srv.sessions and srv.expired == 1
         await asyncio.sleep(0.05)
         assert not [e for e in events if e.get("event") == "fenced"]

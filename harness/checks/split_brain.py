@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from harness.checks.evidence import (
+    FAULT_HEAL,
     FAULT_INJECT,
     by_time,
     effective_cut,
@@ -23,6 +25,31 @@ from harness.checks.verdict import Verdict, unknown
 from harness.history import AGENT_STATE, CTI, CTI_SNAPSHOT, Event, Op, pair_ops
 
 __all__ = ["check_no_split_brain"]
+
+
+# Faults after which a site's CTI surely served nobody until healed: it was hung, stopped, cut off or dark.
+SILENCING = ("service_pause", "service_stop", "blackhole", "power_off", "port_down")
+_CTI_NAME = re.compile(r"^[a-z0-9]+-cti\d+$")  # devices are named <site>-<role><n> (DESIGN.md)
+
+
+def silent_periods(pairs: list[Any]) -> dict[str, list[tuple[float, float]]]:
+    """Per site, when its CTI was surely silent: from a silencing fault's confirmed inject (it took
+    effect) to its heal's invoke. A fact from outside (the fault's own verification), not the CTI's word."""
+    heals: dict[str, float] = {}
+    for p in pairs:
+        if p.invoke.f == FAULT_HEAL:
+            heals.setdefault(str(value_of(p.invoke).get("id")), p.invoke.t)
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for p in pairs:
+        v = value_of(p.invoke)
+        if p.invoke.f != FAULT_INJECT or v.get("fault") not in SILENCING or p.outcome != "ok":
+            continue
+        target = str(v.get("target") or "").split(":", 1)[0]
+        healed = heals.get(str(v.get("id")))
+        site = v.get("site") or site_of_name(target)
+        if _CTI_NAME.match(target) and site and healed is not None and p.completion is not None:
+            out[str(site)].append((p.completion.t, healed))
+    return out
 
 
 @dataclass(slots=True)
@@ -68,6 +95,7 @@ def check_no_split_brain(
             site = v.get("site") or site_of_name(v.get("target"))
             if site:
                 ends_at[p.completion.i] = site
+    silent = silent_periods(pairs)
     open_: dict[tuple[str, str], _Interval] = {}
     by_site: dict[str, set[str]] = defaultdict(set)
     last_absent: dict[tuple[str, str], float] = {}
@@ -94,6 +122,12 @@ def check_no_split_brain(
             return
         by_site[site].discard(agent)
         iv.def_end, iv.poss_end, iv.end_exact = (t, t, True) if exact else (iv.last_seen, t, False)
+        if not exact:
+            # Last seen before its CTI went silent, gone when it came back, and never seen in between or
+            # since: it served nobody from the silence on (the capture is judged complete separately).
+            for lo, hi in silent.get(site, ()):
+                if iv.last_seen <= lo and hi <= t:
+                    iv.poss_end = min(iv.poss_end, lo)
         done[agent].append(iv)
 
     def active(agent: str, site: str, t: float, epoch: Any, exact: bool) -> None:

@@ -53,6 +53,8 @@ def session_event(ev: Obs) -> SessionEvent | None:
         event = v.get("event")
         if event in ("logout", "fenced"):
             return SessionEvent(site, str(agent), False, None, v.get("epoch"), True)
+        if event == "lapsed":  # over by now, ended at some earlier moment the wire did not show
+            return SessionEvent(site, str(agent), False, None, v.get("epoch"), False)
         if event == "login":
             return SessionEvent(site, str(agent), True, state, v.get("epoch"), True)
         if event != "state":

@@ -21,9 +21,12 @@ def cti_observations(
 ) -> list[tuple[Any, str, dict]]:
     """Map captured CTI messages to ``cti`` observations: (event, CTI device, value).
 
-    Only what the CTI confirmed counts (docs/history.md): ``login_ok`` -> login, ``state_ok`` and
-    ``heartbeat_ack`` -> state, ``logout_ok`` -> logout, a pushed ``fenced`` event or an ``admin_ok`` to
-    the UL's ``fence`` -> fenced. Replies carry no agent, so each TCP connection is followed from its
+    What the CTI confirmed (docs/history.md): ``login_ok`` -> login, ``state_ok`` and ``heartbeat_ack``
+    -> state (with ``pbx_link`` when the ack says the PBX link is down), ``logout_ok`` -> logout, a pushed
+    ``fenced`` event or an ``admin_ok`` to the UL's ``fence`` -> fenced; its other pushed events by name
+    (``pbx_link_down``, ``phone_unregistered``, ...). And what the clients asked that tells a blip was
+    seen: ``heartbeat`` (the client's, answered or not) and ``status`` (a re-check on a fresh connection,
+    with its ``extension``). Replies carry no agent, so each TCP connection is followed from its
     ``login`` (or the admin request's id) to learn whose it is; a connection opened before the capture
     began stays anonymous, and the snapshots cover it.
     """
@@ -46,6 +49,11 @@ def cti_observations(
                 conn["agent"] = str(body["agent"])
             elif typ == "admin" and body.get("op") == "fence" and body.get("agent"):
                 conn.setdefault("fencing", {})[json.dumps(body.get("id"))] = str(body["agent"])
+            elif typ == "heartbeat" and conn.get("agent"):
+                out.append((ev, device, {"event": "heartbeat", "site": site, "agent": conn["agent"]}))
+            elif typ == "status" and not conn.get("agent"):
+                asked = {"event": "status", "site": site, "extension": body.get("extension")}
+                out.append((ev, device, {k: v for k, v in asked.items() if v is not None}))
             continue
         agent = conn.get("agent")
         value: dict[str, Any] | None = None
@@ -53,7 +61,10 @@ def cti_observations(
             # the UL fenced a session here (a newer login elsewhere): the CTI confirms it ended
             fenced = conn.get("fencing", {}).pop(json.dumps(body.get("id")), None)
             if fenced and body.get("fenced"):
-                out.append((ev, device, {"event": "fenced", "site": site, "agent": fenced}))
+                # "lapsed": the session had already ended unconfirmed (lease, lost connection): this says
+                # it is over by now, not that it lasted until now
+                event = "lapsed" if body.get("lapsed") else "fenced"
+                out.append((ev, device, {"event": event, "site": site, "agent": fenced}))
             continue
         if typ == "login_ok":
             conn["agent"] = agent = str(body.get("agent") or agent)
@@ -61,12 +72,14 @@ def cti_observations(
             value = {"event": "login", "state": body.get("state")}
         elif typ in ("state_ok", "heartbeat_ack") and body.get("state"):
             value = {"event": "state", "state": body["state"]}
+            if body.get("pbx_link") == "down":
+                value["pbx_link"] = "down"
             if body.get("epoch") is not None:
                 conn["epoch"] = body["epoch"]
         elif typ == "logout_ok":
             value = {"event": "logout"}
-        elif typ == "event" and body.get("event") == "fenced":
-            value = {"event": "fenced"}
+        elif typ == "event" and body.get("event"):
+            value = {"event": str(body["event"])}
         if value is None or agent is None:
             continue
         value.update({"site": site, "agent": agent, "epoch": conn.get("epoch")})

@@ -202,5 +202,6 @@ class Handlers:
         if op == "fence":
             ext = req.get("extension")
             done = self.fence(str(req["agent"]), int(req["epoch"]), str(req["site"]), ext and str(ext))
-            return {"type": "admin_ok", "op": op, "fenced": done, **rid}
+            lapsed = {"lapsed": True} if done == "lapsed" else {}  # it had ended before: when is not known
+            return {"type": "admin_ok", "op": op, "fenced": done is not None, **lapsed, **rid}
         return P.error("bad_request", req, detail="unknown admin op")

@@ -118,12 +118,15 @@ class SessionTable:
                 elif c:
                     s.epoch_checked = True
 
-    def fence(self, agent: str, epoch: int, site: str, extension: str | None = None) -> bool:
+    def fence(self, agent: str, epoch: int, site: str, extension: str | None = None) -> str | None:
         """Evict the agent's session if ``epoch`` supersedes it; tell the client why. When the agent is
-        not (or no longer) active here, its extension's binding at this site's PBX is removed too."""
+        not (or no longer) active here, its extension's binding at this site's PBX is removed too.
+
+        "fenced": a live session ended now; "lapsed": the session had already ended unconfirmed (its lease
+        ran out, or its connection was lost), and this confirms it; None: nothing to fence."""
         s = self.sessions.get(agent)
         if s is not None and epoch <= s.epoch and site == self.site:
-            return False  # the agent is legitimately active here: keep session and binding
+            return None  # the agent is legitimately active here: keep session and binding
         ext = extension or (s.extension if s is not None else None)
         if ext and site != self.site and self.pbx.rpc_url:
             asyncio.ensure_future(self.unbind(ext))
@@ -136,17 +139,17 @@ class SessionTable:
         if s is None:
             gone = self.lapsed.get(agent)
             if gone is None or (epoch <= gone and site == self.site):
-                return False
+                return None
             del self.lapsed[agent]  # superseded: its end is confirmed now, once
             log.info("cti %s: %s fenced by epoch %s at %s (its session had ended unconfirmed)",
                      self.site, agent, epoch, site)  # fmt: skip
-            return True
+            return "lapsed"
         del self.sessions[agent]
         s.conn.session = None
         s.conn.send({"type": "event", "event": "fenced", "epoch": epoch, "site": site})
         s.conn.close()
         log.info("cti %s: %s fenced by epoch %s at %s", self.site, agent, epoch, site)
-        return True
+        return "fenced"
 
     async def _lease_loop(self) -> None:
         """End the sessions whose lease ran out; skip a round when this loop itself ran late (unread
