@@ -467,7 +467,10 @@ def bench() -> None:
 @bench.command("failover", context_settings=_PASS_THROUGH)
 @click.option("--agents", type=click.Choice(["100", "1000", "10000"]), default="100", show_default=True)
 @click.option(
-    "--fault", type=click.Choice(["pbx-kill", "pbx-port", "cti-kill"]), default="pbx-kill", show_default=True
+    "--fault",
+    type=click.Choice([f"{d}-{k}" for d in ("pbx", "cti") for k in ("kill", "port", "pause", "blackhole")]),
+    default="pbx-kill",
+    show_default=True,
 )
 @click.option("--json", "json_file", default=None, help="write the figures here")
 @click.pass_context
