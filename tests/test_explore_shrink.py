@@ -111,3 +111,24 @@ def test_failure_words() -> None:
         Verdict("capture_complete", "unknown", "x", [], {}),
     ]
     assert exploration.failure(vs) == {"outcome: lost", "no_split_brain"}
+
+
+def test_a_failure_that_does_not_come_back_is_not_shrunk(inputs: Inputs, tmp_path: Path) -> None:
+    class Once(FakeExplorer):
+        def run_one(self, schedule: Schedule, name: str) -> ScheduleResult:
+            res = super().run_one(schedule, name)
+            if len(self.runs) > 1:  # only the first run fails
+                v = Verdict("culprit_check", "valid", "fake", [], {})
+                return ScheduleResult(name, schedule, v, [v], [], 1.0, Path("/dev/null"))
+            return res
+
+    ex = Once(inputs, tmp_path)
+    bad = _seed_with(inputs, FakeExplorer.culprit, 2)
+    (res,) = ex.explore([bad])
+    assert res.result == "invalid" and res.shrink == {
+        "failure": ["culprit_check"],
+        "reproduced": False,
+        "runs": 1,
+    }
+    assert "shrunk" not in res.files and len(ex.runs) == 2
+    assert res.replay == f"hil explore --replay {tmp_path / f'{bad.seed}.json'}"

@@ -285,7 +285,14 @@ class Explorer:
             self.say(f"  shrink run {k}: {len(candidate.ops)} ops: {got}")
             return same
 
-        self.say(f"{res.line()}: shrinking it, at most {self.shrink_budget} runs")
+        self.say(f"{res.line()}: running it again before shrinking it")
+        if not fails(res.schedule):
+            # A failure that does not come back on the same schedule cannot be shrunk (every candidate
+            # would "pass"): it is kept as it is, its histories say what happened, and the budget is saved.
+            self.say(f"{res.name} did not fail the same way again: kept as it is, not shrunk")
+            res.shrink = {"failure": sorted(wanted), "reproduced": False, "runs": 1}
+            return
+        self.say(f"{res.name} fails again: shrinking it, at most {self.shrink_budget} runs")
         got = shrink.shrink(res.schedule, fails, self.shrink_budget, self.say, topo=self.inputs.topology)
         small = got.schedule
         path = small.write(self.out_dir / f"{stem}.min.json")
@@ -293,7 +300,8 @@ class Explorer:
         res.replay = f"hil explore --replay {path}"
         res.shrink = {
             "failure": sorted(wanted),
-            "runs": got.runs,
+            "reproduced": True,
+            "runs": got.runs + 1,
             "steps": got.steps,
             "seconds": round(time.monotonic() - t0, 1),
             "ops_before": len(res.schedule.ops),
