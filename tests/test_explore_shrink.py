@@ -16,6 +16,7 @@ from harness.nemesis.schedule import Schedule
 from harness.nemesis.schedule import load as load_schedule
 from harness.scenario import exploration
 from harness.scenario.exploration import Explorer, Inputs, ScheduleResult, summary
+from harness.scenario.settings import LabNotReady
 
 
 class FakeExplorer(Explorer):
@@ -132,3 +133,23 @@ def test_a_failure_that_does_not_come_back_is_not_shrunk(inputs: Inputs, tmp_pat
     }
     assert "shrunk" not in res.files and len(ex.runs) == 2
     assert res.replay == f"hil explore --replay {tmp_path / f'{bad.seed}.json'}"
+
+
+def test_a_lab_fault_makes_one_schedule_unknown_and_the_run_goes_on(inputs: Inputs, tmp_path: Path) -> None:
+    class Flaky(Explorer):
+        calls = 0
+
+        def _run(self, schedule: Schedule, name: str, t0: float) -> ScheduleResult:
+            self.calls += 1
+            if self.calls == 1:
+                raise LabNotReady("the lab is not back as it began: process sha-pbx1/kamailio is failed")
+            v = Verdict("culprit_check", "valid", "fake", [], {})
+            return ScheduleResult(name, schedule, v, [v], [], 1.0, Path("/dev/null"))
+
+    said: list[str] = []
+    ex = Flaky(None, inputs, say=said.append, out_dir=tmp_path)  # type: ignore[arg-type]
+    results = ex.explore(exploration.draw(inputs, range(1, 3)))
+    assert [r.result for r in results] == ["unknown", "valid"]
+    assert results[0].verdicts[0].name == "lab_ready" and "kamailio is failed" in results[0].verdict.reason
+    assert results[0].findings and results[0].findings[0]["category"] == "incomplete"
+    assert any("lab fault" in line for line in said) and not list(tmp_path.iterdir())

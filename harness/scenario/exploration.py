@@ -26,11 +26,14 @@ from typing import Any
 
 from harness import checks, faults, report
 from harness import topology as topology_mod
+from harness.capture import CaptureError
 from harness.checks import Verdict
+from harness.drivers.base import DeviceError, DeviceUnreachable
 from harness.lab import Lab
 from harness.nemesis import expect, generate, profile, shrink
 from harness.nemesis.schedule import Schedule, ScheduleError
 from harness.nemesis.schedule import load as load_schedule
+from harness.observe import ObserveError
 from harness.scenario.explore import OpRecord, interruptible, run_ops, schedule_checks
 from harness.scenario.readiness import reset_agents, wait_lab_clean
 from harness.scenario.run import Scenario
@@ -53,6 +56,8 @@ log = logging.getLogger("hil.explore")
 
 EXPLORE_DIR = REPORTS / "explore"
 SHRINK_BUDGET = 24  # lab runs a shrink may take (each is a whole schedule: reset, run, settle, judge)
+# What makes one schedule's run a lab fault rather than a verdict on the product.
+LAB_FAULTS = (LabNotReady, DeviceUnreachable, DeviceError, ObserveError, CaptureError)
 
 
 class InputError(Exception):
@@ -202,9 +207,24 @@ class Explorer:
             wait_lab_clean(self.lab, timeout=30.0)
 
     def run_one(self, schedule: Schedule, name: str) -> ScheduleResult:
-        """Run one schedule as a scenario and judge it (verdict file under reports/verdicts/)."""
+        """Run one schedule as a scenario and judge it (verdict file under reports/verdicts/). A lab that
+        will not get ready, a device that does not answer or a capture that will not start makes this
+        schedule's result unknown (a lab fault, named), and the run goes on to the next."""
         t0 = time.monotonic()
         name = slug(name)
+        try:
+            return self._run(schedule, name, t0)
+        except LAB_FAULTS as e:
+            why = f"lab fault before the verdict: {type(e).__name__}: {e}"
+            self.say(f"{name}: {why}")
+            v = Verdict("lab_ready", "unknown", why[:500], [], {})
+            history = Path(self.settings.out_dir) / "histories" / f"{name}.jsonl"
+            return ScheduleResult(
+                name, schedule, v, [v], [], time.monotonic() - t0, history,
+                findings=[f.to_dict() for f in report.findings([v])],
+            )  # fmt: skip
+
+    def _run(self, schedule: Schedule, name: str, t0: float) -> ScheduleResult:
         self.ready()
         settings = replace(self.settings, settle=schedule.settle)
         capture = start_capture(self.lab, settings, name, injector=self.injector)
