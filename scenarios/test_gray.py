@@ -28,8 +28,8 @@ from harness.scenario import Scenario, agents_extensions, agents_homes, agents_w
 
 FEATURE = "gray failures"
 SITE, REMOTE = "sha", "ntg"
-LOSS_S = 8.0  # seconds a lossy CTI link is watched: eight heartbeats of every agent, 40 reads of each CTI
-UL_HOLD_S = 4.0  # seconds online agents are watched while their UL is out
+LOSS_S = 6.0  # seconds a lossy CTI link is watched: six heartbeats of every agent, 30 reads of each CTI
+UL_HOLD_S = 3.0  # seconds online agents are watched while their UL is out (three heartbeats each)
 
 
 def _everyone_moves(scenario: Scenario, fault: dict[str, Any]) -> None:
@@ -42,7 +42,7 @@ def _everyone_moves(scenario: Scenario, fault: dict[str, Any]) -> None:
             scenario.wait_placement(moved, f"agents of {SITE} at {REMOTE}")
     with scenario.phase("verify: healed, nobody returns"):
         scenario.converge(moved, f"every agent of {SITE} once at {REMOTE}, no binding left at {SITE}", 10.0)
-        scenario.hold(moved, f"nobody returns to {SITE} or stays doubled", 3.0)
+        scenario.hold(moved, f"nobody returns to {SITE} or stays doubled", 2.0)
     with scenario.phase("verify-revert"):
         scenario.finish()
     overall = scenario.conclude(scenario.standard_checks(expect="surviving"))
@@ -174,7 +174,7 @@ def test_ul_fails(scenario: Scenario, how: str) -> None:
             scenario.swarm("restart", [SITE])
             scenario.wait_placement(scenario.expect(moved_from=SITE, to=REMOTE), f"new logins at {REMOTE}")
     with scenario.phase("verify: the UL is back, nobody moves"):
-        scenario.hold(scenario.expect(moved_from=SITE, to=REMOTE), "nobody sent back or doubled", 2.0)
+        scenario.hold(scenario.expect(moved_from=SITE, to=REMOTE), "nobody sent back or doubled", 1.5)
     with scenario.phase("verify-revert"):
         scenario.finish()
     overall = scenario.conclude(scenario.standard_checks(expect="surviving", affected=agents))
