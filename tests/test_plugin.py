@@ -234,8 +234,10 @@ def test_main_job_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path) ->
     assert [s.name for s in res.sessions] == ["suite"] and res.sessions[0].returncode == 0
     plan = res.plan
     for expected in (
-        "== test_failover_pbx_killed",
+        "== test_failover_sha-pbx_killed",
         "sha-pbx1: systemctl kill -s SIGKILL kamailio",
+        "ntg-pbx1: systemctl kill -s SIGKILL kamailio",  # every unplanned failure at both sites
+        "== test_schedule_kept-cti-pause-8s",  # the nemesis's kept schedules are planned op by op
         "sha-sw1: shutdown",
         "sha-sw1: no shutdown",
         "sha-ul1: systemctl stop hil-login",

@@ -324,6 +324,10 @@ def run_ops(
 ) -> list[OpRecord]:
     """Record the schedule and its expectation in the scenario's history, run its ops (phase `schedule`),
     and heal everything (phase `final heal`). The caller then finishes the scenario (settle, final read)."""
+    if sc.dry_run:  # the plan lists each op at its offset; nothing is run, nothing recorded
+        for op in schedule.sorted_ops():
+            sc.plan.append({"op": "schedule.op", "value": op.model_dump(exclude_none=True)})
+        return []
     assert sc.history is not None, "the scenario must be started"
     sc.history.observe(SCHEDULE, "nemesis", schedule.model_dump(by_alias=True, exclude_none=True))
     if expectation is not None:
