@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness import cli
+from harness.cli import explore as explore_cli
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +17,7 @@ def no_lab(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a: object, **_kw: object) -> None:
         raise AssertionError("the lab was opened on bad input")
 
-    monkeypatch.setattr(cli, "open_lab", refuse)
+    monkeypatch.setattr(explore_cli, "open_lab", refuse)
 
 
 NOT_FAIR = '{"ops": [{"at": 1, "kind": "service_kill", "target": "sha-agents1"}]}'

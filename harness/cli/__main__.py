@@ -1,0 +1,5 @@
+"""`python -m harness.cli`: the same as `hil`."""
+
+from harness.cli import main
+
+main()
