@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -103,13 +104,20 @@ while :; do sleep 5 >/dev/null 2>&1 & wait $!; done  # a trap runs as soon as it
 
 
 @pytest.fixture
-def fake_tcpdump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def fake_tcpdump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     path = tmp_path / "fake-tcpdump"
     path.write_text(FAKE_TCPDUMP)
     path.chmod(0o755)
     monkeypatch.setenv("FAKE_CAPTURED", "42")
     monkeypatch.setenv("FAKE_DROPPED", "0")
-    return str(path)
+    # A shell cannot trap a signal that was ignored when it started (POSIX), and a suite started from a
+    # background job inherits SIGINT ignored: the fake would then sit out stop()'s SIGINT. Real tcpdump
+    # installs its own handler whatever it inherits; only the fake needs SIGINT not ignored.
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield str(path)
+    signal.signal(signal.SIGINT, old)
 
 
 def eventually(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
@@ -142,7 +150,7 @@ def test_start_waits_for_listening_and_stop_reads_counters(
     assert not cap.running
     assert (res.packets_captured, res.packets_received_by_filter) == (42, 42)
     assert (res.packets_dropped_by_kernel, res.packets_dropped_by_interface) == (0, 0)
-    assert res.complete and res.returncode == 0
+    assert res.complete and res.returncode == 0, (res.returncode, res.stderr)
     assert res.to_dict()["pcap_path"] == str(tmp_path / "out" / "fake.pcap")
     assert cap.stop() is res  # idempotent
 
@@ -164,7 +172,7 @@ def test_stop_drains_until_tcpdump_has_every_packet(
         "42 packets received by filter",
         "0 packets dropped by kernel",
     ]  # and the counters came after (SIGINT only then)
-    assert res.complete
+    assert res.complete, (res.returncode, res.stderr)
 
 
 class Tracker:
