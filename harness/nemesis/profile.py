@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness import textfile
 from harness.nemesis.schedule import FAULT_KINDS, KINDS, MAX_SECONDS
 
 __all__ = [
@@ -231,17 +232,9 @@ def load_profile(path: str | Path | None = None) -> Profile:
     """Read and check a profile (None: the default profile); every problem is a ProfileError line."""
     p = DEFAULT_PROFILE if path is None else Path(path)
     try:
-        raw = p.read_bytes()
-    except IsADirectoryError:
-        raise ProfileError([f"{p}: (top): is a directory, not a profile file"]) from None
-    except OSError as e:
-        raise ProfileError([f"{p}: (top): cannot read: {e.strerror or e}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ProfileError(
-            [f"{p}: (top): not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"]
-        ) from None
+        text = textfile.read_text(p, "nemesis profile", "YAML", allow_empty=True)
+    except textfile.TextFileError as e:
+        raise ProfileError([f"{p}: (top): {e}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

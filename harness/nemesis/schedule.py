@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness import textfile
 from harness.topology import Topology
 
 SCHEMA = "hil-schedule/1"
@@ -151,17 +152,9 @@ def load(path: str | Path, topo: Topology | None = None) -> Schedule:
     """Read and check a schedule file; every problem is a ScheduleError line naming the file and field."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
-    except IsADirectoryError:
-        raise ScheduleError([f"{p}: is a directory, not a schedule file"]) from None
-    except OSError as e:
-        raise ScheduleError([f"{p}: cannot read: {e.strerror or e}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ScheduleError(
-            [f"{p}: (top): not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"]
-        ) from None
+        text = textfile.read_text(p, "schedule file", "JSON", allow_empty=True)
+    except textfile.TextFileError as e:
+        raise ScheduleError([f"{p}: (top): {e}"]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -7,7 +7,6 @@ and what is wrong, never as a traceback. Each problem is one line, with the dott
 
 from __future__ import annotations
 
-import codecs
 import re
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,13 @@ import yaml
 from pydantic import ValidationError
 from yaml.reader import ReaderError
 
+from harness import textfile
 from harness.topology.checks import cross_checks
 from harness.topology.model import Topology
 from harness.topology.schema import Model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_TOPOLOGY = REPO_ROOT / "topologies" / "virtual-two-site.yaml"
-MAX_BYTES = 16 * 1024 * 1024  # a lab of 10,000 agents is a few kB; more is not a lab description
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "UTF-32"),
-    (codecs.BOM_UTF32_BE, "UTF-32"),
-    (codecs.BOM_UTF16_LE, "UTF-16"),
-    (codecs.BOM_UTF16_BE, "UTF-16"),
-)
 _YAML_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}
 
 
@@ -58,29 +51,11 @@ def _fail(path: Path, message: str, where: str = "") -> TopologyError:
 
 
 def read_text(path: Path) -> str:
-    """The file as UTF-8 text (a UTF-8 byte-order mark is accepted), or a TopologyError saying why not."""
+    """The file as UTF-8 text, or a TopologyError saying why not (harness/textfile.py)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
-    except IsADirectoryError:
-        raise _fail(path, "is a directory, not a topology file") from None
-    except OSError as e:
-        raise _fail(path, f"cannot read the file: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise _fail(path, f"larger than {MAX_BYTES // (1024 * 1024)} MiB: not a lab description")
-    if not data.strip():
-        raise _fail(path, "the file is empty")
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            raise _fail(path, f"is {name} text; save it as UTF-8")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        bad = data[e.start]
-        raise _fail(path, f"not UTF-8 text (byte 0x{bad:02x} at offset {e.start}): not a YAML file") from None
-    if "\x00" in text:
-        raise _fail(path, "holds NUL bytes: binary data, or UTF-16/32 text without a byte-order mark")
-    return text
+        return textfile.read_text(path, "topology file", "YAML")
+    except textfile.TextFileError as e:
+        raise _fail(path, str(e)) from None
 
 
 def parse_yaml(path: Path, text: str) -> dict[str, Any]:
