@@ -101,3 +101,29 @@ def test_cti_silence_ending_before_the_recheck_moves_nobody() -> None:
         await c.stop()
 
     run(go())
+
+
+# ---- replaced by a login with its own token: a lost session, not a fence (issue 11, cti-loss-replaced) -----
+
+
+def test_replaced_by_its_own_token_reattaches_and_by_a_newer_epoch_is_fenced() -> None:
+    """A `replaced` event whose epoch is the agent's own came from one of its own earlier connections (a
+    login that timed out and reached the CTI late): the agent re-attaches at the same site. One with
+    another epoch is a newer login elsewhere: the agent stops, as when fenced."""
+
+    async def go() -> None:
+        w = World()
+        c, _ = make(w)
+        c.start()
+        await until(lambda: c.phase == "online")
+        first = c.conn
+        w.push("sha", {"event": "replaced", "epoch": w.epoch})
+        first.drop()  # the CTI closes the replaced connection
+        await until(lambda: c.conn is not first and c.phase == "online")
+        assert c.site == "sha" and c.failovers == 0 and len(w.logins) == 1
+        assert c.events.recent(event="confirm")[-1]["reason"] == "replaced_by_own_login"
+        w.push("sha", {"event": "replaced", "epoch": w.epoch + 1})
+        await until(lambda: c.phase == "fenced")
+        assert len(w.logins) == 1
+
+    run(go())

@@ -102,6 +102,7 @@ class LoginFlow(AgentState):
             await asyncio.sleep(until - time.monotonic())
         self._gen += 1
         gen = self._gen
+        self._gen_epoch = reg.get("epoch")
         try:
             conn = await self.cti_open(
                 cti["host"],

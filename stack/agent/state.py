@@ -131,6 +131,7 @@ class AgentState:
         self.transitions: dict[str, float] = {}
         self.last_change = 0.0
         self._gen = 0
+        self._gen_epoch: int | None = None  # the epoch of the token the current connection logged in with
         self._trouble: Trouble | None = None
         self._wake = asyncio.Event()
         self._waiter: asyncio.Future[None] | None = None
@@ -214,6 +215,11 @@ class AgentState:
                 self.pending_switch = target
                 if not self.on_call:
                     self._raise(Trouble("switch", "switch_ordered", target))
+        elif ev == "replaced" and msg.get("epoch") == self._gen_epoch:
+            # Replaced by a login with our own token: one of our own earlier connections (a login that timed
+            # out and reached the CTI late), not a newer login elsewhere. The session is lost, not taken:
+            # re-checked and re-attached like any lost CTI session.
+            self._raise(Trouble("broken", "replaced_by_own_login"))
         elif ev in ("fenced", "replaced"):
             self._raise(Trouble("fenced", str(ev)))
 

@@ -125,18 +125,25 @@ class Handlers:
                 return P.error("fenced", req, current_epoch=cur["epoch"], current_site=cur["site"])
             elif not cur.get("reconciled", True) and float(claims.get("iat", 0)) < cur.get("started", 0):
                 return P.error("reconciling", req)
+        sent = req.get("t")
+        sent = float(sent) if isinstance(sent, int | float) and not isinstance(sent, bool) else None
         old = self.sessions.get(agent)
         if old is not None:
             if old.epoch > epoch:
                 return P.error("fenced", req, current_epoch=old.epoch, current_site=self.site)
+            if old.conn is not conn and old.epoch == epoch and _earlier(sent, old.login_sent):
+                # A login its client sent before the one that made the live session (a connection whose
+                # login timed out, its request retransmitted late under loss): it must not take the
+                # session from the newer connection (scenarios/schedules/cti-loss-replaced.json).
+                return P.error("superseded", req, detail="a later login of this agent holds the session")
             if old.conn is not conn:
                 old.conn.session = None
-                old.conn.send({"type": "event", "event": "replaced", "epoch": epoch})
+                self.push(old, {"type": "event", "event": "replaced", "epoch": epoch})
                 old.conn.close()
         prev = conn.session
         if prev is not None and prev.agent != agent and self.sessions.get(prev.agent) is prev:
             del self.sessions[prev.agent]
-        s = Session(agent, str(claims.get("ext", "")), epoch, conn, epoch_checked=checked)
+        s = Session(agent, str(claims.get("ext", "")), epoch, conn, epoch_checked=checked, login_sent=sent)
         self.lapsed.pop(agent, None)  # a session here again: an older one's end needs no confirming
         if old is not None and old.epoch == epoch:
             s.state, s.since = old.state, old.since
@@ -195,8 +202,9 @@ class Handlers:
             n = 0
             for agent in req["agents"]:
                 s = self.sessions.get(agent)
-                if s is not None:
-                    s.conn.send({"type": "event", "event": "switch_ordered", "target": target, "rule": rule})
+                if s is not None and self.push(
+                    s, {"type": "event", "event": "switch_ordered", "target": target, "rule": rule}
+                ):
                     n += 1
             return {"type": "admin_ok", "op": op, "delivered": n, **rid}
         if op == "fence":
@@ -205,3 +213,8 @@ class Handlers:
             lapsed = {"lapsed": True} if done == "lapsed" else {}  # it had ended before: when is not known
             return {"type": "admin_ok", "op": op, "fenced": done is not None, **lapsed, **rid}
         return P.error("bad_request", req, detail="unknown admin op")
+
+
+def _earlier(sent: float | None, than: float | None) -> bool:
+    """True when a login's client send time is known to be before ``than`` (both in the client's clock)."""
+    return sent is not None and than is not None and sent < than

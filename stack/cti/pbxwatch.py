@@ -32,7 +32,7 @@ log = logging.getLogger("stack.cti")
 
 class PbxWatch:
     """The PBX loops of a site's CTI; mixed into CtiServer, whose ``__init__`` sets the state below and
-    whose session table (stack/cti/sessions.py) gives ``_sessions_of`` and ``_broadcast``."""
+    whose session table (stack/cti/sessions.py) gives ``_sessions_of``, ``push`` and ``_broadcast``."""
 
     site: str
     pbx: PbxLink
@@ -89,7 +89,7 @@ class PbxWatch:
             if now != s.phone and self.pbx.up:
                 s.phone = now
                 if s.linked:
-                    s.conn.send({"type": "event", "event": f"phone_{now}", "extension": ext})
+                    self.push(s, {"type": "event", "event": f"phone_{now}", "extension": ext})
 
     def _pbx_hosts(self) -> set[str] | None:
         """The PBX's addresses (RPC and SIP hosts) events are accepted from; None (any) for a name."""
@@ -112,7 +112,7 @@ class PbxWatch:
             if now != s.phone:
                 s.phone = now
                 if s.linked:
-                    s.conn.send({"type": "event", "event": f"phone_{now}", "extension": s.extension})
+                    self.push(s, {"type": "event", "event": f"phone_{now}", "extension": s.extension})
 
     def phone_state(self, ext: str) -> str:
         if not self.pbx.rpc_url or not self.pbx.up or not self.pbx.dumped:

@@ -59,6 +59,7 @@ class Session:
     epoch_checked: bool = True
     heard: float = field(default_factory=time.monotonic)  # last message that renewed the lease
     offset: float | None = None  # least (arrival - client send time) seen: tells a late message
+    login_sent: float | None = None  # the client's send time of its login (ms, its own clock): orders logins
 
     def view(self) -> dict[str, Any]:
         return {
@@ -97,9 +98,21 @@ class SessionTable:
             self._by_ext.pop(ext, None)
         return live
 
+    def push(self, s: Session, msg: dict[str, Any]) -> bool:
+        """Push an event to session ``s`` unless its lease has run out as far as this CTI knows: after a
+        stall (SIGSTOP, a swapped-out host) a loop may push before the lease sweep has run, and an event
+        on the wire to a client that already logged in at the other site shows it active here too (split
+        brain, scenarios/schedules/cti-loss-then-pause.json). The session is not ended here: unread
+        heartbeats may still renew it; the sweep or the next message decides, and a heartbeat's answer
+        carries the same states."""
+        if self.lease > 0 and time.monotonic() - s.heard > self.lease:
+            return False
+        s.conn.send(msg)
+        return True
+
     def _broadcast(self, msg: dict[str, Any]) -> None:
-        for s in self.sessions.values():
-            s.conn.send(msg)
+        for s in list(self.sessions.values()):
+            self.push(s, msg)
 
     async def _epoch_loop(self) -> None:
         assert self._http is not None and self.ul_url
@@ -146,7 +159,7 @@ class SessionTable:
             return "lapsed"
         del self.sessions[agent]
         s.conn.session = None
-        s.conn.send({"type": "event", "event": "fenced", "epoch": epoch, "site": site})
+        s.conn.send({"type": "event", "event": "fenced", "epoch": epoch, "site": site})  # lease checked above
         s.conn.close()
         log.info("cti %s: %s fenced by epoch %s at %s", self.site, agent, epoch, site)
         return "fenced"
