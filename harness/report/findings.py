@@ -241,6 +241,56 @@ def _registration(v: Verdict, ws: list[Mapping[str, Any]]) -> list[Finding]:
     return out or [_finding("check_failed", v.name, v.reason)]
 
 
+# The head of a schedule_outcome witness's problem (harness/checks/schedule_outcome.py) -> the kind the
+# scripted scenarios' checkers give the same failure, and how a finding's line says it. Heads not here
+# (a state not restored, a logged-out agent online, a must-stay agent logged in anew) are check_failed.
+_OUTCOME_KINDS: dict[str, tuple[str, str]] = {
+    "lost": ("lost_agent", "lost (no session or no registration anywhere)"),
+    "doubled": ("double_registration", "registered or logged in more than once"),
+    "half": ("wrong_site", "not where the schedule leaves them"),
+    "did not move": ("wrong_site", "not where the schedule leaves them"),
+    "failback": ("wrong_site", "not where the schedule leaves them"),
+    "moved": ("wrong_site", "not where the schedule leaves them"),
+    "wrong site": ("wrong_site", "not where the schedule leaves them"),
+    "must stay at": ("wrong_site", "not where the schedule leaves them"),
+}
+
+
+def _outcome_head(problem: str) -> str:
+    """`lost: no session...` -> `lost`; `must stay at ntg, but was seen at sha` -> `must stay at`."""
+    head = problem.split(":")[0].split(",")[0]
+    return "must stay at" if head.startswith("must stay at ") else head
+
+
+def _schedule_outcome(v: Verdict, ws: list[Mapping[str, Any]]) -> list[Finding]:
+    """A nemesis schedule's outcome, in the kinds the scripted checkers give: its agent witnesses by their
+    problem, and the split brain it folded in (a `no_split_brain` verdict among its witnesses) as such."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    other: list[Mapping[str, Any]] = []
+    out: list[Finding] = []
+    for w in ws:
+        if w.get("name") == "no_split_brain" and w.get("result") == "invalid":
+            sb = [x for x in w.get("witnesses") or () if isinstance(x, Mapping)]
+            a = _agents(sb)
+            reason = str(w.get("reason", "split brain"))
+            out.append(_finding("split_brain", v.name, f"{reason}: {_short(a)}" if a else reason, a))
+        elif "agent" in w and isinstance(w.get("problem"), str):
+            kind = _OUTCOME_KINDS.get(_outcome_head(w["problem"]))
+            if kind:
+                groups.setdefault(kind, []).append(w)
+            else:
+                other.append(w)
+    for (kind, what), group in groups.items():
+        a = _agents(group)
+        out.append(_finding(kind, v.name, f"{len(a)} agents {what}: {_short(a)}", a))
+    if other:
+        a = _agents(other)
+        said = [f"{w['agent']} ({w['problem']})" for w in other[:3]]
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        out.append(_finding("check_failed", v.name, f"{len(a)} agents: {'; '.join(said)}{more}", a))
+    return out or [_finding("check_failed", v.name, v.reason)]
+
+
 def findings(verdicts: Verdict | Mapping[str, Any] | Iterable[Verdict | Mapping[str, Any]]) -> list[Finding]:
     """Classify every verdict that is not valid, most severe first (defects, lab faults, incomplete)."""
     out: list[Finding] = []
@@ -262,6 +312,8 @@ def findings(verdicts: Verdict | Mapping[str, Any] | Iterable[Verdict | Mapping[
             out += _registration(v, ws)
         elif v.name == "no_lost_call":
             out.append(_finding("lost_call", v.name, v.reason))
+        elif v.name == "schedule_outcome":
+            out += _schedule_outcome(v, ws)
         elif v.name == "faults_healed":
             out.append(_finding("fault_not_healed", v.name, v.reason))
         else:
