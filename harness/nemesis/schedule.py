@@ -177,7 +177,10 @@ def check_targets(sched: Schedule, topo: Topology, source: str) -> list[str]:
                 out.append(f"{where}: {op.target!r} is not an agent of {topo.name}")
             continue
         if op.kind == "link_cut":
-            continue  # a link name; the fault itself checks both ends are cuttable
+            problem = link_problem(topo, op.target)
+            if problem:
+                out.append(f"{where}: {problem}")
+            continue
         name = op.target.split(":", 1)[0]
         if name not in topo.devices:
             out.append(f"{where}: {name!r} is not a device of {topo.name}")
@@ -193,12 +196,47 @@ def fair_game_problem(topo: Topology, op: Op) -> str | None:
     name, _, port = op.target.partition(":")
     dev = topo.device(name)
     if op.kind == "port_down" and port:
-        spec = dev.spec.ports.get(port) if dev.kind == "switch" else None
-        if spec is None:
-            return f"{op.target!r} is not a switch port of {topo.name}"
-        return None if spec.cuttable else f"{op.target!r} is not cuttable"
-    if op.kind in ("planned_switch", "call", "port_down", "power_off"):
-        return None  # the UL, a caller or a device on a cuttable port/outlet: the fault checks the rest
+        return port_problem(topo, name, port)
+    if op.kind == "port_down":  # a device: the switch port it is cabled to (as PortDown finds it)
+        found = [
+            (sw.name, pname)
+            for sw in topo.of_kind("switch")
+            for pname, p in sw.spec.ports.items()
+            if p.connects == name
+        ]
+        if not found:
+            return f"no switch port connects {name!r}"
+        problem = port_problem(topo, *found[0])
+        return f"{name!r}: its switch port {problem}" if problem else None
+    if op.kind in ("planned_switch", "call", "power_off"):
+        return None  # the UL, a caller or a device on a cuttable outlet: the fault checks the rest
     if not getattr(dev.spec, "fair_game", False):
         return f"{name!r} is not fair game (fair_game: true in the topology)"
+    return None
+
+
+def port_problem(topo: Topology, sw: str, port: str) -> str | None:
+    """Why a fault may not set this switch port down (None: it may), as the port faults refuse it
+    (harness/faults/switch.py), so a schedule that names one fails at load, not on the lab."""
+    dev = topo.devices.get(sw)
+    spec = dev.spec.ports.get(port) if dev is not None and dev.kind == "switch" else None
+    if spec is None:
+        return f"'{sw}:{port}' is not a switch port of {topo.name}"
+    if (sw, port) in topo.management_path() or spec.connects == "controller":
+        return f"'{sw}:{port}' is on the controller's management path"
+    return None if spec.cuttable else f"'{sw}:{port}' is not cuttable (cuttable: true in the topology)"
+
+
+def link_problem(topo: Topology, name: str) -> str | None:
+    """Why a fault may not cut this link (None: it may): it must exist, be cuttable, and so must both ends."""
+    link = topo.model.links.get(name)
+    if link is None:
+        return f"{name!r} is not a link of {topo.name}"
+    if not link.cuttable:
+        return f"link {name!r} is not cuttable (cuttable: true in the topology)"
+    for end in (link.a, link.b):
+        sw, _, port = end.partition(":")
+        problem = port_problem(topo, sw, port)
+        if problem:
+            return f"link {name!r}: {problem}"
     return None
