@@ -7,23 +7,19 @@ Each test's docstring says what the product promises under its fault, and the pr
 history like every other scenario: scenario.standard_checks and the checkers of harness/checks, and the
 placements the scenario waits for or holds are `expectation` records judged by check_expectations. Under
 30 % loss, where agents may move, where each agent ends and how often it moved are read from the history
-too (`moves` below). docs/scenarios.md ("Gray failures") says what each scenario found and how it was
-fixed.
+too (harness/checks/moves.py). docs/scenarios.md ("Gray failures") says what each scenario found and how
+it was fixed.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
 
 from harness.checks import Verdict
-from harness.checks.evidence import by_time, site_of
-from harness.checks.timeline import session_event, sessions_in
-from harness.history import AGENT_STATE, CTI, CTI_SNAPSHOT, Event, Obs
+from harness.checks.moves import check_moves, final_sites
 from harness.scenario import Scenario, agents_extensions, agents_homes, agents_where
 
 FEATURE = "gray failures"
@@ -202,7 +198,7 @@ def test_ul_cut_from_peer(scenario: Scenario) -> None:
     assert overall.valid, scenario.failure_message()
 
 
-# -- where agents went under a fault that lets them move: read from the history --------------------------
+# -- waiting for agents to settle under a fault that lets them move ----------------------------------------
 
 
 def _settled(scenario: Scenario, what: str, quiet: float = 2.5, timeout: float = 20.0) -> None:
@@ -236,78 +232,3 @@ def _settled(scenario: Scenario, what: str, quiet: float = 2.5, timeout: float =
         elif now - since >= quiet:
             break
     scenario.converge(last or agents_homes(scenario.lab), what, 5.0)
-
-
-def site_sequences(history: Iterable[Event]) -> dict[str, list[tuple[str, Any]]]:
-    """Agent -> its sessions, in the order each was first seen: (site, epoch). Evidence is every CTI
-    snapshot and every captured CTI message (docs/history.md); a session is its epoch, so a stale read of
-    a session already left adds nothing, and a second session at the same site is a new entry."""
-    seen: dict[str, list[tuple[str, Any]]] = defaultdict(list)
-    for ev in by_time(history):
-        if not isinstance(ev, Obs):
-            continue
-        found: list[tuple[str, str, Any]] = []
-        if ev.kind == CTI_SNAPSHOT:
-            site = site_of(ev)
-            if site:
-                found = [(a, site, ep) for a, ss in sessions_in(ev).items() for _, ep in ss]
-        elif ev.kind in (CTI, AGENT_STATE):
-            se = session_event(ev)
-            if se is not None and se.active:
-                found = [(se.agent, se.site, se.epoch)]
-        for agent, site, epoch in found:
-            key = (site, epoch)
-            if key not in seen[agent]:
-                seen[agent].append(key)
-    return seen
-
-
-def _sites(sessions: list[tuple[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for site, _ in sessions:
-        if not out or out[-1] != site:
-            out.append(site)
-    return out
-
-
-def final_sites(history: Iterable[Event], homes: Mapping[str, str]) -> dict[str, str]:
-    """Where each agent's last session was (home for an agent never seen): the expected site for
-    check_single_registration when a fault may move agents, so that checker judges the rest of the
-    promise (registered once and logged in once, at that one site, both there)."""
-    seq = site_sequences(history)
-    return {a: (_sites(seq[a])[-1] if seq.get(a) else home) for a, home in homes.items()}
-
-
-def check_moves(
-    history: Iterable[Event], homes: Mapping[str, str], *, allowed: Mapping[str, list[str]]
-) -> Verdict:
-    """No flapping: every agent's sessions, in time order, are at its home site and then at most one
-    site of ``allowed[home]`` (none for a home not named), never back. Unknown for an agent whose sessions
-    were never seen (a pure function of the history: no evidence is no answer)."""
-    name = "moves"
-    seq = site_sequences(history)
-    bad: list[dict[str, Any]] = []
-    unseen = sorted(a for a in homes if not seq.get(a))
-    moved = 0
-    for agent, home in sorted(homes.items()):
-        sites = _sites(seq.get(agent, []))
-        if not sites:
-            continue
-        ok = sites[0] == home and (len(sites) == 1 or (len(sites) == 2 and sites[1] in allowed.get(home, [])))
-        moved += len(sites) > 1
-        if not ok:
-            bad.append({"agent": agent, "home": home, "sites": sites, "sessions": len(seq[agent])})
-    figures = {"agents": len(homes), "moved": moved, "flapped": len(bad), "unseen": len(unseen)}
-    if bad:
-        return Verdict(name, "invalid", f"{len(bad)} agents moved more than once or back", bad, figures)
-    if unseen:
-        return Verdict(
-            name,
-            "unknown",
-            f"{len(unseen)} agents never seen logged in: {', '.join(unseen[:5])}",
-            [],
-            figures,
-        )
-    return Verdict(
-        name, "valid", f"{moved} of {len(homes)} agents moved, none more than once or back", [], figures
-    )
