@@ -30,9 +30,11 @@ class UlNotFound(UlError):
     """The UL has no such rule (HTTP 404): already removed, or never there."""
 
 
-def _sign(secret: str, method: str, path: str, body: bytes) -> dict[str, str]:
+def sign_request(secret: str, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    """The headers that sign an admin request of the stack (the UL's rules, the swarm's agents): the one
+    signer of the harness, as docs/cti-protocol.md specifies it. `path` without its query string."""
     ts = f"{time.time():.3f}"
-    msg = f"{method}\n{path}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+    msg = f"{method.upper()}\n{path}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
     return {"X-Hil-Time": ts, "X-Hil-Sig": hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()}
 
 
@@ -56,7 +58,7 @@ class UlClient:
         if signed:
             if not self.secret:
                 raise UlError(f"environment variable {STACK_SECRET_VAR} is not set (needed to change rules)")
-            headers.update(_sign(self.secret, method, path.split("?")[0], data))
+            headers.update(sign_request(self.secret, method, path.split("?")[0], data))
         try:
             r = requests.request(
                 method, self.base + path, data=data or None, headers=headers, timeout=self.timeout

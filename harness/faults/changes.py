@@ -14,13 +14,10 @@ it, and a rule whose id never reached the journal is found again by (scope, valu
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import shlex
 import signal
-import time
 from typing import Any, ClassVar
 
 import requests
@@ -32,7 +29,8 @@ from harness.faults.journal import proc_start, proc_state
 from harness.faults.safety import SWARM_UNIT
 from harness.faults.switch import config_wrap
 from harness.lab import Lab
-from harness.ulapi import SCOPES, UlClient, UlError, UlNotFound, client_for, ul_urls
+from harness.topology import Device
+from harness.ulapi import SCOPES, UlClient, UlError, UlNotFound, client_for, sign_request, ul_urls
 
 SPAN_KINDS = ("pbx", "cti")  # what a SPAN session mirrors: the ports facing the site's PBX and CTI
 
@@ -330,10 +328,17 @@ class TrackedProcess(Change):
         return not self._same()
 
 
-# Where an agents host's swarm answers its admin API (the lab runs it on the host's management address; the
-# topology has no field for it yet, as the bench and the virtual lab's stack services assume this port).
+# Where an agents host's swarm answers its admin API (on the host's management address) when the topology
+# does not say: the harness's one name for it (`swarm_admin_port`); the virtual lab starts the swarm there.
 SWARM_ADMIN_PORT = 8081
 SWARM_TIMEOUT = 5.0
+
+
+def swarm_admin_port(host: Device) -> int:
+    """The port of an agents host's swarm admin API: the topology's `admin_port` for the host where its
+    schema has one, else SWARM_ADMIN_PORT."""
+    port = getattr(host.spec, "admin_port", None)
+    return int(port) if isinstance(port, int) else SWARM_ADMIN_PORT
 
 
 class AgentSession(Change):
@@ -359,7 +364,7 @@ class AgentSession(Change):
         hosts = [d for d in self.lab.topology.of_kind("host", site) if d.spec.role == "agents"]
         if not hosts:
             raise FaultRefused(f"agent_session: site {site} has no agents host to run {self.target}")
-        return f"http://{hosts[0].control_address}:{SWARM_ADMIN_PORT}"
+        return f"http://{hosts[0].control_address}:{swarm_admin_port(hosts[0])}"
 
     def check_safety(self) -> None:
         if self.verb not in self.VERBS:
@@ -382,10 +387,7 @@ class AgentSession(Change):
             secret = os.environ.get(STACK_SECRET_VAR, "")
             if not secret:
                 raise FaultRefused(f"agent_session: {STACK_SECRET_VAR} is not set (it signs the request)")
-            ts = f"{time.time():.3f}"
-            msg = f"POST\n{path}\n{ts}\n{hashlib.sha256(b'').hexdigest()}".encode()
-            sig = hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
-            headers = {"X-Hil-Time": ts, "X-Hil-Sig": sig}
+            headers = sign_request(secret, method, path)
         r = requests.request(method, url, headers=headers, timeout=SWARM_TIMEOUT)
         if r.status_code >= 400:
             raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
