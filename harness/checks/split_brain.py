@@ -29,10 +29,15 @@ __all__ = ["check_no_split_brain"]
 
 # Faults after which a site's CTI surely served nobody until healed: it was hung, stopped, cut off or dark.
 SILENCING = ("service_pause", "service_stop", "blackhole", "power_off", "port_down")
+# Faults after which a site's CTI process surely wrote nothing until healed: a message of it captured
+# meanwhile is one it wrote before (TCP retransmits what loss or a cut held back, with the process stopped).
+FROZEN = ("service_pause", "service_stop", "power_off")
 _CTI_NAME = re.compile(r"^[a-z0-9]+-cti\d+$")  # devices are named <site>-<role><n> (DESIGN.md)
 
 
-def silent_periods(pairs: list[Any]) -> dict[str, list[tuple[float, float]]]:
+def silent_periods(
+    pairs: list[Any], kinds: tuple[str, ...] = SILENCING
+) -> dict[str, list[tuple[float, float]]]:
     """Per site, when its CTI was surely silent: from a silencing fault's confirmed inject (it took
     effect) to its heal's invoke. A fact from outside (the fault's own verification), not the CTI's word."""
     heals: dict[str, float] = {}
@@ -42,7 +47,7 @@ def silent_periods(pairs: list[Any]) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for p in pairs:
         v = value_of(p.invoke)
-        if p.invoke.f != FAULT_INJECT or v.get("fault") not in SILENCING or p.outcome != "ok":
+        if p.invoke.f != FAULT_INJECT or v.get("fault") not in kinds or p.outcome != "ok":
             continue
         target = str(v.get("target") or "").split(":", 1)[0]
         healed = heals.get(str(v.get("id")))
@@ -66,6 +71,17 @@ class _Interval:
     def_end: float = math.inf
     poss_end: float = math.inf
     end_exact: bool = False
+
+
+def written_by(frozen: Iterable[tuple[float, float]], t: float) -> float:
+    """The latest time a CTI message captured at ``t`` can have been written: ``t``, or the start of a
+    period its CTI was frozen in (scenarios/schedules/cti-loss-then-pause.json: 60 % loss held a
+    heartbeat's answer back, TCP delivered it 6 s into the CTI's hang, after its agent had logged in at
+    the other site)."""
+    for lo, hi in frozen:
+        if lo <= t < hi:
+            return lo
+    return t
 
 
 def _jt(x: float) -> float | None:
@@ -96,6 +112,7 @@ def check_no_split_brain(
             if site:
                 ends_at[p.completion.i] = site
     silent = silent_periods(pairs)
+    frozen = silent_periods(pairs, FROZEN)
     open_: dict[tuple[str, str], _Interval] = {}
     by_site: dict[str, set[str]] = defaultdict(set)
     last_absent: dict[tuple[str, str], float] = {}
@@ -189,6 +206,15 @@ def check_no_split_brain(
             if se.active and not se.exact and key not in open_ and se.epoch in ended_epochs[key]:
                 late_reads += 1
                 continue
+            if se.active and ev.kind == CTI and not se.exact:
+                t = written_by(frozen.get(se.site, ()), ev.t)
+                if t < ev.t:
+                    late_reads += 1  # written before its CTI froze, on the wire only now
+                    iv = open_.get(key)
+                    if iv is None or (se.epoch is not None and iv.epoch not in (None, se.epoch)):
+                        continue  # a late read opens no session and ends none
+                    iv.last_seen = max(iv.last_seen, t)
+                    continue
             if se.active:
                 active(se.agent, se.site, ev.t, se.epoch, se.exact)
             else:
