@@ -8,8 +8,14 @@ then heals whatever the fault journal still holds (its controller is gone by the
 The scale scenario needs 1,000 agents, so on a smaller virtual lab the job runs it in a second pytest
 session on ``topologies/virtual-1k.yaml`` (same Allure results), as `make test` does.
 
+Each run keeps its evidence in a directory of its own, ``reports/runs/<UTC time>-<git describe>/``
+(``harness.report.runs``): an earlier run's evidence is never deleted or written to, except by the retention
+(``--keep-runs``, ``--keep-size``) after a run that completed. A selection (``-k``, ``-m``, the failures
+of an earlier run) is pytest's own; a session that selects nothing is skipped before its lab comes up.
+
 ``dry_run``: nothing is brought up or touched. The suite runs with ``--dry-run`` (every fault contributes
-its ``plan()``, every driver its steps) and the job prints the whole plan of device actions.
+its ``plan()``, every driver its steps) and the job prints the whole plan of device actions; its plan goes
+to ``reports/dry-run/``, not into a run.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -31,6 +38,7 @@ from harness import faults, gate, report
 from harness import topology as topology_mod
 from harness.lab import virtual as virtual_backend
 from harness.lab.session import LabError, open_lab
+from harness.report import runs
 from harness.scenario import format_plan, read_plan
 from harness.topology import REPO_ROOT
 
@@ -50,9 +58,41 @@ class Session:
     seconds: float = 0.0
 
 
+class NothingSelected(Exception):
+    """``-k``/``-m``/``--last-failed`` pick no scenario of any session: no lab comes up, no run is made."""
+
+
+@dataclass
+class Selection:
+    """Which scenarios to run: pytest's ``-k`` and ``-m``, and the failures of an earlier run (its
+    pytest cache is copied into the new run's, and pytest's ``--lf`` picks them)."""
+
+    keyword: str | None = None
+    markers: str | None = None
+    failed_of: runs.Run | None = None
+
+    def given(self) -> bool:
+        return bool(self.keyword or self.markers or self.failed_of)
+
+    def markers_for(self, session: str | None) -> str | None:
+        if not self.markers:
+            return session
+        return f"({session}) and ({self.markers})" if session else self.markers
+
+    def argv(self) -> list[str]:
+        return (["-k", self.keyword] if self.keyword else []) + (["--lf"] if self.failed_of else [])
+
+    def describe(self) -> dict[str, str]:
+        d = {"keyword": self.keyword, "markers": self.markers}
+        d["last_failed_of"] = self.failed_of.name if self.failed_of else None
+        return {k: v for k, v in d.items() if v}
+
+
 @dataclass
 class JobResult:
     sessions: list[Session] = field(default_factory=list)
+    run: Path | None = None  # the run directory (None in a dry run, or when nothing was run)
+    removed: list[str] = field(default_factory=list)  # what the retention removed
     gate_exit: int | None = None
     report: Path | None = None
     gate_files: dict[str, Any] = field(default_factory=dict)
@@ -77,13 +117,17 @@ def _junit_counts(path: Path) -> dict[str, int]:
 
 def pytest_argv(
     topology: Path, markers: str | None, results: Path, reports: Path, policy: str | None, dry_run: bool,
-    junit: Path,
+    junit: Path, extra: list[str] | None = None,
 ) -> list[str]:  # fmt: skip
-    argv = [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-q", "-ra"]
+    """The suite's pytest command. Its cache lives in the run (``reports``), so a later run can re-run
+    this one's failures without another session's cache in between."""
+    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-ra"]
+    argv += ["-o", f"cache_dir={reports / 'pytest-cache'}"]
     argv += ["--topology", str(topology), "--alluredir", str(results), "--junitxml", str(junit)]
     argv += ["--hil-reports", str(reports)]
     if markers:
         argv += ["-m", markers]
+    argv += extra or []
     if policy:
         argv += ["--gate-policy", policy]
     if dry_run:
@@ -158,16 +202,18 @@ def run(
     scale: bool = True,
     out: Callable[[str], None] = print,
     reports: Path = REPO_ROOT / "reports",
+    select: Selection | None = None,
+    keep: runs.Retention | None = None,
 ) -> JobResult:
     """The whole job; see the module docstring. Returns what happened (exit code in ``exit_code``)."""
     topo = topology_mod.load(topology_file)
     policy = policy or (str(REPO_ROOT / "gate.yaml") if (REPO_ROOT / "gate.yaml").exists() else None)
-    results = reports / "allure-results"
+    select = select or Selection()
+    keep = keep or runs.retention()
     res = JobResult()
-    for p in (results, reports / "histories", reports / "verdicts", reports / "pcap"):
-        shutil.rmtree(p, ignore_errors=True)
-    (reports / "plan.jsonl").unlink(missing_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
+    if select.failed_of is not None and not runs.last_failed(select.failed_of):
+        out(f"nothing to re-run: no scenario failed in {select.failed_of.path}")
+        return res
 
     sessions = [Session("suite", Path(topo.file), None if dry_run else "not scale")]
     if not dry_run and scale and topo.kind == "virtual" and len(topo.agents()) < SCALE_AGENTS:
@@ -175,24 +221,66 @@ def run(
             sessions.append(Session("scale", SCALE_TOPOLOGY, "scale"))
     elif not dry_run and scale:
         sessions[0].markers = None  # this lab is big enough (or physical): scale runs in the same session
+    for s in sessions:
+        s.markers = select.markers_for(s.markers)
+    if select.given() and not dry_run:
+        sessions = [s for s in sessions if _selects_any(s, policy, select, out)]
+        if not sessions:
+            raise NothingSelected(f"the selection ({_describe(select)}) picks no scenario")
+
+    if dry_run:
+        run = None
+        out_dir = reports / "dry-run"  # a plan, not evidence: replaced by the next dry run
+        shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+        run = runs.create(
+            reports, repo=REPO_ROOT, command=sys.argv[1:], topology=str(topo.file),
+            policy=str(policy or gate.DEFAULT_POLICY), selection=select.describe(),
+        )  # fmt: skip
+        for s in sessions:
+            run.keep_input(s.topology, f"topology-{s.name}.yaml")
+        run.keep_input(policy or gate.DEFAULT_POLICY, "policy.yaml")
+        out_dir = res.run = run.path
+        out(f"run: {run.path}")
+    results = out_dir / "allure-results"
+    results.mkdir(parents=True, exist_ok=True)
+    if select.failed_of is not None:
+        shutil.copytree(select.failed_of.path / "pytest-cache", out_dir / "pytest-cache")
 
     try:
         with _terminate_as_interrupt():
-            _run_sessions(sessions, res, results, reports, policy, dry_run, out)
+            _run_sessions(sessions, res, results, out_dir, policy, dry_run, out, select.argv())
     except KeyboardInterrupt:
         res.interrupted = True
         res.exit_code = 130
+        if run is not None:
+            run.finish("interrupted", exit_code=130, sessions=_session_facts(res))
+            out(f"run kept (interrupted): {run.path}; reports/latest not moved, nothing pruned")
         return res
+    except BaseException as e:  # the lab would not come up, or worse: the run says so, nothing else moves
+        if run is not None:
+            run.finish("failed", error=f"{type(e).__name__}: {e}", sessions=_session_facts(res))
+        raise
 
     if dry_run:
-        res.plan = format_plan(read_plan(reports / "plan.jsonl"))
+        res.plan = format_plan(read_plan(out_dir / "plan.jsonl"))
         out(res.plan or "(no plan: no scenario was collected)")
         failed = [s for s in res.sessions if s.returncode not in (0, 5)]
         res.exit_code = 1 if failed else 0
         return res
+    assert run is not None
+    _judge(res, run.path, results, policy, out)
+    run.finish("complete", exit_code=res.exit_code, gate_exit=res.gate_exit, sessions=_session_facts(res))
+    _keep(reports, run, keep, res, out)
+    return res
 
+
+def _judge(
+    res: JobResult, out_dir: Path, results: Path, policy: str | None, out: Callable[[str], None]
+) -> None:  # fmt: skip
+    """The HTML report and the gate's verdict, both inside the run."""
     try:
-        res.report = report.build_report(results, reports / "allure-report", name="hil failover lab")
+        res.report = report.build_report(results, out_dir / "allure-report", name="hil failover lab")
     except report.ReportError as e:
         out(f"report: {e}")
     try:
@@ -200,18 +288,62 @@ def run(
         out(gate.table(rep))
         for line in rep.problems:
             out(f"gate: {line}")
-        res.gate_files = gate.write_outputs(rep, reports)
+        res.gate_files = gate.write_outputs(rep, out_dir)
         res.gate_exit = rep.exit_code
     except Exception as e:  # a broken gate must not hide the suite's own result
         out(f"gate: {type(e).__name__}: {e}")
     suite_failed = any(s.returncode not in (0,) for s in res.sessions)
     res.exit_code = res.gate_exit if res.gate_exit is not None else (1 if suite_failed else 0)
-    return res
+
+
+def _keep(
+    reports: Path, run: runs.Run, keep: runs.Retention, res: JobResult, out: Callable[[str], None]
+) -> None:  # fmt: skip
+    """A completed run becomes ``reports/latest``, and the retention prunes the oldest runs."""
+    try:
+        runs.point_latest(reports, run)
+    except (runs.RunDirError, OSError) as e:
+        out(f"latest: {e}")
+    removed = runs.prune(reports, keep, run)
+    res.removed = [r.line() for r in removed]
+    for line in res.removed:
+        out(f"retention: {line}")
+
+
+def _describe(select: Selection) -> str:
+    return ", ".join(f"{k} {v}" for k, v in select.describe().items())
+
+
+def _session_facts(res: JobResult) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "topology": str(s.topology), "markers": s.markers, "returncode": s.returncode,
+         "counts": s.counts, "seconds": round(s.seconds, 1)}
+        for s in res.sessions
+    ]  # fmt: skip
+
+
+def _selects_any(
+    s: Session, policy: str | None, select: Selection, out: Callable[[str], None]
+) -> bool:  # fmt: skip
+    """Whether the selection picks any scenario of this session (pytest --collect-only, a few seconds,
+    against a lab brought up for nothing). It runs in a scratch directory with a copy of the earlier run's
+    cache, so nothing of that run is written to. A collection error counts as a yes: the session says it."""
+    with tempfile.TemporaryDirectory(prefix="hil-select-") as tmp:
+        scratch = Path(tmp)
+        if select.failed_of is not None:
+            shutil.copytree(select.failed_of.path / "pytest-cache", scratch / "pytest-cache")
+        junit = scratch / "j.xml"
+        argv = pytest_argv(s.topology, s.markers, scratch / "r", scratch, policy, False, junit, select.argv())
+        p = subprocess.run(argv + ["--collect-only"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if p.returncode == 5:
+        out(f"{s.name}: the selection picks no scenario on {s.topology.name}; session skipped")
+        return False
+    return True
 
 
 def _run_sessions(
     sessions: list[Session], res: JobResult, results: Path, reports: Path, policy: str | None, dry_run: bool,
-    out: Callable[[str], None],
+    out: Callable[[str], None], extra: list[str] | None = None,
 ) -> None:  # fmt: skip
     """Each pytest session of the suite on its lab: up, leftovers healed, pytest, down (if ours)."""
     for s in sessions:
@@ -223,7 +355,7 @@ def _run_sessions(
                 _heal_leftovers(stopo, out)  # a killed earlier run may have left a fault in place
             junit = reports / f"junit-{s.name}.xml"
             junit.unlink(missing_ok=True)  # a killed session must not report the last run's counts
-            argv = pytest_argv(s.topology, s.markers, results, reports, policy, dry_run, junit)
+            argv = pytest_argv(s.topology, s.markers, results, reports, policy, dry_run, junit, extra)
             s.returncode = _run_child(argv, out)
             s.counts = _junit_counts(junit)
         except KeyboardInterrupt:
@@ -234,6 +366,7 @@ def _run_sessions(
         finally:
             if owned:
                 _take_down(handle, out)
+                _keep_lab_logs(handle, reports / "lab-logs" / s.name)
         s.seconds = time.monotonic() - t0
         res.sessions.append(s)
 
@@ -260,6 +393,15 @@ def _take_down(handle: Any, out: Callable[[str], None]) -> None:
     out(f"lab {handle.name} is down in {time.monotonic() - t0:.1f} s")
 
 
+def _keep_lab_logs(handle: Any, dest: Path) -> None:
+    """The lab archives its logs (keeper, kamailio, UL, CTI, swarm) under reports/lab-logs/ when it goes down,
+    the last lab's only: the run keeps its own copy."""
+    run_dir = getattr(getattr(handle, "handle", None), "run_dir", None)
+    src = REPO_ROOT / "reports" / "lab-logs" / Path(run_dir).name if run_dir else None
+    if src is not None and src.is_dir():
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+
+
 def summary(res: JobResult, reports: Path = REPO_ROOT / "reports") -> str:
     """The short summary at the end of the job: sessions, gate verdict, and where the report is."""
     lines = []
@@ -271,12 +413,17 @@ def summary(res: JobResult, reports: Path = REPO_ROOT / "reports") -> str:
         lines.append(
             f"{s.name} ({s.topology.name}): pytest exit {s.returncode}, {counts} in {s.seconds:.0f} s"
         )
+    where = res.run or reports
     if res.gate_exit is not None:
         word = {0: "SHIP", 1: "DO NOT SHIP", 2: "COULD NOT JUDGE"}.get(res.gate_exit, str(res.gate_exit))
-        lines.append(f"gate: {word} (exit {res.gate_exit}); {reports / 'gate.md'}")
+        lines.append(f"gate: {word} (exit {res.gate_exit}); {where / 'gate.md'}")
     if res.report is not None:
         lines.append(f"report: {res.report}  (open: {_allure_hint(res.report)})")
-    lines.append(f"evidence: {reports / 'histories'}, {reports / 'pcap'}, {reports / 'verdicts'}")
+    if res.run is not None:
+        lines.append(f"run: {res.run} (reports/latest); evidence: histories/, pcap/, verdicts/ in it")
+    else:
+        lines.append(f"evidence: {reports / 'histories'}, {reports / 'pcap'}, {reports / 'verdicts'}")
+    lines += [f"retention: {line}" for line in res.removed]
     return "\n".join(lines)
 
 

@@ -1,4 +1,8 @@
-"""`hil run`, `hil validate`, `hil report`, `hil gate`: the main job and its parts."""
+"""`hil run`, `hil validate`, `hil report`, `hil gate`: the main job and its parts.
+
+A run directory named where one is expected (``--last-failed``, ``--failed-of``, ``--run``) that is missing,
+partial or corrupt, and a retention value that is not a positive number, are input errors: exit 2, one line.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,28 @@ import click
 from harness import gate, mainjob, report
 from harness import topology as topology_mod
 from harness.cli.common import EXIT_FAIL, EXIT_USAGE, _friendly, main, topology_option
+from harness.report import runs
+from harness.topology import REPO_ROOT
+
+REPORTS = REPO_ROOT / "reports"  # where runs are kept (reports/runs/, reports/latest)
+
+
+def _input_error(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _results_of(run_ref: str | None, results: str | None, default: str) -> str:
+    """The Allure results to read: a kept run's (``--run``), or a directory (``--results``)."""
+    if run_ref is None:
+        return results or default
+    if results is not None:
+        _input_error(ValueError("--run and --results name two different results: give one"))
+    try:
+        return str(runs.open_run(run_ref, REPORTS).path / "allure-results")
+    except runs.RunDirError as e:
+        _input_error(e)
+        raise  # not reached: _input_error exits
 
 
 @main.command("run")
@@ -17,19 +43,54 @@ from harness.cli.common import EXIT_FAIL, EXIT_USAGE, _friendly, main, topology_
 @click.option("--dry-run", is_flag=True, help="print every device action the suite would take; touch nothing")
 @click.option("--policy", default=None, help="release gate policy (default: ./gate.yaml)")
 @click.option("--no-scale", is_flag=True, help="skip the 1,000-agent scale session")
+@click.option("-k", "keyword", default=None, metavar="EXPR", help="only scenarios matching EXPR (pytest -k)")
+@click.option("-m", "markers", default=None, metavar="MARKERS", help="only scenarios marked so (pytest -m)")
+@click.option("--last-failed", is_flag=True, help="re-run the scenarios that failed in reports/latest")
+@click.option("--failed-of", default=None, metavar="RUN", help="re-run the scenarios that failed in RUN")
+@click.option(
+    "--keep-runs", default=None, metavar="N",
+    help=f"runs kept under reports/runs/ (default ${runs.KEEP_RUNS_ENV}, else {runs.DEFAULT_KEEP_RUNS})",
+)  # fmt: skip
+@click.option(
+    "--keep-size", default=None, metavar="SIZE",
+    help=f"bytes they may hold: 500M, 20G (default ${runs.KEEP_SIZE_ENV}, else {runs.DEFAULT_KEEP_SIZE})",
+)  # fmt: skip
 @_friendly
-def run(topology_file: str | None, dry_run: bool, policy: str | None, no_scale: bool) -> None:
+def run(
+    topology_file: str | None, dry_run: bool, policy: str | None, no_scale: bool, keyword: str | None,
+    markers: str | None, last_failed: bool, failed_of: str | None, keep_runs: str | None,
+    keep_size: str | None,
+) -> None:  # fmt: skip
     """The main job: virtual lab up, the scenario suite, the Allure report, the gate verdict, lab down.
 
-    Ctrl-C at any point heals the faults in place and takes the lab down. Exit code: the gate's (0 ship,
-    1 do not ship, 2 could not judge), 130 when interrupted.
+    Each run keeps its evidence in reports/runs/<UTC time>-<git describe>/ and, once complete, becomes
+    reports/latest; the oldest runs beyond --keep-runs/--keep-size are removed (and named). Ctrl-C at any
+    point heals the faults in place and takes the lab down. Exit code: the gate's (0 ship, 1 do not ship,
+    2 could not judge), 2 for bad input, 130 when interrupted.
     """
 
     t0 = time.monotonic()
-    res = mainjob.run(topology_file, dry_run=dry_run, policy=policy, scale=not no_scale, out=click.echo)
-    if not dry_run:
+    try:
+        keep = runs.retention(keep_runs, keep_size)
+        earlier = None
+        if last_failed and failed_of:
+            raise runs.RunDirError("--last-failed and --failed-of name two runs: give one")
+        if last_failed or failed_of:
+            earlier = runs.open_run(failed_of or runs.LATEST, REPORTS)
+            runs.last_failed(earlier)  # a corrupt cache is a bad run: say so before the lab comes up
+    except (runs.RetentionError, runs.RunDirError) as e:
+        _input_error(e)
+    select = mainjob.Selection(keyword, markers, earlier)
+    try:
+        res = mainjob.run(
+            topology_file, dry_run=dry_run, policy=policy, scale=not no_scale, out=click.echo,
+            reports=REPORTS, select=select, keep=keep,
+        )  # fmt: skip
+    except mainjob.NothingSelected as e:
+        _input_error(e)
+    if not dry_run and res.sessions:
         click.echo("")
-        click.echo(mainjob.summary(res))
+        click.echo(mainjob.summary(res, REPORTS))
     click.echo(f"done in {time.monotonic() - t0:.0f} s")
     sys.exit(res.exit_code)
 
@@ -51,14 +112,17 @@ def validate(topology_file: str | None) -> None:
 
 
 @main.command("report")
-@click.option("--results", default="reports/allure-results", show_default=True, help="Allure results")
+@click.option("--results", default=None, help="Allure results  [default: reports/allure-results]")
+@click.option("--run", "run_ref", default=None, metavar="RUN", help="a kept run's (name, path, latest)")
 @click.option("--out", default="reports/allure-report", show_default=True, help="where the HTML report goes")
 @click.option("--name", default="hil failover lab", show_default=True, help="the report's title")
 @_friendly
-def report_cmd(results: str, out: str, name: str) -> None:
-    """Build the HTML report from the Allure results with Allure 3 (npm `allure`, installed by make setup)."""
+def report_cmd(results: str | None, run_ref: str | None, out: str, name: str) -> None:
+    """Build the HTML report from the Allure results with Allure 3 (npm `allure`, installed by make setup).
+    A kept run's own report is in it already; --run builds another from its results, here in --out."""
 
     t0 = time.monotonic()
+    results = _results_of(run_ref, results, "reports/allure-results")
     try:
         index = report.build_report(results, out, name=name)
     except report.ReportError as e:
@@ -70,12 +134,15 @@ def report_cmd(results: str, out: str, name: str) -> None:
 
 @main.command("gate")
 @click.option("--policy", default=None, help="release policy (default: ./gate.yaml, else the repository's)")
-@click.option("--results", default="reports/allure-results", show_default=True, help="Allure results")
+@click.option("--results", default=None, help="Allure results  [default: reports/allure-results]")
+@click.option("--run", "run_ref", default=None, metavar="RUN", help="a kept run's (name, path, latest)")
 @click.option("--out", default="reports", show_default=True, help="for gate.json, gate.md, gate-junit.xml")
 @_friendly
-def gate_cmd(policy: str | None, results: str, out: str) -> None:
-    """Judge a run for release: exit 0 ship, 1 do not ship, 2 could not judge (evidence missing)."""
+def gate_cmd(policy: str | None, results: str | None, run_ref: str | None, out: str) -> None:
+    """Judge a run for release: exit 0 ship, 1 do not ship, 2 could not judge (evidence missing).
+    --run judges a kept run again (another policy, say); its verdict goes to --out, the run keeps its own."""
 
+    results = _results_of(run_ref, results, "reports/allure-results")
     rep = gate.run_gate(policy, results)
     click.echo(gate.table(rep))
     for line in rep.problems:
