@@ -10,18 +10,22 @@ STAMP := .hil
 
 .PHONY: run test setup deb venv npm lint clean
 
+# Each run is kept in reports/runs/<UTC time>-<git describe>/, reports/latest is the newest complete one;
+# options through HIL_RUN_ARGS, e.g. make run HIL_RUN_ARGS="-k pbx_killed --keep-runs 10".
 run: setup
-	$(VENV)/bin/hil run
+	$(VENV)/bin/hil run $(HIL_RUN_ARGS)
 
 # The import contracts (.importlinter: the house's layering), the project's own tests, then the scenario
 # suite: on the default lab, then the scale scenario on the 1,000-agent lab (both sessions always run; the
-# target fails if either does).
+# target fails if either does). pytest's cache is kept (.pytest_cache/, not in git): `pytest --lf tests` and
+# `pytest --lf scenarios -m "not scale"` re-run what failed. The scenarios' evidence goes where pytest puts
+# it by default (reports/allure-results, reports/histories, ...), not into a kept run: that is `hil run`'s.
 test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 	@rc=0; \
-	$(PY) -m pytest -q -p no:cacheprovider scenarios -m "not scale" --alluredir reports/allure-results || rc=1; \
-	$(PY) -m pytest -q -p no:cacheprovider scenarios -m scale --topology topologies/virtual-1k.yaml \
+	$(PY) -m pytest -q scenarios -m "not scale" --alluredir reports/allure-results || rc=1; \
+	$(PY) -m pytest -q scenarios -m scale --topology topologies/virtual-1k.yaml \
 		--alluredir reports/allure-results || rc=1; \
 	exit $$rc
 
