@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import textfile
+
 __all__ = ["GateInputError", "Problem", "problem_line", "read_json_object", "read_text", "where"]
 
 Problem = tuple[str, str, str]  # (file, field, what is wrong)
@@ -42,24 +44,36 @@ def where(loc: Iterable[Any]) -> str:
     return out
 
 
-def read_text(path: Path, what: str) -> str:
-    """The file's text; GateInputError naming the file when it cannot be read or is not UTF-8 text."""
+def read_text(path: Path, what: str, syntax: str = "YAML") -> str:
+    """The file's text, read by harness/textfile.py (the one reader of a user's input files: a directory,
+    an unreadable, oversize, empty, UTF-16/32, not UTF-8 or binary file refused with one reason);
+    GateInputError naming the file, in the gate's words where it has its own (docs/gate.md)."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GateInputError([(str(path), "", f"cannot read the {what}: {e.strerror or e}")]) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = f"byte 0x{data[e.start]:02x} at offset {e.start}"
-        article = "an" if what[0] in "aeiouAEIOU" else "a"
-        raise GateInputError([(str(path), "", f"not UTF-8 text ({bad}): not {article} {what}")]) from None
+        return textfile.read_text(path, what, syntax)
+    except textfile.TextFileError as e:
+        raise GateInputError([_problem(path, what, syntax, e)]) from None
+
+
+def _problem(path: Path, what: str, syntax: str, e: textfile.TextFileError) -> Problem:
+    if e.reason == "unreadable":
+        return (str(path), "", f"cannot read the {what}: {e.detail}")
+    if e.reason == "not_utf8":
+        return (str(path), "", f"not UTF-8 text ({e.detail}): not {textfile.a(what)}")
+    if e.reason == "directory":
+        return (str(path), "", f"cannot read the {what}: it is a directory, not a file")
+    if e.reason == "utf16_32":  # a byte-order mark, or binary data that begins like one
+        return (str(path), "", f"not UTF-8 text ({e.detail}): it {e}")
+    if e.reason == "nul" and e.at is not None:  # where a YAML or JSON parser would have stopped
+        return (str(path), f"character {e.at + 1}", f"not {syntax} text: {e.detail}")
+    if e.reason == "empty":
+        return (str(path), "", f"the file is empty: not {textfile.a(what)}")
+    return (str(path), "", str(e))
 
 
 def read_json_object(path: Path, what: str, problems: list[Problem]) -> Mapping[str, Any] | None:
     """The JSON object in a file, or None with the reason added to ``problems``."""
     try:
-        obj = json.loads(read_text(path, what))
+        obj = json.loads(read_text(path, what, "JSON"))
     except GateInputError as e:
         problems.extend(e.problems)
         return None
