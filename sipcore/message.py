@@ -63,6 +63,10 @@ _CANONICAL = {
 }
 # Headers whose comma-joined values are separate entries (quoted and bracketed commas do not split).
 SPLIT = frozenset(("via", "route", "record-route", "contact"))
+#: Digits a SIP number may have (CSeq, Content-Length, Expires, status: 32-bit at most, RFC 3261 section
+#: 25.1): a longer one is not a number. Python's int() refuses more than 4,300 digits with ValueError, and
+#: str.isdigit() is true of "²", which int() refuses too; one hostile header must not raise in a parser.
+MAX_DIGITS = 10
 _getrandbits = random.getrandbits
 _new = object.__new__
 
@@ -75,6 +79,13 @@ def token(bits: int = 64) -> str:
 def new_branch() -> str:
     """An RFC 3261 branch (magic cookie + random)."""
     return f"z9hG4bK{_getrandbits(64):x}"
+
+
+def as_number(text: str) -> int | None:
+    """The value of a SIP number (ASCII digits, at most MAX_DIGITS of them); None for anything else."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS:
+        return int(text)
+    return None
 
 
 def header_key(name: str) -> str:
@@ -91,10 +102,10 @@ def header_name(key: str) -> str:
 def _start_line(line: str) -> tuple[str, str, int, str] | None:
     """(method, uri, status, reason) of a start line (method, uri empty in a response); None if not SIP."""
     if line.startswith("SIP/2.0 "):
-        code = line[8:11]
-        if not code.isdigit() or line[11:12] not in (" ", ""):
+        code = as_number(line[8:11])
+        if code is None or len(line) < 11 or line[11:12] not in (" ", ""):
             return None
-        return "", "", int(code), line[12:]
+        return "", "", code, line[12:]
     parts = line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("SIP/") or not parts[0].isalpha():
         return None
@@ -176,8 +187,7 @@ class SipMessage:
     @property
     def cseq(self) -> int:
         """The CSeq number; 0 if missing or bad."""
-        num = (self.header("cseq", "") or "").partition(" ")[0]
-        return int(num) if num.isdigit() else 0
+        return as_number((self.header("cseq", "") or "").partition(" ")[0]) or 0
 
     @property
     def cseq_method(self) -> str:
@@ -244,8 +254,9 @@ def parse(data: bytes) -> SipMessage | None:
         else:
             last.extend(vals)
     clen = headers.get("content-length")
-    if clen and clen[0].isdigit():
-        body = body[: int(clen[0])]
+    length = as_number(clen[0]) if clen else None
+    if length is not None:
+        body = body[:length]
     # Built without __init__: the start line is parsed already, and this is the phones' hot path.
     msg = _new(SipMessage)
     msg.method, msg.uri, msg.status, msg.reason = first

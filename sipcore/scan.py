@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from sipcore.message import COMPACT, METHODS
+from sipcore.message import COMPACT, MAX_DIGITS, METHODS, as_number
 from sipcore.uri import host_of, param, split_commas, uri_of, user_of
 
 #: Prefixes that make a payload look like a SIP message (request or response start line).
@@ -36,9 +36,11 @@ _FOLD_RE = re.compile(rb"\r\n[ \t]+")
 # Request line: method, Request-URI (anchored at the start; the caller bounds it to the first line).
 _REQUEST_RE = re.compile(rb"([A-Za-z]+) ([^ \r\n]+) SIP/2\.0$")
 # Request-URI: user (if any) and host of a sip:/sips: URI.
-_RURI_RE = re.compile(rb"[A-Za-z]+:(?:([^@;:?>]*)[^@?>]*@)?(\[[^\]]*\]|[^:;?>]*)")
+_RURI_RE = re.compile(rb"[A-Za-z]+:(?:([^@;:?>]*+)[^@?>]*+@)?(\[[^\]]*\]|[^:;?>]*)")
 # User of the URI in a name-addr ("Name" <sip:u@h>;tag=x) or addr-spec (sip:u@h;tag=x): None if no user.
-_ADDR_USER_RE = re.compile(rb'\s*(?:(?:"(?:[^"\\]|\\.)*"\s*|[^<"]*)<)?\s*[A-Za-z]+:([^@;:?>]*)[^@>]*@')
+# The user-part quantifiers here and in _RURI_RE are possessive (*+): the same matches, but a value with no
+# '@' fails in one pass instead of trying every split (quadratic: a 32 kB From took 2 s, a 1 MB one hours).
+_ADDR_USER_RE = re.compile(rb'\s*(?:(?:"(?:[^"\\]|\\.)*"\s*|[^<"]*)<)?\s*[A-Za-z]+:([^@;:?>]*+)[^@>]*+@')
 # Bounded caches of decoded header values. SIP repeats itself (the same request line to the registrar, the
 # same Contact and From of a phone in every refresh, CSeq in request and response): a dict lookup is ~20
 # times cheaper than parsing again.
@@ -114,13 +116,17 @@ def _start_line(start: bytes) -> tuple[Any, ...] | None:
         ruri_user = _text(user_b) if user_b else None
         ruri_host = _text(host_b.strip(b"[]")) or None
     else:
-        ruri_user, ruri_host = user_of(_text(ruri)), host_of(_text(ruri))
+        ruri_user = user_of(_text(ruri))
+        try:
+            ruri_host = host_of(_text(ruri))
+        except ValueError:  # sipcore.uri.hostport_of reads a port of non-ASCII digits ("²") with int()
+            ruri_host = None
     return method_b.decode(), None, None, _text(ruri), ruri_user, ruri_host
 
 
 def _cseq(value: bytes) -> tuple[int | None, str | None]:
     parts = value.split()
-    num = int(parts[0]) if parts and parts[0].isdigit() else None
+    num = int(parts[0]) if parts and parts[0].isdigit() and len(parts[0]) <= MAX_DIGITS else None
     return num, _text(parts[1]) if len(parts) > 1 else None
 
 
@@ -130,7 +136,7 @@ def _contact(value: bytes) -> tuple[str | None, int | None]:
     if first == "*":
         return "*", None
     exp = param(first, "expires")
-    return uri_of(first), int(exp) if exp and exp.isdigit() else None
+    return uri_of(first), as_number(exp) if exp else None
 
 
 def _cached(cache: dict[bytes, Any], key: bytes, make: Any) -> Any:
@@ -191,12 +197,12 @@ def parse_sip_tuple(data: bytes) -> tuple[Any, ...] | None:
     contact, expires = _cached(_CONTACT_CACHE, contact_b, _contact) if contact_b else (None, None)
     if expires is None and expires_b:
         expires_b = expires_b.strip()
-        if expires_b.isdigit():
+        if expires_b.isdigit() and len(expires_b) <= MAX_DIGITS:  # bytes: ASCII digits only
             expires = int(expires_b)
     content_length = None
     if clen_b:
         clen_b = clen_b.strip()
-        if clen_b.isdigit():
+        if clen_b.isdigit() and len(clen_b) <= MAX_DIGITS:
             content_length = int(clen_b)
     return (
         method,

@@ -15,7 +15,7 @@ truncated packets) so a checker can answer ``unknown`` instead of trusting a par
 """
 
 from harness.decode.events import Decoded, DecodeStats, Event, to_dicts
-from harness.decode.packets import SIP_PORTS, decode_pcap
+from harness.decode.packets import SIP_PORTS, decode_buffer, decode_pcap
 from harness.decode.pcapfile import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
@@ -43,6 +43,7 @@ __all__ = [
     "DecodeStats",
     "Decoded",
     "Event",
+    "decode_buffer",
     "decode_pcap",
     "iter_frames",
     "to_dicts",

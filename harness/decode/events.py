@@ -110,8 +110,12 @@ class DecodeStats:
     malformed_cti: int = 0  # CTI lines that are not JSON
     tcp_retransmitted: int = 0  # segments whose bytes had all been seen already
     tcp_gaps: int = 0  # holes in a TCP stream that never filled (bytes the capture missed)
-    incomplete_at_end: int = 0  # streams ending inside a message
+    incomplete_at_end: int = 0  # streams ending inside a message the peer acknowledged (bytes we missed)
     fragments_unreassembled: int = 0  # IP fragment sets never completed (or IPv6 fragments)
+    corrupt_file: int = 0  # 1 when a record or block length lies: the capture file was not read past it
+    # Streams whose connection died inside a message (the peer never acknowledged the rest, so it was
+    # never delivered): what was on the wire was all seen, so not a loss.
+    ended_mid_message: int = 0
 
     @property
     def lossless(self) -> bool:
@@ -123,6 +127,7 @@ class DecodeStats:
             or self.tcp_gaps
             or self.incomplete_at_end
             or self.fragments_unreassembled
+            or self.corrupt_file
         )
 
 

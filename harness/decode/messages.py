@@ -13,14 +13,33 @@ from typing import Any
 from harness.decode.events import DecodeStats, Event, new_event
 from sipcore.scan import parse_sip_tuple
 
-__all__ = ["MAX_BUFFER", "Messages", "StreamKey"]
+__all__ = ["MAX_BUFFER", "MAX_DEPTH", "Messages", "StreamKey"]
 
 MAX_BUFFER = 1 << 20  # bytes of one unframed message before the stream is declared garbled
+# Objects and arrays nested in one CTI message: the CTI refuses deeper lines as bad_json (its MAX_DEPTH,
+# docs/cti-protocol.md), and a body nested hundreds deep would break whatever walks it later (repr, json).
+MAX_DEPTH = 32
 
 # (source address, source port, destination address, destination port), addresses as raw bytes
 StreamKey = tuple[bytes, int, bytes, int]
 
 _SIP_START = re.compile(rb"(?m)^(?:SIP/2\.0 \d{3} |[A-Z]+ \S+ SIP/2\.0\r?$)")
+
+
+def _depth(obj: Any) -> int:
+    """Levels of objects and arrays in a decoded JSON value, walked without recursion; stops past
+    MAX_DEPTH."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(obj, 1)] if isinstance(obj, dict | list) else []
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                todo.append((child, level + 1))
+    return deepest
 
 
 def _opt_str(v: Any) -> str | None:
@@ -133,7 +152,8 @@ class Messages:
         while pos < size:
             if resync:
                 m = _SIP_START.search(buf, pos)
-                if m is None:
+                if m is None:  # only the last, partial line can still become a start line
+                    pos = buf.rfind(b"\n", pos) + 1 or pos
                     pos = size if size - pos > MAX_BUFFER else pos
                     break
                 pos = m.start()
@@ -151,6 +171,11 @@ class Messages:
                 break
             head = parse_sip_tuple(bytes(buf[pos : hend + 4]))
             if head is None:
+                self.stats.malformed_sip += 1
+                resync = True
+                pos = hend + 4
+                continue
+            if head[13] is not None and head[13] > MAX_BUFFER:  # a body no PBX sends: the length lies
                 self.stats.malformed_sip += 1
                 resync = True
                 pos = hend + 4
@@ -202,7 +227,11 @@ class Messages:
             return
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.stats.malformed_cti += 1
+            return
+        # Depth never exceeds the number of brackets: only a line with many is walked.
+        if line.count(b"{") + line.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
             self.stats.malformed_cti += 1
             return
         self.stats.cti_messages += 1

@@ -34,7 +34,7 @@ from harness.decode.pcapfile import (
 from harness.decode.tcp import TcpStreams
 from sipcore.scan import SIP_PREFIXES
 
-__all__ = ["SIP_PORTS", "decode_pcap"]
+__all__ = ["SIP_PORTS", "decode_buffer", "decode_pcap"]
 
 SIP_PORTS: tuple[int, ...] = (5060,)
 
@@ -98,6 +98,10 @@ class _Decoder:
         stats.frames = n
         self.tcp.finish()
         stats.fragments_unreassembled += len(self.fragments)
+
+    def corrupt(self, _offset: int, _reason: str) -> None:
+        """The file's lengths stop holding together here: nothing after can be read."""
+        self.stats.corrupt_file = 1
 
     def _general(self, n: int, ts: float, lt: int, buf: Any, off: int, end: int) -> None:
         """Any frame the fast path in ``run`` does not take: other link types, VLANs, IPv6, TCP, fragments."""
@@ -243,22 +247,34 @@ def decode_pcap(
     """Decode every SIP and CTI message in a capture file.
 
     ``sip_ports``/``cti_ports`` say which UDP/TCP ports carry what; traffic on other ports is recognised by
-    its first bytes (a SIP start line, or ``{`` for CTI on TCP).
+    its first bytes (a SIP start line, or ``{`` for CTI on TCP). Raises DecodeError only when the file is
+    not a capture at all; whatever inside it cannot be read is counted in the stats.
     """
     p = Path(path)
-    dec = _Decoder(sip_ports, cti_ports)
     with p.open("rb") as f:
         if p.stat().st_size == 0:
             raise DecodeError(f"{p}: empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            # Hundreds of thousands of new tuples would set off the cyclic GC thousands of times, each pass
-            # walking every event so far; they hold no cycles, so it is paused (a quarter of the time).
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                dec.run(iter_frames(mm))
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
             # Nothing may keep a view into the map past this point: events hold only decoded values.
-    return Decoded(str(p), dec.messages.events, dec.stats)
+            return decode_buffer(mm, str(p), sip_ports=sip_ports, cti_ports=cti_ports)
+
+
+def decode_buffer(
+    buf: Any,
+    name: str = "<buffer>",
+    *,
+    sip_ports: Iterable[int] = SIP_PORTS,
+    cti_ports: Iterable[int] = (),
+) -> Decoded:
+    """``decode_pcap`` of a capture already in memory (bytes or mmap); ``name`` is the result's path."""
+    dec = _Decoder(sip_ports, cti_ports)
+    # Hundreds of thousands of new tuples would set off the cyclic GC thousands of times, each pass walking
+    # every event so far; they hold no cycles, so it is paused (a quarter of the time).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        dec.run(iter_frames(buf, dec.corrupt))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Decoded(name, dec.messages.events, dec.stats)

@@ -7,7 +7,7 @@ decoder knows it wants it: a 1,000-agent failover gives hundreds of thousands of
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "LINKTYPE_RAW",
     "DecodeError",
     "Frame",
+    "MAX_FRAME",
+    "OnCorrupt",
     "iter_frames",
 ]
 
@@ -43,14 +45,30 @@ class DecodeError(Exception):
 Frame = tuple[int, float, int, Any, int, int, int]
 
 
-def iter_frames(buf: Any) -> Iterator[Frame]:
-    """Frames of a classic pcap or a pcapng held in ``buf`` (bytes or mmap)."""
+# Told where and why a capture file stops holding together (a length that lies): reading stops there.
+OnCorrupt = Callable[[int, str], None]
+# The largest frame a capture tool writes (tcpdump's and dumpcap's maximum snapshot length).
+MAX_FRAME = 262144
+
+
+def iter_frames(buf: Any, on_corrupt: OnCorrupt | None = None) -> Iterator[Frame]:
+    """Frames of a classic pcap or a pcapng held in ``buf`` (bytes or mmap).
+
+    Every frame lies inside ``buf``. A file cut short (capture still being written, or killed) ends at its
+    last whole frame. A record or block whose length lies (a corrupt file) ends the reading there too, and
+    ``on_corrupt(offset, reason)`` is told, so the decoder can count it rather than raise.
+    """
     if len(buf) < 4:
         raise DecodeError("file too short for a capture header")
     magic = bytes(buf[:4])
+    report = on_corrupt or _ignore
     if magic == b"\x0a\x0d\x0d\x0a":
-        return _iter_pcapng(buf)
-    return _iter_pcap(buf)
+        return _iter_pcapng(buf, report)
+    return _iter_pcap(buf, report)
+
+
+def _ignore(_offset: int, _reason: str) -> None:
+    pass
 
 
 _PCAP_MAGIC = {
@@ -61,19 +79,23 @@ _PCAP_MAGIC = {
 }
 
 
-def _iter_pcap(buf: Any) -> Iterator[Frame]:
+def _iter_pcap(buf: Any, on_corrupt: OnCorrupt) -> Iterator[Frame]:
     magic = bytes(buf[:4])
     if magic not in _PCAP_MAGIC or len(buf) < 24:
         raise DecodeError(f"not a pcap or pcapng file (magic {magic.hex()})")
     endian, scale = _PCAP_MAGIC[magic]
-    (network,) = struct.unpack_from(endian + "I", buf, 20)
+    snaplen, network = struct.unpack_from(endian + "II", buf, 16)
     linktype = network & 0xFFFF  # the upper bits may carry FCS information
+    max_incl = max(snaplen, MAX_FRAME)
     rec = struct.Struct(endian + "IIII").unpack_from
     size = len(buf)
     off = 24
     n = 0
     while off + 16 <= size:
         sec, frac, incl, orig = rec(buf, off)
+        if incl > max_incl:  # no capture tool writes this: the record header is garbage
+            on_corrupt(off, f"record length {incl} above the snapshot length {max_incl}")
+            break
         off += 16
         end = off + incl
         if end > size:  # cut short (capture still being written, or killed): stop at the last whole frame
@@ -83,7 +105,10 @@ def _iter_pcap(buf: Any) -> Iterator[Frame]:
         off = end
 
 
-def _iter_pcapng(buf: Any) -> Iterator[Frame]:
+_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+
+
+def _iter_pcapng(buf: Any, on_corrupt: OnCorrupt) -> Iterator[Frame]:
     size = len(buf)
     off = 0
     endian = "<"
@@ -92,30 +117,47 @@ def _iter_pcapng(buf: Any) -> Iterator[Frame]:
     while off + 12 <= size:
         btype_raw = bytes(buf[off : off + 4])
         if btype_raw == b"\x0a\x0d\x0d\x0a":  # section header: byte order may change per section
-            bom = bytes(buf[off + 8 : off + 12])
-            endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+            bom = _BOM.get(bytes(buf[off + 8 : off + 12]))
+            if bom is None:
+                on_corrupt(off, "section header without a byte-order magic")
+                break
+            endian = bom
             interfaces = []
         btype, blen = struct.unpack_from(endian + "II", buf, off)
-        if blen < 12 or off + blen > size:
+        if off + blen > size and blen % 4 == 0 and blen <= 2 * MAX_FRAME:  # cut short: the last whole block
+            break
+        # A block's length is a multiple of 4, at least 12, and repeated at its end: else it lies.
+        if blen < 12 or blen % 4 or struct.unpack_from(endian + "I", buf, off + blen - 4)[0] != blen:
+            on_corrupt(off, f"block length {blen} does not hold")
             break
         body = off + 8
+        bend = off + blen - 4  # the body ends where the trailing length starts
         if btype == 1:  # interface description
+            if body + 8 > bend:
+                on_corrupt(off, "interface description shorter than its fields")
+                break
             lt, _reserved, snap = struct.unpack_from(endian + "HHI", buf, body)
-            interfaces.append((lt, _pcapng_tsresol(buf, endian, body + 8, off + blen - 4), snap))
+            interfaces.append((lt, _pcapng_tsresol(buf, endian, body + 8, bend), snap))
         elif btype == 6:  # enhanced packet
+            if body + 20 > bend:
+                on_corrupt(off, "enhanced packet block shorter than its fields")
+                break
             ifid, hi, lo, incl, orig = struct.unpack_from(endian + "IIIII", buf, body)
             if ifid < len(interfaces):
                 lt, tick, _snap = interfaces[ifid]
                 start = body + 20
                 n += 1
-                yield n, ((hi << 32) | lo) * tick, lt, buf, start, start + incl, orig
+                yield n, ((hi << 32) | lo) * tick, lt, buf, start, min(start + incl, bend), orig
         elif btype == 3 and interfaces:  # simple packet
+            if body + 4 > bend:
+                on_corrupt(off, "simple packet block shorter than its fields")
+                break
             (orig,) = struct.unpack_from(endian + "I", buf, body)
             lt, _tick, snap = interfaces[0]
             incl = min(orig, snap) if snap else orig
             start = body + 4
             n += 1
-            yield n, 0.0, lt, buf, start, start + incl, orig
+            yield n, 0.0, lt, buf, start, min(start + incl, bend), orig
         off += blen
 
 
@@ -125,7 +167,7 @@ def _pcapng_tsresol(buf: Any, endian: str, off: int, end: int) -> float:
         code, length = struct.unpack_from(endian + "HH", buf, off)
         if code == 0:
             break
-        if code == 9 and length >= 1:
+        if code == 9 and length >= 1 and off + 5 <= end:
             v = buf[off + 4]
             return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0**-v
         off += 4 + ((length + 3) & ~3)

@@ -3,6 +3,10 @@
 Out-of-order segments are held until the hole before them fills; overlaps, retransmissions and duplicates
 give each byte once; a hole that never fills (bytes the capture missed) is counted and skipped to the next
 message boundary, so one lost segment costs one message, not the rest of the stream.
+
+A stream that ends inside a message is capture loss only if the peer acknowledged bytes we never saw; when
+its acknowledgements stop within the partial message (a cut port, a killed process), the rest was never
+delivered: the connection died mid-message, which is counted apart and is not a gap in the evidence.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ _TCP = struct.Struct(">HHIIH")
 class Stream:
     """One direction of a TCP connection: bytes in sequence order, framed into messages."""
 
-    __slots__ = ("next_seq", "buf", "pending", "kind", "resync")
+    __slots__ = ("next_seq", "buf", "pending", "kind", "resync", "acked", "fin")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
@@ -32,6 +36,10 @@ class Stream:
         self.pending: dict[int, tuple[bytes, int, float]] = {}  # seq -> (data, frame, time)
         self.kind: str | None = None  # "sip", "cti" or "other" once known
         self.resync = False  # after a hole: skip to the next message boundary
+        self.acked: int | None = (
+            None  # highest ACK this direction sent: the reverse direction's bytes received
+        )
+        self.fin: int | None = None  # sequence number of this direction's FIN
 
 
 def _seq_delta(a: int, b: int) -> int:
@@ -58,20 +66,24 @@ class TcpStreams:
         """One TCP segment (its header at ``buf[l4:]``) of frame ``n``."""
         if l4 + 20 > end:
             return
-        sport, dport, seq, _ack, offflags = _TCP.unpack_from(buf, l4)
+        sport, dport, seq, ack, offflags = _TCP.unpack_from(buf, l4)
         flags = offflags & 0x1FF
         key = (src, sport, dst, dport)
         st = self.streams.get(key)
         if flags & 0x02:  # SYN: a new connection on these ports, the data starts at seq + 1
             if st is not None and st.next_seq != (seq + 1) & 0xFFFFFFFF:  # not a retransmitted SYN
-                self._account(st)
+                self._account(st, key)
             if st is None or st.next_seq != (seq + 1) & 0xFFFFFFFF:
                 st = self.streams[key] = Stream()
                 st.next_seq = (seq + 1) & 0xFFFFFFFF
             return
         if st is None:
             st = self.streams[key] = Stream()
+        if flags & 0x10 and (st.acked is None or 0 <= ((ack - st.acked) & 0xFFFFFFFF) - 1 < 0x7FFFFFFF):
+            st.acked = ack  # later in sequence space than any before
         payload = buf[l4 + (offflags >> 12) * 4 : end]
+        if flags & 0x01:
+            st.fin = (seq + len(payload)) & 0xFFFFFFFF
         if not payload:
             return
         if st.kind is None:
@@ -98,7 +110,7 @@ class TcpStreams:
             while st.pending:  # nothing more will arrive: the bytes before the held segments are lost
                 n, ts = self._skip_hole(st)
                 self._frame(st, key, len(key[0]) == 16, n, ts)
-            self._account(st)
+            self._account(st, key)
 
     def _classify(self, sport: int, dport: int, payload: bytes) -> str:
         if sport in self.sip_ports or dport in self.sip_ports:
@@ -169,9 +181,23 @@ class TcpStreams:
         else:
             st.resync = self.messages.frame_sip(st.buf, st.resync, key, v6, n, ts)
 
-    def _account(self, st: Stream) -> None:
+    def _account(self, st: Stream, key: StreamKey) -> None:
         """Count what a stream leaves unread when it ends (or its ports are reused)."""
         if st.pending:
             self.stats.tcp_gaps += 1
         if st.buf.strip():
-            self.stats.incomplete_at_end += 1
+            if not st.pending and self._died_mid_message(st, key):
+                self.stats.ended_mid_message += 1
+            else:
+                self.stats.incomplete_at_end += 1
+
+    def _died_mid_message(self, st: Stream, key: StreamKey) -> bool:
+        """True when the peer's last acknowledgement lies within the partial message at the stream's end (up
+        to a FIN right after it): the rest was never delivered, so the capture missed nothing. Without an
+        acknowledgement seen (a one-way capture) nobody can tell, and it stays capture loss."""
+        back = self.streams.get((key[2], key[3], key[0], key[1]))
+        if back is None or back.acked is None or st.next_seq is None:
+            return False
+        start = (st.next_seq - len(st.buf)) & 0xFFFFFFFF
+        last = (st.next_seq + 1) & 0xFFFFFFFF if st.fin == st.next_seq else st.next_seq
+        return _seq_delta(back.acked, start) >= 0 and _seq_delta(back.acked, last) <= 0

@@ -1,7 +1,8 @@
 """The CTI wire protocol's framing and vocabulary (docs/cti-protocol.md is the full reference).
 
-One JSON object per line (UTF-8, ``\\n`` terminated), at most MAX_LINE bytes. Requests carry ``type`` and
-an optional ``id`` that the reply echoes; server-pushed events carry ``type: "event"`` and no ``id``.
+One JSON object per line (UTF-8, ``\\n`` terminated), at most MAX_LINE bytes and MAX_DEPTH levels of
+nesting. Requests carry ``type`` and an optional ``id`` that the reply echoes; server-pushed events carry
+``type: "event"`` and no ``id``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from typing import Any
 from stack.common import fastjson
 
 MAX_LINE = 16 * 1024
+# Objects and arrays nested in one message. No message of the protocol goes past 4; a line nested a
+# thousand deep parsed (orjson allows 1,024) but then broke whatever walked it (repr, logging, json), so
+# deeper lines are bad_json.
+MAX_DEPTH = 32
 STATES = ("ready", "not_ready", "on_call")
 
 # Error codes a reply can carry in {"type": "error", "code": ...}.
@@ -40,11 +45,33 @@ def encode(msg: dict[str, Any]) -> bytes:
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """The object on one wire line; ValueError when it is not a JSON object."""
-    obj = fastjson.loads(line)
+    """The object on one wire line; ValueError when it is not a JSON object (or nested too deep)."""
+    try:
+        obj = fastjson.loads(line)
+    except RecursionError:  # the standard library's json, when orjson is missing
+        raise ValueError("nested too deep") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
+    # Depth never exceeds the number of brackets: only a line with many is walked (cheap, C-speed count).
+    if line.count(b"{") + line.count(b"[") > MAX_DEPTH and depth(obj) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH}")
     return obj
+
+
+def depth(obj: Any) -> int:
+    """Levels of objects and arrays in ``obj`` (0 for a scalar), walked without recursion; stops counting
+    once past MAX_DEPTH."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(obj, 1)] if isinstance(obj, dict | list) else []
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                todo.append((child, level + 1))
+    return deepest
 
 
 def echo_id(req: dict[str, Any]) -> dict[str, Any]:
