@@ -32,6 +32,14 @@ for those marked change):
 | swarm_service (change) | agents host | verb= restart/stop/start | `systemctl <verb> hil-swarm`; heal start |
 | span_session (change) | a switch | session=1, sources= (PBX/CTI ports) | monitor session; heal: remove it |
 | process (change) | what it is | pid=, start=, role= | by track_process; heal: SIGTERM if still the same |
+| agent_session (change) | an agent | verb= logout/login | signed POST to its swarm; logout healed by login |
+
+History records (docs/history.md): each change's apply and heal as `fault.inject` / `fault.heal` (or
+`change.apply` / `change.revert`), invoke value `history_value()` (`id`, `fault` or `change` = the kind,
+`target`, its params, `site`); the heal's invoke `{"id", "reason"}` (`done`, `max_duration`, `heal_all`,
+`at_exit`, `inject failed`, or the caller's: `agent_login` when a schedule's login heals an
+`agent_session` logout). A nemesis schedule adds `schedule.start` and `schedule.op` records of its own
+(harness/scenario/explore.py).
 
 Refused before anything is sent: a target not `cuttable`/`fair_game`, the controller's management path (a
 port, a management address, the host's NIC facing the controller, SSH and what it stands on: services are
