@@ -325,20 +325,23 @@ def _session_facts(res: JobResult) -> list[dict[str, Any]]:
 def _selects_any(
     s: Session, policy: str | None, select: Selection, out: Callable[[str], None]
 ) -> bool:  # fmt: skip
-    """Whether the selection picks any scenario of this session (pytest --collect-only, a few seconds,
-    against a lab brought up for nothing). It runs in a scratch directory with a copy of the earlier run's
-    cache, so nothing of that run is written to. A collection error counts as a yes: the session says it."""
+    """Whether the selection picks any scenario of this session, asked before its lab comes up (pytest
+    --collect-only, a few seconds). For a re-run, a session picks only the earlier run's failures it holds:
+    pytest's --lf would run the whole session when none of them is in it. A collection error counts as a
+    yes: the session itself reports it."""
     with tempfile.TemporaryDirectory(prefix="hil-select-") as tmp:
         scratch = Path(tmp)
-        if select.failed_of is not None:
-            shutil.copytree(select.failed_of.path / "pytest-cache", scratch / "pytest-cache")
-        junit = scratch / "j.xml"
-        argv = pytest_argv(s.topology, s.markers, scratch / "r", scratch, policy, False, junit, select.argv())
-        p = subprocess.run(argv + ["--collect-only"], cwd=REPO_ROOT, capture_output=True, text=True)
-    if p.returncode == 5:
+        argv = pytest_argv(s.topology, s.markers, scratch / "r", scratch, policy, False, scratch / "j.xml")
+        extra = ["-k", select.keyword] if select.keyword else []
+        p = subprocess.run(argv + extra + ["--collect-only"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if p.returncode not in (0, 5):
+        return True
+    picked = {line.strip() for line in p.stdout.splitlines() if "::" in line}
+    if select.failed_of is not None:
+        picked &= set(runs.last_failed(select.failed_of))
+    if not picked:
         out(f"{s.name}: the selection picks no scenario on {s.topology.name}; session skipped")
-        return False
-    return True
+    return bool(picked)
 
 
 def _run_sessions(

@@ -271,6 +271,7 @@ def open_run(ref: str | Path, reports: Path, *, complete: bool = True) -> Run:
     if not path.exists():
         hint = " (no run has completed yet: run hil run first)" if str(ref) == LATEST else ""
         raise RunDirError(f"{path}: missing: no such run directory{hint}")
+    path = path.resolve() if path.is_symlink() else path  # name the run latest points at
     if not path.is_dir():
         raise RunDirError(f"{path}: not a run directory (it is a file)")
     run = Run(path.resolve(), _read_manifest(path))
