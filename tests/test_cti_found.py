@@ -114,3 +114,22 @@ def test_a_late_login_of_an_earlier_connection_does_not_replace_the_live_session
         await newer.close()
 
     with_cti(body)
+
+
+def test_a_logout_read_after_the_lease_ran_out_is_answered_lapsed() -> None:
+    """scenarios/schedules/cti-loss-then-pause.json: the agent asked to log out just before its CTI hung;
+    on SIGCONT the CTI read the logout and answered `logout_ok`, 16 s after the agent had logged in at the
+    other site: the reply claimed the session lasted until then. Its lease had run out in the hang."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        srv.lease, srv.lease_late = 0.6, 0.2
+        conn, _ = await agent(fake, "a00001", "10001")
+        srv.sessions["a00001"].heard -= 1.2  # as after a stall of twice the lease
+        reply = await conn.request({"type": "logout"})
+        assert reply["type"] == "logout_ok" and reply.get("lapsed") is True
+        assert "a00001" not in srv.sessions and srv.lapsed == {"a00001": 100} and srv.expired == 1
+        live, _ = await agent(fake, "a00002", "10002")
+        reply = await live.request({"type": "logout"})
+        assert reply["type"] == "logout_ok" and "lapsed" not in reply and "a00002" not in srv.lapsed
+
+    with_cti(body)

@@ -292,3 +292,16 @@ def test_a_logout_answered_late_ends_the_session_when_it_was_asked() -> None:
     out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
     ends = {v["agent"]: e.time for e, _, v in out if v["event"] == "logout"}
     assert ends == {"a00001": 2.0, "a00002": 18.0}
+
+
+def test_a_logout_answered_lapsed_is_no_exact_end() -> None:
+    cti = ("198.18.1.20", 7000)
+    a = ("198.18.1.100", 40001)
+    evs = [
+        _cti_ev(1.0, a, cti, {"type": "login", "id": 1, "agent": "a00001", "token": "t"}),
+        _cti_ev(1.1, cti, a, {"type": "login_ok", "id": 1, "agent": "a00001", "epoch": 7, "state": "ready"}),
+        _cti_ev(2.0, a, cti, {"type": "logout", "id": 2}),
+        _cti_ev(18.0, cti, a, {"type": "logout_ok", "id": 2, "lapsed": True}),
+    ]
+    out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
+    assert [(e.time, v["event"]) for e, _, v in out][-1] == (18.0, "lapsed")

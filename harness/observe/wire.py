@@ -79,6 +79,9 @@ def cti_observations(
                 value["pbx_link"] = "down"
             if body.get("epoch") is not None:
                 conn["epoch"] = body["epoch"]
+        elif typ == "logout_ok" and body.get("lapsed"):
+            # the session had ended by its lease before the CTI read the logout: over by now, ended earlier
+            value = {"event": "lapsed"}
         elif typ == "logout_ok":
             value = {"event": "logout"}
             asked = conn.pop("logout", None)

@@ -87,10 +87,18 @@ class Handlers:
             }
         if kind == "logout":
             s = conn.session
+            lapsed = {}
             if s is not None and self.sessions.get(s.agent) is s:
-                del self.sessions[s.agent]
+                now = time.monotonic()
+                if self.lease > 0 and now - s.heard > self.lease:
+                    # Its lease ran out while the logout waited (this CTI was stalled): the session ended
+                    # then, unconfirmed, not now (scenarios/schedules/cti-loss-then-pause.json).
+                    self._expire(s, now, close=False)
+                    lapsed = {"lapsed": True}
+                else:
+                    del self.sessions[s.agent]
             conn.session = None
-            conn.send({"type": "logout_ok", **rid})
+            conn.send({"type": "logout_ok", **lapsed, **rid})
             conn.close()
             return None
         if kind == "admin":

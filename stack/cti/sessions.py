@@ -187,11 +187,12 @@ class SessionTable:
             self._expire(s, now)
         return len(gone)
 
-    def _expire(self, s: Session, now: float) -> None:
+    def _expire(self, s: Session, now: float, close: bool = True) -> None:
         del self.sessions[s.agent]
         self.lapsed[s.agent] = s.epoch
         s.conn.session = None
-        s.conn.close()
+        if close:
+            s.conn.close()
         self.expired += 1
         log.info(
             "cti %s: %s lease expired (epoch %s, %.1fs silent)", self.site, s.agent, s.epoch, now - s.heard
