@@ -234,7 +234,7 @@ def run(
         shutil.rmtree(out_dir, ignore_errors=True)
     else:
         run = runs.create(
-            reports, repo=REPO_ROOT, command=sys.argv[1:], topology=str(topo.file),
+            reports, repo=REPO_ROOT, command=[Path(sys.argv[0]).name, *sys.argv[1:]], topology=str(topo.file),
             policy=str(policy or gate.DEFAULT_POLICY), selection=select.describe(),
         )  # fmt: skip
         for s in sessions:
@@ -270,6 +270,8 @@ def run(
         return res
     assert run is not None
     _judge(res, run.path, results, policy, out)
+    if select.given():
+        out(f"note: a selection ({_describe(select)}) is not the whole suite: the gate judges what ran")
     run.finish("complete", exit_code=res.exit_code, gate_exit=res.gate_exit, sessions=_session_facts(res))
     _keep(reports, run, keep, res, out)
     return res
