@@ -15,12 +15,12 @@ def test_default_profile_ships_and_loads() -> None:
     assert DEFAULT_PROFILE.is_file()
     p = load_profile(None)
     assert p == load_profile(DEFAULT_PROFILE)
-    assert p.name == "default" and p.window == 4.0
+    assert p.name == "default" and p.window == 3.0 and p.move_above == 5.0
     assert p == Profile(), "default-profile.yaml and the model's defaults say the same"
     assert min(p.limits.durations) < 0.25 and max(p.limits.durations) >= 4
     assert p.limits.loss_percent == [5, 30, 60]
     assert p.surely_stays(0.4) and not p.surely_stays(0.8)
-    assert p.surely_moves(6.0) and not p.surely_moves(5.9)
+    assert p.surely_moves(5.0) and not p.surely_moves(4.9)
 
 
 def test_every_op_kind_has_a_weight() -> None:
@@ -104,3 +104,14 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         load_profile(tmp_path / "nope.yaml")
     with pytest.raises(ProfileError, match="is a directory"):
         load_profile(tmp_path)
+
+
+def test_the_default_profile_agrees_with_the_clients_timers() -> None:
+    """The expected outcome is only as good as these bounds: a break the profile says surely moves must
+    outlast the slowest detection, one it says surely stays must be shorter than the fastest."""
+    from stack.agent.state import Timers  # the stack's timers, read only here: the harness does not import it
+
+    p, t = load_profile(None), Timers()
+    assert p.move_above >= t.detection_bound + 2.0
+    assert p.stay_below < t.window[0]
+    assert p.window >= t.detection_bound

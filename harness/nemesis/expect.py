@@ -4,8 +4,8 @@ run, recorded in the history, judged by `check_schedule_outcome` (harness/checks
 
 The rules, from how the stack behaves (stack/agent/watch.py, failover.py, login.py; stack/cti/pbxwatch.py,
 pbxlink.py, sessions.py; stack/login/server.py, peer.py) and the scenarios that prove it (test_anti_flap,
-test_unplanned, test_split_brain, test_service_restored). W is the profile's confirmation window (4 s:
-3 missed 1 s heartbeats, then a 1 s confirmation). Where the stack's behaviour is not certain, the rule
+test_unplanned, test_split_brain, test_service_restored). W is the profile's confirmation window (3 s: a
+silent CTI is confirmed within 2.6 s, stack/agent/state.py Timers.detection_bound). Where the stack's behaviour is not certain, the rule
 says "may" rather than guess. docs/nemesis.md states them at more length.
 
 1. The chain. An agent homed at h, served at s, depends on: the agents host of h, the CTI and the PBX of
@@ -18,7 +18,7 @@ says "may" rather than guess. docs/nemesis.md states them at more length.
      gone for at most `stay_below` seconds on the wire (1 s: a 0.4 s fault) moves nobody: the CTI needs
      two failed PBX probes 0.5 s apart and the client confirms 0.6-1 s after that, when the part is back
      and probed again; a silent CTI is confirmed no sooner than 1.1 s (test_anti_flap, 0.3 s).
-   - Hard and long: a cut of at least `move_above` seconds (6 s) moves every agent there: missed
+   - Hard and long: a cut of at least `move_above` seconds (5 s) moves every agent there: missed
      heartbeats, the confirmation and its re-check's timeout are over by then (test_unplanned).
    - Everything else may move it or not, but never loses it: a break between the two bounds; a lossy
      one at any length (a killed or powered-off PBX forgets every registration, a killed CTI every

@@ -150,9 +150,9 @@ class Profile(_Strict):
     """How schedules are drawn, and the stack's timing the expected outcome is judged by."""
 
     name: str = Field("default", min_length=1, max_length=64)
-    window: float = Field(4.0, gt=0, le=60, description="the confirmation window, seconds")
+    window: float = Field(3.0, gt=0, le=60, description="the confirmation window, seconds")
     stay_below: float = Field(1.0, gt=0, le=MAX_SECONDS, description="seconds on the wire: shorter stays")
-    move_above: float = Field(6.0, gt=0, le=MAX_SECONDS, description="seconds: a longer hard break moves")
+    move_above: float = Field(5.0, gt=0, le=MAX_SECONDS, description="seconds: a longer hard break moves")
     heal_latency: float = Field(0.5, ge=0, le=60, description="seconds a heal adds to a fault's duration")
     settle: float = Field(15.0, ge=0, le=MAX_SECONDS, description="seconds from the final heal to the read")
     weights: Weights = Weights()
