@@ -37,6 +37,18 @@ from harness.faults.registry import make_fault
 from harness.faults.restore import restore
 from harness.lab import Lab
 
+
+def process_of(change: Change) -> str:
+    """The history process a change's records go under: one per change, `nemesis:<change id>`.
+
+    A history process does one thing at a time (harness.history.pair_ops pairs an invoke with the next
+    completion of its process). Under one name for every change, a self-heal firing while another change
+    was still being applied, or two injectors' heals at once, paired one change's invoke with another's
+    completion and left a heal without its completion ("never healed"). A change's own records never
+    overlap: its heal starts after its apply completed."""
+    return f"{NEMESIS}:{change.id}"
+
+
 _LIVE: set[Injector] = set()  # injectors that may hold open changes, healed at interpreter exit
 
 
@@ -76,11 +88,11 @@ class Injector:
         return make_fault(self.lab, kind, target, steps=self.steps, **params)
 
     # -- history, never in the way --------------------------------------------------------------------
-    def _record(self, method: str, f: str, value: Any, **kw: Any) -> None:
+    def _record(self, change: Change, method: str, f: str, value: Any, **kw: Any) -> None:
         if self.history is None:
             return
         try:
-            getattr(self.history, method)(NEMESIS, f, value, **kw)
+            getattr(self.history, method)(process_of(change), f, value, **kw)
         except Exception as e:  # noqa: BLE001 - a closed history must not stop an apply's heal
             self.out(f"history: {f} {method} not recorded: {type(e).__name__}: {e}")
 
@@ -96,8 +108,8 @@ class Injector:
             change.check_safety()
         except FaultRefused as e:
             if not self.dry_run:
-                self._record("invoke", apply_f, hv)
-                self._record("fail", apply_f, {"id": change.id}, error=f"refused: {e}")
+                self._record(change, "invoke", apply_f, hv)
+                self._record(change, "fail", apply_f, {"id": change.id}, error=f"refused: {e}")
             raise
         if self.dry_run:
             self._print_plan(change)
@@ -113,19 +125,19 @@ class Injector:
                 {"op": "note", "id": cid, "data": data}
             )
         try:
-            self._record("invoke", apply_f, hv, sync=True)
+            self._record(change, "invoke", apply_f, hv, sync=True)
             change.inject()
             applied_at = time.monotonic()  # its time counts from here, not from its verification
             if not wait_for(change.took_effect, self.settle):
                 raise FaultNotEffective(f"{change!r} was sent but never showed on the device; healed")
         except BaseException as e:
             if isinstance(e, FaultNotEffective):
-                self._record("fail", apply_f, {"id": change.id}, error="did not take effect")
+                self._record(change, "fail", apply_f, {"id": change.id}, error="did not take effect")
             else:
-                self._record("info", apply_f, {"id": change.id}, error=f"{type(e).__name__}: {e}")
+                self._record(change, "info", apply_f, {"id": change.id}, error=f"{type(e).__name__}: {e}")
             self._heal_quietly(change, "inject failed")
             raise
-        self._record("ok", apply_f, {"id": change.id})
+        self._record(change, "ok", apply_f, {"id": change.id})
         self._arm(change, duration, applied_at)
         return change
 
@@ -168,7 +180,7 @@ class Injector:
                 timer.cancel()
             invoke = {"id": change.id, "reason": reason}
             if record_first:
-                self._record("invoke", heal_f, invoke, sync=True)
+                self._record(change, "invoke", heal_f, invoke, sync=True)
             try:
                 change.heal()
                 if not wait_for(change.heal_took_effect, self.settle):
@@ -177,17 +189,17 @@ class Injector:
                 err = f"{type(e).__name__}: {e}"
                 self._journal_quietly({"op": "heal", "id": change.id, "result": "failed", "error": err})
                 if not record_first:
-                    self._record("invoke", heal_f, invoke)
-                self._record("fail", heal_f, {"id": change.id}, error=err)
+                    self._record(change, "invoke", heal_f, invoke)
+                self._record(change, "fail", heal_f, {"id": change.id}, error=err)
                 raise
             self.active.pop(change.id, None)
             self._journal_quietly({"op": "heal", "id": change.id, "result": "ok", "via": change.healed_via})
             if not record_first:
-                self._record("invoke", heal_f, invoke)
+                self._record(change, "invoke", heal_f, invoke)
             v: dict[str, Any] = {"id": change.id}
             if change.healed_via:
                 v["via"] = change.healed_via
-            self._record("ok", heal_f, v)
+            self._record(change, "ok", heal_f, v)
 
     def _journal_quietly(self, record: dict[str, Any]) -> None:
         """After a heal, a journal that cannot be written leaves the record open: a later restore heals
