@@ -404,7 +404,10 @@ def _keep_lab_logs(handle: Any, dest: Path) -> None:
     run_dir = getattr(getattr(handle, "handle", None), "run_dir", None)
     src = REPO_ROOT / "reports" / "lab-logs" / Path(run_dir).name if run_dir else None
     if src is not None and src.is_dir():
-        shutil.copytree(src, dest, dirs_exist_ok=True)
+        try:
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        except OSError:  # logs are a courtesy: never let them hide the session's own result
+            pass
 
 
 def summary(res: JobResult, reports: Path = REPO_ROOT / "reports") -> str:
