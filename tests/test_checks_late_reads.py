@@ -53,3 +53,23 @@ def test_an_answer_captured_once_the_heal_began_still_counts(rec: Rec) -> None:
     lossy_then_frozen(rec, "service_pause", 15.05)
     v = check_no_split_brain(rec.h)
     assert v.result == "invalid" and v.witnesses[0]["interval"] == [10.0, 15.05]
+
+
+@pytest.mark.parametrize(("held", "result"), [(9.0, "valid"), (0.01, "invalid"), (None, "invalid")])
+def test_an_answer_tcp_held_back_is_dated_when_written(rec: Rec, held: float | None, result: str) -> None:
+    """The same run seen through the CTI's `at` stamp (`held`, harness/observe/wire.py): a heartbeat's
+    answer written before the hang reached the wire 9 s later, in the heal's window, where the freeze
+    alone cannot date it. Written as captured (or not stamped), it is the CTI answering after it came
+    back, while the agent was at ntg: split brain."""
+    f = {"id": "p", "fault": "service_pause", "target": "sha-cti1", "site": "sha"}
+    rec.cti_msg(5.0, "sha", "a00001", "login", 1, "ready")
+    rec.op(7.0, "invoke", "nemesis", "fault.inject", f)
+    rec.op(7.1, "ok", "nemesis", "fault.inject", f)
+    rec.cti_msg(10.0, "ntg", "a00001", "login", 2, "ready")
+    rec.op(15.0, "invoke", "nemesis", "fault.heal", f)
+    v = {"site": "sha", "agent": "a00001", "event": "state", "epoch": 1, "state": "ready"}
+    rec.at(15.05).observe("cti", "sha-cti1", v if held is None else {**v, "held": held})
+    rec.op(15.1, "ok", "nemesis", "fault.heal", f)
+    rec.cti(16.0, "sha", {})
+    rec.cti(16.1, "ntg", {"a00001": ("ready", 2)})
+    assert check_no_split_brain(rec.h).result == result

@@ -136,7 +136,8 @@ def test_login_link_heartbeat_sessions() -> None:
         conn, _ = await agent(fake, "a00001", "10001")
         ack = await conn.request({"type": "heartbeat", "seq": 7})
         assert ack == {"type": "heartbeat_ack", "seq": 7, "pbx_link": "up", "phone": "registered",
-                       "state": "ready", "epoch": 100, "id": ack["id"]}  # fmt: skip
+                       "state": "ready", "epoch": 100, "id": ack["id"], "at": ack["at"]}  # fmt: skip
+        assert abs(ack["at"] / 1000 - time.time()) < 5  # the CTI's clock when it wrote the ack
         sessions = (await query("127.0.0.1", CTI, {"type": "sessions"}))["sessions"]
         assert [(s["agent"], s["state"], s["epoch"], s["extension"]) for s in sessions] == [
             ("a00001", "ready", 100, "10001")

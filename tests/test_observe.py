@@ -305,3 +305,34 @@ def test_a_logout_answered_lapsed_is_no_exact_end() -> None:
     ]
     out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
     assert [(e.time, v["event"]) for e, _, v in out][-1] == (18.0, "lapsed")
+
+
+def test_a_cti_message_held_back_says_how_long() -> None:
+    """The CTI stamps what it writes (`at`, its clock in ms); the least capture-minus-stamp over its
+    messages is the clock offset, and a message captured later than that says how long TCP held it."""
+    cti = ("198.18.1.20", 7000)
+    a = ("198.18.1.100", 40001)
+    base = 5000.0  # the CTI's clock runs 5000 s behind the capture's
+    evs = [
+        _cti_ev(1.0, a, cti, {"type": "login", "id": 1, "agent": "a00001", "token": "t"}),
+        _cti_ev(
+            1.1,
+            cti,
+            a,
+            {
+                "type": "login_ok",
+                "id": 1,
+                "agent": "a00001",
+                "epoch": 7,
+                "state": "ready",
+                "at": int((1.1 - base) * 1000),
+            },
+        ),  # fmt: skip
+        _cti_ev(2.0, a, cti, {"type": "heartbeat", "id": 2}),
+        _cti_ev(
+            20.0, cti, a, {"type": "heartbeat_ack", "id": 2, "state": "ready", "at": int((2.0 - base) * 1000)}
+        ),  # fmt: skip
+    ]
+    out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
+    got = [(e.time, v["event"], v.get("held")) for e, _, v in out if v["event"] in ("login", "state")]
+    assert got == [(1.1, "login", None), (20.0, "state", 18.0)]

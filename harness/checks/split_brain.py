@@ -84,6 +84,13 @@ def written_by(frozen: Iterable[tuple[float, float]], t: float) -> float:
     return t
 
 
+def held_of(ev: Event) -> float:
+    """Seconds a captured CTI message was held back between its CTI writing it and the capture
+    (harness/observe/wire.py, from the CTI's ``at`` stamp); 0 when prompt or not known."""
+    held = value_of(ev).get("held")
+    return float(held) if isinstance(held, int | float) and not isinstance(held, bool) and held > 0 else 0.0
+
+
 def _jt(x: float) -> float | None:
     return None if math.isinf(x) else rounded(x)
 
@@ -161,7 +168,7 @@ def check_no_split_brain(
             open_[(agent, site)] = _Interval(site, epoch, t, poss, exact, t)
             by_site[site].add(agent)
         else:
-            iv.last_seen = t
+            iv.last_seen = max(iv.last_seen, t)
             if iv.epoch is None:
                 iv.epoch = epoch
 
@@ -206,19 +213,20 @@ def check_no_split_brain(
             if se.active and not se.exact and key not in open_ and se.epoch in ended_epochs[key]:
                 late_reads += 1
                 continue
+            t = ev.t - held_of(ev)  # when the CTI wrote it (its `at` stamp), if TCP held it back
             if se.active and ev.kind == CTI and not se.exact:
-                t = written_by(frozen.get(se.site, ()), ev.t)
+                t = written_by(frozen.get(se.site, ()), t)
                 if t < ev.t:
-                    late_reads += 1  # written before its CTI froze, on the wire only now
+                    late_reads += 1  # written well before it reached the wire
                     iv = open_.get(key)
                     if iv is None or (se.epoch is not None and iv.epoch not in (None, se.epoch)):
                         continue  # a late read opens no session and ends none
                     iv.last_seen = max(iv.last_seen, t)
                     continue
             if se.active:
-                active(se.agent, se.site, ev.t, se.epoch, se.exact)
+                active(se.agent, se.site, t, se.epoch, se.exact)
             else:
-                close(se.agent, se.site, ev.t, se.exact)
+                close(se.agent, se.site, t, se.exact)
     for (agent, _), iv in open_.items():
         iv.def_end = iv.last_seen  # still open at the end: surely active until last seen, maybe beyond
         done[agent].append(iv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,13 +30,14 @@ def cti_observations(
     seen: ``heartbeat`` (the client's, answered or not) and ``status`` (a re-check on a fresh connection,
     with its ``extension``). Replies carry no agent, so each TCP connection is followed from its
     ``login`` (or the admin request's id) to learn whose it is; a connection opened before the capture
-    began stays anonymous, and the snapshots cover it.
+    began stays anonymous, and the snapshots cover it. A message the CTI wrote well before its capture
+    carries ``held`` (seconds, from its ``at`` stamp): the checkers date it when written.
     """
+    decoded = [ev for ev in decoded if ev.protocol == "cti"]
+    offsets = write_offsets(decoded, cti_addr)
     conns: dict[tuple[str, str], dict[str, Any]] = {}
     out = []
     for ev in decoded:
-        if ev.protocol != "cti":
-            continue
         to_server = ev.dst_ip in cti_addr
         server_ip = ev.dst_ip if to_server else ev.src_ip
         if server_ip not in cti_addr:
@@ -98,9 +100,43 @@ def cti_observations(
         conn.pop("logout", None)  # the CTI acted on this connection after the logout was asked
         if value is None or agent is None:
             continue
+        held = held_back(ev, body, offsets.get(server_ip))
+        if held is not None:
+            value["held"] = held
         value.update({"site": site, "agent": agent, "epoch": conn.get("epoch")})
         out.append((ev, device, {k: v for k, v in value.items() if v is not None}))
     return out
+
+
+HELD_MIN = 0.05  # seconds: a message captured later than this after its CTI wrote it says so (``held``)
+
+
+def write_offsets(decoded: Iterable[Any], cti_addr: Mapping[str, tuple[str, str]]) -> dict[str, float]:
+    """Per CTI address, capture clock minus the CTI's clock: the least (capture time - ``at``) over what it
+    sent, i.e. its clock offset plus the least transit (the CTI stamps each message when written)."""
+    out: dict[str, float] = {}
+    for ev in decoded:
+        body = ev.body if isinstance(ev.body, dict) else None
+        if body is None or ev.src_ip not in cti_addr:
+            continue
+        at = body.get("at")
+        if isinstance(at, int | float) and not isinstance(at, bool):
+            d = ev.time - at / 1000.0
+            if d < out.get(ev.src_ip, math.inf):
+                out[ev.src_ip] = d
+    return out
+
+
+def held_back(ev: Any, body: Mapping[str, Any], offset: float | None) -> float | None:
+    """Seconds between the CTI writing this message and its capture, when more than HELD_MIN (TCP held
+    it back: loss, a cut, a congestion window closed by loss); None when not stamped or prompt.
+    scenarios/schedules/cti-loss-then-pause.json: an answer written before the CTI hung reached the wire
+    as the hang ended, after the agent had logged in at the other site."""
+    at = body.get("at")
+    if offset is None or not isinstance(at, int | float) or isinstance(at, bool):
+        return None
+    held = ev.time - (at / 1000.0 + offset)
+    return round(held, 3) if held > HELD_MIN else None
 
 
 def sip_observations(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -70,8 +71,12 @@ class Connection(asyncio.Protocol):
     # ---- the public surface the rest of the server uses -------------------------------------------
 
     def send(self, msg: dict[str, Any]) -> None:
+        """Write one message, stamped ``at`` (this CTI's wall clock, ms, when written): what it wrote before
+        a hang can reach the wire long after (TCP holds it back under loss), and only the stamp tells a
+        capture when the CTI said it (harness/observe/wire.py)."""
         if self.closed:
             return
+        msg["at"] = int(time.time() * 1000)
         # The buffer can only pass HIGH_WATER above the transport's own high-water mark (paused).
         if self._wpaused and self.transport.get_write_buffer_size() > self.HIGH_WATER:
             self.close()
