@@ -83,6 +83,7 @@ def test_sip_number_in_a_capture_is_a_message_not_a_crash() -> None:
         ("capture/idb-block-length-12.pcapng", 0),
         ("capture/epb-length-not-trailer.pcapng", 1),
         ("capture/record-length-4g.pcap", 1),
+        ("capture/block-length-odd-beyond-eof.pcapng", 1),  # found by the fuzz run itself
     ],
 )
 def test_a_length_that_lies_ends_the_reading_counted(name: str, frames: int) -> None:

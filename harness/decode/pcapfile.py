@@ -124,8 +124,10 @@ def _iter_pcapng(buf: Any, on_corrupt: OnCorrupt) -> Iterator[Frame]:
             endian = bom
             interfaces = []
         btype, blen = struct.unpack_from(endian + "II", buf, off)
-        if off + blen > size and blen % 4 == 0 and blen <= 2 * MAX_FRAME:  # cut short: the last whole block
-            break
+        if off + blen > size:
+            if blen % 4 or blen > 2 * MAX_FRAME:  # no tool writes such a block: the length lies
+                on_corrupt(off, f"block length {blen} beyond the end of the file")
+            break  # else cut short (capture still being written, or killed): stop at the last whole block
         # A block's length is a multiple of 4, at least 12, and repeated at its end: else it lies.
         if blen < 12 or blen % 4 or struct.unpack_from(endian + "I", buf, off + blen - 4)[0] != blen:
             on_corrupt(off, f"block length {blen} does not hold")

@@ -2,14 +2,18 @@
 
 Why apart from the logic: the handlers only parse, check signatures and shape replies; what a login,
 an allocation or a fence means lives in stack/login/server.py and stack/login/peer.py. Reads are open;
-UL-to-UL and admin (rule-changing) requests are HMAC-signed with the lab secret.
+UL-to-UL and admin (rule-changing) requests are HMAC-signed with the lab secret. Bad input of any kind is a
+4xx with a reason in JSON (``{"error": ...}``), never a 500 with a traceback (issue 16).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +23,11 @@ from stack.common.directory import Directory
 from stack.login.ctiadmin import CtiAdmin
 from stack.login.peer import PeerUnavailable
 from stack.login.store import SCOPES, SessionRow, Store
+
+log = logging.getLogger("stack.login")
+# What parsing or reading a hostile body can raise: JSON errors and UnicodeDecodeError are ValueErrors, a
+# body nested a thousand deep is a RecursionError, a Content-Type charset nobody knows is a LookupError.
+_BAD_BODY = (ValueError, RecursionError, LookupError)
 
 
 class Routes:
@@ -37,7 +46,7 @@ class Routes:
     counters: dict[str, int]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024)
+        app = web.Application(client_max_size=256 * 1024, middlewares=[_refuse_bad_input])
         app.add_routes(
             [
                 web.get("/v1/health", self.h_health),
@@ -61,15 +70,25 @@ class Routes:
 
     async def _signed(self, request: web.Request) -> dict[str, Any]:
         body = await request.read()
-        if not auth.check_request(self.secret, request.method, request.path, body, request.headers):
+        try:
+            good = auth.check_request(self.secret, request.method, request.path, body, request.headers)
+        except (TypeError, ValueError):  # a non-ASCII signature: hmac.compare_digest refuses to compare it
+            good = False
+        if not good:
             raise web.HTTPForbidden(text=json.dumps({"error": "forbidden"}), content_type="application/json")
-        return json.loads(body or b"{}")
+        try:
+            parsed = json.loads(body or b"{}")
+        except _BAD_BODY:
+            raise _bad("body is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise _bad("body must be a JSON object")
+        return parsed
 
     @staticmethod
     async def _json(request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
-        except ValueError:
+        except _BAD_BODY:
             raise _bad("body is not JSON") from None
         if not isinstance(body, dict):
             raise _bad("body must be a JSON object")
@@ -92,7 +111,7 @@ class Routes:
 
     async def h_login(self, request: web.Request) -> web.Response:
         body = await self._json(request)
-        agent = self.directory.agents.get(str(body.get("agent")))
+        agent = _agent(self.directory, body)
         password = body.get("password")
         good = (
             agent is not None
@@ -112,10 +131,13 @@ class Routes:
 
     async def h_logout(self, request: web.Request) -> web.Response:
         body = await self._json(request)
+        token = body.get("token")
         try:
-            claims = auth.verify(self.secret, str(body.get("token")))
+            claims = auth.verify(self.secret, token if isinstance(token, str) else "")
         except auth.TokenError as err:
             return web.json_response({"error": err.code}, status=401)
+        except TypeError:  # a non-ASCII signature: hmac.compare_digest refuses to compare it
+            return web.json_response({"error": "token_invalid"}, status=401)
         row = self.store.sessions.get(claims["agent"])
         if row is None or row.epoch != claims["epoch"] or row.site != self.site:
             return web.json_response({"ok": False, "reason": "not the current session"})
@@ -127,20 +149,21 @@ class Routes:
 
     async def h_allocate(self, request: web.Request) -> web.Response:
         body = await self._signed(request)
-        agent = self.directory.agents.get(str(body.get("agent")))
+        agent = _agent(self.directory, body)
         if agent is None:
             return web.json_response({"error": "unknown_agent"}, status=404)
         try:
             hold = max(0.0, float(body.get("hold") or 0.0))
         except (TypeError, ValueError):
             raise _bad("hold must be a number") from None
+        if not math.isfinite(hold):
+            raise _bad("hold must be a finite number")
         reg = await self.allocate_here(agent, "remote", tell_peer=False, hold=hold)
         self.counters["login"] += 1
         return web.json_response(reg)
 
     async def h_fence(self, request: web.Request) -> web.Response:
-        raw = await self._signed(request)
-        row = SessionRow(**{k: raw[k] for k in SessionRow.__dataclass_fields__})
+        row = _session_row(await self._signed(request))
         old = self.store.merge_session(row)
         cur = self.store.sessions.get(row.agent)
         dropped = True  # nothing active here to drop
@@ -176,9 +199,12 @@ class Routes:
 
     async def h_epochs(self, request: web.Request) -> web.Response:
         body = await self._json(request)
+        agents = body.get("agents", [])
+        if not isinstance(agents, list):
+            raise _bad("agents must be a list of agent ids")
         out = {}
-        for a in body.get("agents", []):
-            row = self.store.sessions.get(str(a))
+        for a in agents:
+            row = self.store.sessions.get(a) if isinstance(a, str) else None
             if row is not None:
                 out[row.agent] = {"site": row.site, "epoch": row.epoch, "status": row.status}
         return web.json_response({"agents": out, "reconciled": self.reconciled, "started": self.started})
@@ -238,3 +264,42 @@ class Routes:
 
 def _bad(text: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": text}), content_type="application/json")
+
+
+def _agent(directory: Directory, body: dict[str, Any]) -> Any:
+    """The directory's agent named by the body's ``agent`` (a string), or None."""
+    agent = body.get("agent")
+    return directory.agents.get(agent) if isinstance(agent, str) else None
+
+
+_ROW_TYPES: dict[str, Any] = {
+    "agent": str, "site": str, "epoch": int, "extension": str, "status": str, "since": int | float,
+    "via": str,
+}  # fmt: skip
+
+
+def _session_row(raw: dict[str, Any]) -> SessionRow:
+    """A peer's session row, every field of its type (a wrong one would reach the store): else a 400."""
+    for name, kind in _ROW_TYPES.items():
+        value = raw.get(name)
+        if name == "via" and value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _bad(f"session row: {name} missing or not a {getattr(kind, '__name__', 'number')}")
+    return SessionRow(**{k: raw[k] for k in SessionRow.__dataclass_fields__ if k in raw})
+
+
+@web.middleware
+async def _refuse_bad_input(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A request whose contents a handler could not use is a 400 with the reason, as the CTI answers
+    bad_request: never a 500 with a traceback (the handlers check what they can; this is the net)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (KeyError, TypeError, AttributeError, *_BAD_BODY) as err:
+        log.warning("ul: %s %s: bad request (%s)", request.method, request.path, type(err).__name__)
+        detail = f"{type(err).__name__}: {str(err)[:200]}"
+        return web.json_response({"error": "bad_request", "detail": detail}, status=400)
