@@ -135,3 +135,33 @@ def test_two_injectors_heals_overlapping_pair_up(
     assert stray == [] and paired[("fault.heal", a.id)] == a.id and paired[("fault.heal", b.id)] == b.id
     v = checks.check_faults_healed(hist.events)
     assert v.result == "valid", v
+
+
+def test_restore_heals_each_change_under_its_own_process(tmp_path: Path) -> None:
+    """A restore after a dead run heals its leftovers under each change's own process too, so two restored
+    heals and a live injector's records never pair across changes."""
+    from harness.faults.journal import Journal
+    from harness.faults.restore import _heal_one
+
+    class Left:
+        ops = ("fault.inject", "fault.heal")
+        healed_via = "test"
+
+        def __init__(self, cid: str) -> None:
+            self.id = cid
+
+        def heal(self) -> None:
+            pass
+
+        def heal_took_effect(self) -> bool:
+            return True
+
+    history = History(tmp_path / "h.jsonl")
+    journal = Journal(tmp_path / "j.jsonl")
+    for cid in ("c1", "c2"):
+        assert _heal_one(journal, Left(cid), history, 1.0)["result"] == "healed"  # type: ignore[arg-type]
+    pairs, stray = pair_ops(list(history))
+    assert not stray and [(p.invoke.process, p.outcome) for p in pairs] == [
+        ("nemesis:c1", "ok"),
+        ("nemesis:c2", "ok"),
+    ]

@@ -25,11 +25,13 @@ from harness.checks.evidence import (
 from harness.checks.expectations import check_expectations, expectation_outcome
 from harness.checks.healed import check_faults_healed
 from harness.checks.logins import check_logins_at
+from harness.checks.moves import check_moves, final_sites, site_sequences
 from harness.checks.placement import check_placement_between
 from harness.checks.recovery import check_recovery_time, percentile
 from harness.checks.refusals import check_refused
 from harness.checks.registration import check_single_registration
 from harness.checks.schedule_outcome import check_schedule_outcome
+from harness.checks.schedule_ran import check_schedule_ran
 from harness.checks.split_brain import check_no_split_brain
 from harness.checks.verdict import Checker, Result, Verdict, compose, renamed
 
@@ -47,18 +49,22 @@ __all__ = [
     "check_expectations",
     "check_faults_healed",
     "check_logins_at",
+    "check_moves",
     "check_no_lost_call",
     "check_no_split_brain",
     "check_placement_between",
     "check_recovery_time",
     "check_refused",
     "check_schedule_outcome",
+    "check_schedule_ran",
     "check_single_registration",
     "compose",
     "depends_on_capture",
     "expectation_outcome",
     "fault_key",
+    "final_sites",
     "percentile",
     "phase_time",
+    "site_sequences",
     "renamed",
 ]

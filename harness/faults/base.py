@@ -182,3 +182,14 @@ class Fault(Change):
 
     default_max_duration: ClassVar[float | None] = 300.0
     ops: ClassVar[tuple[str, str]] = FAULT_OPS
+
+
+def process_of(change: Change) -> str:
+    """The history process a change's records go under: one per change, `nemesis:<change id>`.
+
+    A history process does one thing at a time (harness.history.pair_ops pairs an invoke with the next
+    completion of its process). Under one name for every change, a self-heal firing while another change
+    was still being applied, or two injectors' heals at once, paired one change's invoke with another's
+    completion and left a heal without its completion ("never healed"). A change's own records never
+    overlap: its heal starts after its apply completed."""
+    return f"{NEMESIS}:{change.id}"

@@ -23,12 +23,12 @@ from typing import Any
 
 from harness.drivers.base import Steps
 from harness.faults.base import (
-    NEMESIS,
     SETTLE,
     Change,
     FaultHealFailed,
     FaultNotEffective,
     FaultRefused,
+    process_of,
     wait_for,
 )
 from harness.faults.changes import TrackedProcess
@@ -36,18 +36,6 @@ from harness.faults.journal import Journal, JournalError, default_journal, owner
 from harness.faults.registry import make_fault
 from harness.faults.restore import restore
 from harness.lab import Lab
-
-
-def process_of(change: Change) -> str:
-    """The history process a change's records go under: one per change, `nemesis:<change id>`.
-
-    A history process does one thing at a time (harness.history.pair_ops pairs an invoke with the next
-    completion of its process). Under one name for every change, a self-heal firing while another change
-    was still being applied, or two injectors' heals at once, paired one change's invoke with another's
-    completion and left a heal without its completion ("never healed"). A change's own records never
-    overlap: its heal starts after its apply completed."""
-    return f"{NEMESIS}:{change.id}"
-
 
 _LIVE: set[Injector] = set()  # injectors that may hold open changes, healed at interpreter exit
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.drivers.base import Steps
-from harness.faults.base import NEMESIS, SETTLE, Change, wait_for
+from harness.faults.base import SETTLE, Change, process_of, wait_for
 from harness.faults.journal import Journal, JournalRead, default_journal, owner_alive
 from harness.faults.registry import make_fault
 from harness.lab import Lab
@@ -84,7 +84,7 @@ def restore(
 def _heal_one(journal: Journal, change: Change, history: Any, settle: float) -> dict[str, Any]:
     """Heal, read back, journal the outcome; the entry fields to report."""
     heal_f = change.ops[1]
-    _quietly(history, "invoke", NEMESIS, heal_f, {"id": change.id, "restore": True}, sync=True)
+    _quietly(history, "invoke", process_of(change), heal_f, {"id": change.id, "restore": True}, sync=True)
     try:
         change.heal()
         shown = wait_for(change.heal_took_effect, settle)
@@ -93,10 +93,10 @@ def _heal_one(journal: Journal, change: Change, history: Any, settle: float) -> 
         why = f"{type(e).__name__}: {e}"
     if why is not None:
         journal.append({"op": "heal", "id": change.id, "result": "failed", "error": why, "by": "restore"})
-        _quietly(history, "fail", NEMESIS, heal_f, {"id": change.id}, error=why)
+        _quietly(history, "fail", process_of(change), heal_f, {"id": change.id}, error=why)
         return {"result": "failed", "error": why}
     journal.append({"op": "heal", "id": change.id, "result": "ok", "by": "restore", "via": change.healed_via})
-    _quietly(history, "ok", NEMESIS, heal_f, {"id": change.id, "restore": True})
+    _quietly(history, "ok", process_of(change), heal_f, {"id": change.id, "restore": True})
     out: dict[str, Any] = {"result": "healed"}
     if change.healed_via:
         out["via"] = change.healed_via

@@ -36,8 +36,8 @@ from typing import Any
 
 from harness import checks
 from harness.checks import Verdict
+from harness.checks.schedule_ran import LATE_S, OP_F, SCHEDULE, check_schedule_ran
 from harness.faults import Change, FaultNotEffective, FaultRefused, Injector
-from harness.history import Event, Obs, Op, pair_ops
 from harness.nemesis.schedule import Op as ScheduleOp
 from harness.nemesis.schedule import Schedule
 from harness.scenario.calls import place_call
@@ -58,9 +58,9 @@ __all__ = [
 
 log = logging.getLogger("hil.explore")
 
-SCHEDULE, SCHEDULE_EXPECTATION = "schedule", "schedule_expectation"  # observation kinds
-OP_F, START_F = "schedule.op", "schedule.start"
-LATE_S = 0.5  # an op that starts later than this past its offset makes the run's timing unknown
+SCHEDULE_EXPECTATION = "schedule_expectation"  # observation kind (SCHEDULE: harness/checks/schedule_ran.py)
+START_F = "schedule.start"
+schedule_ran = check_schedule_ran  # the name tests and older callers use
 JOIN_S = 60.0  # how long an interrupted schedule waits for the ops being applied before it heals them
 CALL_PORT = 5070  # the test caller's SIP port of a schedule's first call; each further call the next one
 
@@ -337,43 +337,6 @@ def run_ops(
         return runner.run()
 
 
-def schedule_ran(history: Sequence[Event], *, late: float = LATE_S) -> Verdict:
-    """The schedule ran as written: every op started within `late` seconds of its offset and completed ok.
-    An op refused, not effective, of unknown outcome, or late makes the expected outcome unsure: unknown
-    (never invalid: the product did nothing wrong). No schedule recorded: unknown."""
-    name = "schedule_ran"
-    if not any(isinstance(e, Obs) and e.kind == SCHEDULE for e in history):
-        return Verdict(name, "unknown", "no schedule recorded in the history", [], {})
-    pairs = [p for p in pair_ops(history)[0] if p.invoke.f == OP_F]
-    witnesses = []
-    lateness = []
-    for p in pairs:
-        v = p.invoke.value if isinstance(p.invoke.value, dict) else {}
-        lat = v.get("late")
-        if isinstance(lat, int | float):
-            lateness.append(float(lat))
-        problem = None
-        if p.outcome != "ok":
-            err = p.completion.error if isinstance(p.completion, Op) else None
-            problem = f"{p.outcome or 'no completion'}: {err or ''}".strip(": ")
-        elif isinstance(lat, int | float) and lat > late:
-            problem = f"started {lat:.3f} s late"
-        if problem:
-            witnesses.append(
-                {k: v.get(k) for k in ("index", "kind", "target", "at", "started")} | {"problem": problem}
-            )
-    figures = {"ops": len(pairs), "max_late": max(lateness, default=0.0), "late_bound": late}
-    if witnesses:
-        return Verdict(
-            name,
-            "unknown",
-            f"{len(witnesses)} of {len(pairs)} ops did not run as written",
-            witnesses,
-            figures,
-        )
-    return Verdict(name, "valid", f"all {len(pairs)} ops started on time and took effect", [], figures)
-
-
 def schedule_checks(
     sc: Scenario, schedule: Schedule, extra: Sequence[Callable[..., Verdict]] = ()
 ) -> list[Verdict]:
@@ -387,7 +350,7 @@ def schedule_checks(
         checks.depends_on_capture(checks.check_no_split_brain)(ev),
         checks.check_faults_healed(ev),
         checks.check_capture_complete(ev),
-        schedule_ran(ev),
+        check_schedule_ran(ev),
     ]
     if any(op.kind == "call" for op in schedule.ops):
         out.append(checks.check_no_lost_call(ev))
