@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,22 +84,22 @@ def requests(draw: Any) -> tuple[str, str, bytes, dict[str, str]]:
 LOOP = asyncio.new_event_loop()
 
 
+async def start_ul(root: Path) -> TestClient:
+    """A UL (its store under ``root``, a fake CTI admin, no peer) served by aiohttp's test server."""
+    app = UnifiedLogin(
+        "sha", SECRET, directory(), Store(root / "ul.sqlite"), cti=("127.0.0.1", 1), pbx=("127.0.0.1", 2),
+        agent_secret=AGENT_SECRET, sip_secret="sip",
+    )  # fmt: skip
+    app.cti_admin = FakeCtiAdmin()  # type: ignore[assignment]
+    c = TestClient(TestServer(app.app()))
+    await c.start_server()
+    return c
+
+
 @pytest.fixture(scope="module")
 def ul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One UL for the module (its store in a temporary directory), served by aiohttp's test server."""
-
-    async def start() -> TestClient:
-        root = tmp_path_factory.mktemp("ul")
-        app = UnifiedLogin(
-            "sha", SECRET, directory(), Store(root / "ul.sqlite"), cti=("127.0.0.1", 1), pbx=("127.0.0.1", 2),
-            agent_secret=AGENT_SECRET, sip_secret="sip",
-        )  # fmt: skip
-        app.cti_admin = FakeCtiAdmin()  # type: ignore[assignment]
-        c = TestClient(TestServer(app.app()))
-        await c.start_server()
-        return c
-
-    c = LOOP.run_until_complete(start())
+    """One UL for the module."""
+    c = LOOP.run_until_complete(start_ul(tmp_path_factory.mktemp("ul")))
     yield c
     LOOP.run_until_complete(c.close())
 

@@ -82,3 +82,13 @@ def bench_explore(ctx: click.Context, count: int, seed: int, json_file: str | No
         "bench_explore.py",
         ["--schedules", str(count), "--seed", str(seed), *_json_arg(json_file), *ctx.args],
     )
+
+
+@bench.command("fuzz", context_settings=_PASS_THROUGH)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True)
+@click.option("--json", "json_file", default=None, help="write the figures here")
+@click.pass_context
+def bench_fuzz(ctx: click.Context, seconds: float, json_file: str | None) -> None:
+    """Fuzz the parsers (SIP, CTI line and connection, capture decoder, UL requests) for N seconds in all:
+    cases per second per parser; exit 1 if any case breaks one. Needs no lab."""
+    _bench("bench_fuzz.py", ["--seconds", str(seconds), *_json_arg(json_file), *ctx.args])
