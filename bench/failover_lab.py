@@ -96,12 +96,15 @@ def wait_online(lab: Lab, agents: list[Any], timeout: float) -> tuple[float, dic
 
 
 def set_not_ready(lab: Lab, site: str, agent_ids: list[str]) -> None:
-    host = next(h.control_address for h in lab.topology.of_kind("host", site) if h.spec.role == "agents")
+    dev = next(h for h in lab.topology.of_kind("host", site) if h.spec.role == "agents")
+    host, port = dev.control_address, dev.spec.admin_port
 
     def one(aid: str) -> None:
         body = json.dumps({"state": "not_ready"}).encode()
         req = urllib.request.Request(
-            f"http://{host}:8081/agents/{aid}/state", data=body, headers={"Content-Type": "application/json"}
+            f"http://{host}:{port}/agents/{aid}/state",
+            data=body,
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()

@@ -13,7 +13,6 @@ import requests
 
 from harness import observe
 from harness.faults import FaultRefused, Injector
-from harness.faults.changes import SWARM_ADMIN_PORT
 from harness.history import History
 from harness.lab import Lab
 from harness.scenario import reset_agents
@@ -58,11 +57,13 @@ def test_logout_then_heal_logs_in_again(lab: Lab, injector: Injector, tmp_path: 
 
 def test_unsigned_logout_is_refused_by_the_swarm(lab: Lab) -> None:
     host = next(h for h in lab.topology.of_kind("host", "sha") if h.spec.role == "agents")
-    r = requests.post(f"http://{host.control_address}:{SWARM_ADMIN_PORT}/agents/{AGENT}/logout", timeout=5)
+    r = requests.post(
+        f"http://{host.control_address}:{host.spec.admin_port}/agents/{AGENT}/logout", timeout=5
+    )
     assert r.status_code == 403
-    assert requests.get(f"http://{host.control_address}:{SWARM_ADMIN_PORT}/agents/{AGENT}", timeout=5).json()[
-        "running"
-    ]
+    assert requests.get(
+        f"http://{host.control_address}:{host.spec.admin_port}/agents/{AGENT}", timeout=5
+    ).json()["running"]
 
 
 @pytest.mark.parametrize(

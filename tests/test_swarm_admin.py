@@ -14,7 +14,7 @@ import requests
 from harness import topology
 from harness.credentials import STACK_SECRET_VAR
 from harness.faults import FaultRefused
-from harness.faults.changes import SWARM_ADMIN_PORT, AgentSession, swarm_admin_port
+from harness.faults.changes import AgentSession, swarm_admin_port
 from harness.ulapi import sign_request
 from stack.common import auth
 
@@ -54,7 +54,7 @@ def test_logout_is_signed_by_the_one_signer_and_the_stack_accepts_it(sent: list[
     (method, url, headers), (get, _, unsigned) = sent
     host = next(h for h in TOPO.of_kind("host", ch.site) if h.spec.role == "agents")
     path = "/agents/a00003/logout"
-    assert (method, url) == ("POST", f"http://{host.control_address}:{SWARM_ADMIN_PORT}{path}")
+    assert (method, url) == ("POST", f"http://{host.control_address}:{host.spec.admin_port}{path}")
     assert auth.check_request(SECRET, "POST", path, b"", headers)
     assert not auth.check_request(SECRET, "POST", "/agents/a00004/logout", b"", headers)
     assert get == "GET" and unsigned == {}
@@ -76,8 +76,8 @@ def test_unsigned_without_the_secret(sent: list[Any], monkeypatch: pytest.Monkey
 
 def test_the_admin_port_comes_from_the_topology_else_the_default() -> None:
     host = next(h for h in TOPO.of_kind("host", "sha") if h.spec.role == "agents")
-    assert swarm_admin_port(host) == SWARM_ADMIN_PORT
+    assert swarm_admin_port(host) == host.spec.admin_port == 8081  # the schema's default
     assert swarm_admin_port(SimpleNamespace(spec=SimpleNamespace(admin_port=9181))) == 9181  # type: ignore[arg-type]
     assert session().plan() == [
-        ("a00003", f"POST http://{host.control_address}:{SWARM_ADMIN_PORT}/agents/a00003/logout")
+        ("a00003", f"POST http://{host.control_address}:{host.spec.admin_port}/agents/a00003/logout")
     ]

@@ -19,7 +19,6 @@ from harness.topology import REPO_ROOT, Device, Topology
 from virtual import netns
 
 STACK_SECRET = credentials.STACK_SECRET_VAR
-SWARM_ADMIN_PORT = 8081
 SWARM_SIP_PORT = 5060
 PHONE_SIP_PORT = 5060
 # UDP port of each CTI where its site's PBX pushes registration events (SIP MESSAGE, see virtual/pbx.py).
@@ -127,10 +126,10 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
             admin = str(s.mgmt or s.address)
             argv = _py("stack.swarm") + [
                 "--topology", str(topo.file), "--site", code, "--sip-bind", f"{s.address}:{SWARM_SIP_PORT}",
-                "--admin", f"{admin}:{SWARM_ADMIN_PORT}",
+                "--admin", f"{admin}:{s.admin_port}",
                 "--log", str(run_dir / "logs" / f"{host.name}-events.jsonl"),
             ]  # fmt: skip
-            out.append(Planned(host.name, "hil-swarm", argv, {}, (admin, SWARM_ADMIN_PORT), wait=False))
+            out.append(Planned(host.name, "hil-swarm", argv, {}, (admin, s.admin_port), wait=False))
     return out
 
 

@@ -330,15 +330,12 @@ class TrackedProcess(Change):
 
 # Where an agents host's swarm answers its admin API (on the host's management address) when the topology
 # does not say: the harness's one name for it (`swarm_admin_port`); the virtual lab starts the swarm there.
-SWARM_ADMIN_PORT = 8081
 SWARM_TIMEOUT = 5.0
 
 
 def swarm_admin_port(host: Device) -> int:
-    """The port of an agents host's swarm admin API: the topology's `admin_port` for the host where its
-    schema has one, else SWARM_ADMIN_PORT."""
-    port = getattr(host.spec, "admin_port", None)
-    return int(port) if isinstance(port, int) else SWARM_ADMIN_PORT
+    """The port of an agents host's swarm admin API (the topology's `admin_port`, 8081 unless it says)."""
+    return int(host.spec.admin_port)
 
 
 class AgentSession(Change):

@@ -114,6 +114,7 @@ class UlNode(Node):
 class HostNode(Node):
     role: Literal["agents", "caller", "capture", "other"] = "other"
     extension: str | None = Field(None, description="a caller host's own extension (the test caller)")
+    admin_port: int = Field(8081, ge=1, le=65535, description="an agents host's swarm admin API (signed)")
 
 
 class Port(Strict):
