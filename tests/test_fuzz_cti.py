@@ -69,6 +69,10 @@ CRASHES = Crashes()
 logging.getLogger("stack.cti").addHandler(CRASHES)
 
 
+def teardown_module() -> None:
+    LOOP.close()
+
+
 def server() -> CtiServer:
     return CtiServer("sha", SECRET, pbx_rpc=None, ul_url=None)
 

@@ -9,9 +9,11 @@ each byte once), and hands only SIP and CTI payloads to the message builder (``m
 for SIP, framed by Content-Length over TCP; ``json`` for CTI, one object per line). The results are
 ``events`` (``Event``, ``DecodeStats``, ``Decoded``). ``bench/bench_capture.py`` measures it against tshark.
 
-Reads classic pcap (either byte order, micro- or nanosecond timestamps) and pcapng (what dumpcap writes).
-Evidence that could not be read is counted in ``DecodeStats`` (gaps in a TCP stream, malformed messages,
-truncated packets) so a checker can answer ``unknown`` instead of trusting a partial picture.
+Reads classic pcap (either byte order, micro- or nanosecond timestamps) and pcapng (what dumpcap writes),
+from a file (``decode_pcap``) or from memory (``decode_buffer``). Evidence that could not be read is counted
+in ``DecodeStats`` (gaps in a TCP stream, malformed messages, truncated packets, a file whose lengths lie)
+so a checker can answer ``unknown`` instead of trusting a partial picture. Nothing in a capture makes it
+raise (tests/test_fuzz_*.py fuzz it): DecodeError means the file is not a capture at all.
 """
 
 from harness.decode.events import Decoded, DecodeStats, Event, to_dicts
