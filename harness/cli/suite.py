@@ -1,4 +1,5 @@
-"""`hil run`, `hil validate`, `hil report`, `hil gate`: the main job and its parts.
+"""`hil run`, `hil validate`, `hil report`, `hil gate`, `hil compare`, `hil baseline`: the main job and its
+parts.
 
 A run directory named where one is expected (``--last-failed``, ``--failed-of``, ``--run``) that is missing,
 partial or corrupt, and a retention value that is not a positive number, are input errors: exit 2, one line.
@@ -6,15 +7,19 @@ partial or corrupt, and a retention value that is not a positive number, are inp
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
 from harness import gate, mainjob, report
 from harness import topology as topology_mod
 from harness.cli.common import EXIT_FAIL, EXIT_USAGE, _friendly, main, topology_option
-from harness.report import runs
+from harness.gate import baseline as gate_baseline
+from harness.report import compare as compare_mod
+from harness.report import compareplot, runs
 from harness.topology import REPO_ROOT
 
 REPORTS = REPO_ROOT / "reports"  # where runs are kept (reports/runs/, reports/latest)
@@ -150,3 +155,59 @@ def gate_cmd(policy: str | None, results: str | None, run_ref: str | None, out: 
     paths = gate.write_outputs(rep, out)
     click.echo(f"written: {', '.join(str(p) for p in paths.values())}")
     sys.exit(rep.exit_code)
+
+
+def _read_run(ref: str) -> tuple[compare_mod.RunSummary, list[str]]:
+    try:
+        return gate_baseline.read_run(ref, REPORTS)
+    except gate.GateInputError as e:
+        _input_error(ValueError(e.lines()[0]))
+        raise  # not reached: _input_error exits
+
+
+@main.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--json", "json_out", default=None, metavar="FILE", help="the comparison as JSON")
+@click.option("--markdown", "md_out", default=None, metavar="FILE", help="the comparison as Markdown")
+@click.option("--plot", "plot_out", default=None, metavar="PNG", help="per-agent recovery times, A vs B")
+@click.option("--ratio", default=compare_mod.RATIO, show_default=True, help="p95/max growth that regresses")
+@click.option("--alpha", default=compare_mod.ALPHA, show_default=True, help="significance level")
+@_friendly
+def compare_cmd(
+    run_a: str, run_b: str, json_out: str | None, md_out: str | None, plot_out: str | None, ratio: float,
+    alpha: float,
+) -> None:  # fmt: skip
+    """Compare two kept runs (names under reports/runs/, paths, latest), A the reference: verdict changes,
+    per-agent detection and recovery times side by side, new and vanished scenarios, changed versions.
+    Exit 0 no regression, 1 regression, 2 could not compare."""
+    a, pa = _read_run(run_a)
+    b, pb = _read_run(run_b)
+    cmp = compare_mod.compare(a, b, alpha=alpha, ratio=ratio)
+    cmp.problems += pa + pb
+    if pa or pb:
+        cmp.exit_code = compare_mod.EXIT_CANNOT
+    click.echo(compare_mod.table(cmp))
+    if json_out:
+        Path(json_out).write_text(json.dumps(cmp.to_dict(), indent=1) + "\n")
+    if md_out:
+        Path(md_out).write_text(compare_mod.markdown(cmp))
+    if plot_out:
+        compareplot.comparison_png(cmp, plot_out)
+    for p in cmp.problems:
+        click.echo(f"error: {p}", err=True)
+    sys.exit(cmp.exit_code)
+
+
+@main.command("baseline")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--out", required=True, metavar="FILE", help="the pinned baseline file to write")
+@_friendly
+def baseline_cmd(run_ref: str, out: str) -> None:
+    """Pin a kept run as a baseline file (its scenarios' verdicts and per-agent times) that gate.yaml's
+    `baseline: {run: FILE}` can name, so the baseline outlives the run's retention."""
+    summary, problems = _read_run(run_ref)
+    if problems:
+        _input_error(ValueError(f"{summary.path}: cannot be a baseline: {problems[0]}"))
+    Path(out).write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    click.echo(f"baseline of {summary.name} ({len(summary.scenarios)} scenarios): {out}")

@@ -13,10 +13,12 @@ verdict files, each of which carries its category and kind (`report.verdicts_pay
 
 Modules: `policy` (gate.yaml, validated with pydantic, unknown keys refused), `results` (Allure result and
 container files, the verdict files), `runs` (one run's outcome), `judge` (scenarios and the whole verdict),
-`render` (table, gate.md, gate.json, JUnit XML), `inputs` (reading files with one-line reasons). docs/gate.md
+`render` (table, gate.md, gate.json, JUnit XML), `inputs` (reading files with one-line reasons), `baseline`
+(a kept run read as a summary; the regression rule against the policy's baseline). docs/gate.md
 is the contract.
 """
 
+from harness.gate.baseline import load_baseline, read_run, regressions, summarize, topology_of
 from harness.gate.inputs import GateInputError, Problem, problem_line
 from harness.gate.judge import (
     EXIT_NO_SHIP,
@@ -30,7 +32,7 @@ from harness.gate.judge import (
     judge,
     run_gate,
 )
-from harness.gate.policy import DEFAULT_POLICY, Policy, Recovery, Rule, load_policy, recovery_bound
+from harness.gate.policy import DEFAULT_POLICY, Baseline, Policy, Recovery, Rule, load_policy, recovery_bound
 from harness.gate.render import junit_xml, markdown, table, write_outputs
 from harness.gate.results import (
     STATUSES,
@@ -53,6 +55,7 @@ __all__ = [
     "STATUSES",
     "UNJUDGED",
     "Attachment",
+    "Baseline",
     "GateInputError",
     "GateReport",
     "Outcome",
@@ -67,14 +70,19 @@ __all__ = [
     "judge",
     "judge_run",
     "junit_xml",
+    "load_baseline",
     "load_policy",
     "markdown",
     "problem_line",
     "read_results",
+    "read_run",
     "read_verdicts",
     "recovery_bound",
+    "regressions",
     "run_gate",
     "scenario_id",
+    "summarize",
     "table",
+    "topology_of",
     "write_outputs",
 ]

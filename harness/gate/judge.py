@@ -10,10 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.gate import baseline as baseline_mod
 from harness.gate.inputs import GateInputError, problem_line
 from harness.gate.policy import DEFAULT_POLICY, Policy, load_policy
 from harness.gate.results import TestRun, read_results
 from harness.gate.runs import RunJudgement, judge_run
+from harness.report import REPO_ROOT
+from harness.report.compare import RunSummary
 
 __all__ = [
     "EXIT_NO_SHIP",
@@ -40,12 +43,13 @@ class ScenarioJudgement:
     required: bool
     needed: int
     passes: int
-    verdict: Literal["pass", "fail", "unjudged", "skipped", "info", "ignored"]
+    verdict: Literal["pass", "fail", "flaky", "unjudged", "skipped", "info", "ignored"]
     reasons: list[str]
     rules: list[int]
     labels: dict[str, list[str]]
     figures: dict[str, Any]
     runs: list[RunJudgement]
+    regressions: list[str] = field(default_factory=list)  # against the policy's baseline: they block
 
 
 @dataclass
@@ -59,13 +63,33 @@ class GateReport:
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    baseline: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def judge(policy: Policy, runs: Sequence[TestRun], results: Path, problems: list[str]) -> GateReport:
-    """Apply the policy to the runs; the report's verdict and exit code follow docs/gate.md."""
+def _against_baseline(
+    s: ScenarioJudgement, rs: Sequence[TestRun], base: RunSummary, policy: Policy, results: Path
+) -> None:  # fmt: skip
+    """A scenario that regressed against the baseline fails, the regression its first reason."""
+    then = base.scenarios.get(s.scenario)
+    if then is None or policy.baseline is None or s.verdict in ("ignored", "skipped"):
+        return
+    now = baseline_mod.summarize(rs, results, [])[s.scenario]
+    s.regressions = baseline_mod.regressions(now, s.verdict, then, policy.baseline)
+    if s.regressions:
+        s.reasons[:0] = s.regressions
+        if s.verdict != "flaky":
+            s.verdict = "fail"
+
+
+def judge(
+    policy: Policy, runs: Sequence[TestRun], results: Path, problems: list[str],
+    baseline: RunSummary | None = None,
+) -> GateReport:  # fmt: skip
+    """Apply the policy to the runs (and to the baseline's scenarios, if it names one); the report's verdict
+    and exit code follow docs/gate.md."""
     by_scenario: dict[str, list[TestRun]] = {}
     for r in sorted(runs, key=lambda r: (r.scenario, r.start or 0, r.uuid)):
         by_scenario.setdefault(r.scenario, []).append(r)
@@ -96,8 +120,12 @@ def judge(policy: Policy, runs: Sequence[TestRun], results: Path, problems: list
                 for q in ("p50", "p95", "max")
                 if any(getattr(b, q) is not None for b in bounds)
             }
-        verdict: Literal["pass", "fail", "unjudged", "skipped", "info", "ignored"]
-        if any(j.outcome == "defect" for j in judged):
+        verdict: Literal["pass", "fail", "flaky", "unjudged", "skipped", "info", "ignored"]
+        failed = sum(j.outcome == "defect" for j in judged)
+        if failed and passes:
+            verdict = "flaky"
+            reasons.insert(0, f"flaky: passed {passes} of {len(judged)} runs, failed {failed}")
+        elif failed:
             verdict = "fail"
         elif not listed:
             verdict = "info"
@@ -110,11 +138,12 @@ def judge(policy: Policy, runs: Sequence[TestRun], results: Path, problems: list
         else:
             verdict = "unjudged"
             reasons.append(f"passed {passes} times, the policy needs {needed}")
-        out.append(
-            ScenarioJudgement(
-                sid, listed, required, needed, passes, verdict, reasons, idx, rs[0].labels, figures, judged
-            )
+        sj = ScenarioJudgement(
+            sid, listed, required, needed, passes, verdict, reasons, idx, rs[0].labels, figures, judged
         )
+        if baseline is not None:
+            _against_baseline(sj, rs, baseline, policy, results)
+        out.append(sj)
     missing = [
         f"rule {k + 1} ({rule.match!r}): no scenario in the results matches it"
         for k, rule in enumerate(policy.scenarios)
@@ -135,7 +164,9 @@ def judge(policy: Policy, runs: Sequence[TestRun], results: Path, problems: list
         rep.missing.append(
             f"{len(counted)} scenarios in the results, the policy needs at least {policy.min_scenarios}"
         )
-    if any(s.verdict == "fail" for s in out) and not problems:
+    if baseline is not None:
+        rep.baseline = baseline.path
+    if any(s.verdict in ("fail", "flaky") for s in out) and not problems:
         rep.verdict = NO_SHIP
     elif problems or rep.missing or any(s.verdict == "unjudged" for s in out):
         rep.verdict = UNJUDGED
@@ -148,6 +179,20 @@ def judge(policy: Policy, runs: Sequence[TestRun], results: Path, problems: list
     return rep
 
 
+def _baseline(policy: Policy, ppath: Path, results: Path) -> RunSummary | None:
+    """The policy's baseline, checked to be from this run's topology (when the results are a kept run's)."""
+    if policy.baseline is None:
+        return None
+    base = baseline_mod.load_baseline(policy.baseline.run, REPO_ROOT / "reports", ppath)
+    here = baseline_mod.topology_of(results.parent) if (results.parent / "run.json").exists() else None
+    if here and base.topology and here != base.topology:
+        where = base.path or policy.baseline.run
+        raise GateInputError(
+            [(where, "", f"the baseline ran on topology {base.topology}, this run on {here}: not comparable")]
+        )
+    return base
+
+
 def run_gate(policy_path: str | Path | None, results: str | Path) -> GateReport:
     """Read policy and results and judge; input errors become a "could not judge" report, never a raise."""
     ppath = (
@@ -158,9 +203,10 @@ def run_gate(policy_path: str | Path | None, results: str | Path) -> GateReport:
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         policy = load_policy(ppath)
+        base = _baseline(policy, ppath, Path(results))
         runs, probs = read_results(results)
     except GateInputError as e:
         return GateReport(UNJUDGED, EXIT_UNJUDGED, str(ppath), str(results), now, problems=e.lines())
-    rep = judge(policy, runs, Path(results), [problem_line(p) for p in probs])
+    rep = judge(policy, runs, Path(results), [problem_line(p) for p in probs], base)
     rep.policy = str(ppath)
     return rep

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.gate.inputs import GateInputError, Problem, read_text, where
 from harness.report import REPO_ROOT
 
-__all__ = ["DEFAULT_POLICY", "Policy", "Recovery", "Rule", "load_policy", "recovery_bound"]
+__all__ = ["DEFAULT_POLICY", "Baseline", "Policy", "Recovery", "Rule", "load_policy", "recovery_bound"]
 
 DEFAULT_POLICY = REPO_ROOT / "gate.yaml"
 
@@ -58,6 +58,15 @@ class Rule(_Strict):
         return v
 
 
+class Baseline(_Strict):
+    """The run this one must be as good as: a kept run or a pinned baseline file, and how much a scenario's
+    per-agent p95 / max (recovery, detection) may grow over the baseline's before it is a regression."""
+
+    run: str = Field(min_length=1)
+    p95: float | None = Field(1.5, ge=1)
+    max: float | None = Field(2.0, ge=1)
+
+
 class Policy(_Strict):
     """The release policy (gate.yaml); docs/gate.md explains each field."""
 
@@ -68,6 +77,7 @@ class Policy(_Strict):
     min_scenarios: int = Field(1, ge=0)
     unlisted: Literal["judge", "ignore"] = "judge"
     scenarios: list[Rule] = Field(default_factory=list)
+    baseline: Baseline | None = None
 
 
 def _yaml_problem(f: str, e: yaml.YAMLError) -> Problem:

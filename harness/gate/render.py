@@ -14,6 +14,7 @@ __all__ = ["junit_xml", "markdown", "table", "write_outputs"]
 _MARK = {
     "pass": "PASS",
     "fail": "FAIL",
+    "flaky": "FLAKY",
     "unjudged": "UNJUDGED",
     "skipped": "skipped",
     "info": "info",
@@ -30,8 +31,8 @@ def _rows(rep: GateReport) -> list[list[str]]:
     for s in rep.scenarios:
         b = s.figures.get("bound") or {}
         bound = "/".join(f"{q} {_fmt(v)}" for q, v in b.items()) or "-"
-        why = s.reasons[0] if s.verdict in ("fail", "unjudged") and s.reasons else ""
-        if s.verdict == "fail":  # the first reason that blocks the release
+        why = s.reasons[0] if s.verdict in ("fail", "flaky", "unjudged") and s.reasons else ""
+        if s.verdict == "fail" and not s.regressions:  # the first reason that blocks the release
             why = next((f"run {k + 1}: {d}" for k, j in enumerate(s.runs) for d in j.defects), why)
         rows.append(
             [
@@ -81,6 +82,7 @@ def markdown(rep: GateReport) -> str:
         "",
         f"- policy: `{rep.policy}`",
         f"- results: `{rep.results}`",
+        *([f"- baseline: `{rep.baseline}`"] if rep.baseline else []),
         f"- judged at: {rep.generated_at}",
         "",
         "| " + " | ".join(_HEAD) + " |",
@@ -117,9 +119,13 @@ def junit_xml(rep: GateReport) -> str:
         cases.append(tc)
 
     for s in rep.scenarios:
-        kind = {"fail": "failure", "unjudged": "error", "skipped": "skipped", "ignored": "skipped"}.get(
-            s.verdict
-        )
+        kind = {
+            "fail": "failure",
+            "flaky": "failure",
+            "unjudged": "error",
+            "skipped": "skipped",
+            "ignored": "skipped",
+        }.get(s.verdict)
         msg = s.reasons[0] if s.reasons else s.verdict
         case("hil.gate.scenario", s.scenario, kind, msg, "\n".join(s.reasons))
     for m in rep.missing:
