@@ -65,11 +65,14 @@ class NothingSelected(Exception):
 @dataclass
 class Selection:
     """Which scenarios to run: pytest's ``-k`` and ``-m``, and the failures of an earlier run (its
-    pytest cache is copied into the new run's, and pytest's ``--lf`` picks them)."""
+    pytest cache is copied into the new run's, and pytest's ``--lf`` picks them); and how many times each
+    session runs (``repeat``: the gate's ``repeat:`` counts passes, and calls a scenario with mixed results
+    flaky)."""
 
     keyword: str | None = None
     markers: str | None = None
     failed_of: runs.Run | None = None
+    repeat: int = 1
 
     def given(self) -> bool:
         return bool(self.keyword or self.markers or self.failed_of)
@@ -85,6 +88,7 @@ class Selection:
     def describe(self) -> dict[str, str]:
         d = {"keyword": self.keyword, "markers": self.markers}
         d["last_failed_of"] = self.failed_of.name if self.failed_of else None
+        d["repeat"] = str(self.repeat) if self.repeat > 1 else None
         return {k: v for k, v in d.items() if v}
 
 
@@ -249,7 +253,8 @@ def run(
 
     try:
         with _terminate_as_interrupt():
-            _run_sessions(sessions, res, results, out_dir, policy, dry_run, out, select.argv())
+            times = {} if dry_run or select.repeat == 1 else {"repeat": select.repeat}  # a plan is one
+            _run_sessions(sessions, res, results, out_dir, policy, dry_run, out, select.argv(), **times)
     except KeyboardInterrupt:
         res.interrupted = True
         res.exit_code = 130
@@ -348,9 +353,10 @@ def _selects_any(
 
 def _run_sessions(
     sessions: list[Session], res: JobResult, results: Path, reports: Path, policy: str | None, dry_run: bool,
-    out: Callable[[str], None], extra: list[str] | None = None,
+    out: Callable[[str], None], extra: list[str] | None = None, repeat: int = 1,
 ) -> None:  # fmt: skip
-    """Each pytest session of the suite on its lab: up, leftovers healed, pytest, down (if ours)."""
+    """Each pytest session of the suite on its lab: up, leftovers healed, pytest (``repeat`` times, into
+    the same Allure results: each repetition is one more result of each scenario), down (if ours)."""
     for s in sessions:
         stopo = topology_mod.load(s.topology)
         t0 = time.monotonic()
@@ -358,11 +364,18 @@ def _run_sessions(
         try:
             if not dry_run:
                 _heal_leftovers(stopo, out)  # a killed earlier run may have left a fault in place
-            junit = reports / f"junit-{s.name}.xml"
-            junit.unlink(missing_ok=True)  # a killed session must not report the last run's counts
-            argv = pytest_argv(s.topology, s.markers, results, reports, policy, dry_run, junit, extra)
-            s.returncode = _run_child(argv, out)
-            s.counts = _junit_counts(junit)
+            for k in range(1, repeat + 1):
+                if repeat > 1:
+                    out(f"{s.name}: repetition {k} of {repeat}")
+                    if k > 1:
+                        _heal_leftovers(stopo, out)
+                junit = reports / (f"junit-{s.name}.xml" if k == 1 else f"junit-{s.name}-{k}.xml")
+                junit.unlink(missing_ok=True)  # a killed session must not report the last run's counts
+                argv = pytest_argv(s.topology, s.markers, results, reports, policy, dry_run, junit, extra)
+                rc = _run_child(argv, out)
+                s.returncode = rc if s.returncode in (None, 0) else s.returncode
+                for key, n in _junit_counts(junit).items():
+                    s.counts[key] = s.counts.get(key, 0) + n
         except KeyboardInterrupt:
             out("interrupted: healing faults and taking the lab down")
             if not dry_run:

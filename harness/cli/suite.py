@@ -52,6 +52,7 @@ def _results_of(run_ref: str | None, results: str | None, default: str) -> str:
 @click.option("-m", "markers", default=None, metavar="MARKERS", help="only scenarios marked so (pytest -m)")
 @click.option("--last-failed", is_flag=True, help="re-run the scenarios that failed in reports/latest")
 @click.option("--failed-of", default=None, metavar="RUN", help="re-run the scenarios that failed in RUN")
+@click.option("--repeat", default="1", metavar="N", help="run each scenario N times (gate: repeat)")
 @click.option(
     "--keep-runs", default=None, metavar="N",
     help=f"runs kept under reports/runs/ (default ${runs.KEEP_RUNS_ENV}, else {runs.DEFAULT_KEEP_RUNS})",
@@ -63,15 +64,17 @@ def _results_of(run_ref: str | None, results: str | None, default: str) -> str:
 @_friendly
 def run(
     topology_file: str | None, dry_run: bool, policy: str | None, no_scale: bool, keyword: str | None,
-    markers: str | None, last_failed: bool, failed_of: str | None, keep_runs: str | None,
+    markers: str | None, last_failed: bool, failed_of: str | None, repeat: str, keep_runs: str | None,
     keep_size: str | None,
 ) -> None:  # fmt: skip
     """The main job: virtual lab up, the scenario suite, the Allure report, the gate verdict, lab down.
 
     Each run keeps its evidence in reports/runs/<UTC time>-<git describe>/ and, once complete, becomes
-    reports/latest; the oldest runs beyond --keep-runs/--keep-size are removed (and named). Ctrl-C at any
-    point heals the faults in place and takes the lab down. Exit code: the gate's (0 ship, 1 do not ship,
-    2 could not judge), 2 for bad input, 130 when interrupted.
+    reports/latest; the oldest runs beyond --keep-runs/--keep-size are removed (and named). --repeat N runs
+    each session N times into the same results: the gate counts the passes and calls a scenario that both
+    passed and failed flaky (it does not ship). Ctrl-C at any point heals the faults in place and takes the
+    lab down. Exit code: the gate's (0 ship, 1 do not ship, 2 could not judge), 2 for bad input, 130 when
+    interrupted.
     """
 
     t0 = time.monotonic()
@@ -80,12 +83,18 @@ def run(
         earlier = None
         if last_failed and failed_of:
             raise runs.RunDirError("--last-failed and --failed-of name two runs: give one")
+        times = runs.parse_count(repeat, "--repeat")
+        if times > 1 and (last_failed or failed_of):
+            raise runs.RunDirError(
+                "--repeat with --last-failed/--failed-of: the second repetition would re-run only the first's"
+                " failures; re-run them once, or select them with -k and repeat"
+            )
         if last_failed or failed_of:
             earlier = runs.open_run(failed_of or runs.LATEST, REPORTS)
             runs.last_failed(earlier)  # a corrupt cache is a bad run: say so before the lab comes up
     except (runs.RetentionError, runs.RunDirError) as e:
         _input_error(e)
-    select = mainjob.Selection(keyword, markers, earlier)
+    select = mainjob.Selection(keyword, markers, earlier, times)
     try:
         res = mainjob.run(
             topology_file, dry_run=dry_run, policy=policy, scale=not no_scale, out=click.echo,
