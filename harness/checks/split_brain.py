@@ -135,14 +135,16 @@ def check_no_split_brain(
     ended_epochs: dict[tuple[str, str], set[Any]] = defaultdict(set)
     late_reads = 0
 
-    def close(agent: str, site: str, t: float, exact: bool) -> None:
+    def close(agent: str, site: str, t: float, exact: bool, epoch: Any = None) -> None:
         iv = open_.pop((agent, site), None)
-        last_absent[(agent, site)] = t
+        last_absent[(agent, site)] = max(last_absent.get((agent, site), -math.inf), t)
         if exact:
-            exact_end[(agent, site)] = (t, iv.epoch if iv is not None else None)
+            exact_end[(agent, site)] = (t, iv.epoch if iv is not None else epoch)
         if iv is not None and iv.epoch is not None:
             ended_epochs[(agent, site)].add(iv.epoch)
         if iv is None:
+            if exact:
+                settle_end(agent, site, t, epoch)
             return
         by_site[site].discard(agent)
         iv.def_end, iv.poss_end, iv.end_exact = (t, t, True) if exact else (iv.last_seen, t, False)
@@ -153,6 +155,16 @@ def check_no_split_brain(
                 if iv.last_seen <= lo and hi <= t:
                     iv.poss_end = min(iv.poss_end, lo)
         done[agent].append(iv)
+
+    def settle_end(agent: str, site: str, t: float, epoch: Any) -> None:
+        """An exact end that reached the wire after the session was seen gone (TCP held the CTI's answer
+        back; dated by its `at`): it settles when, within the doubt the snapshots left, it ended."""
+        for iv in reversed(done[agent]):
+            if iv.site == site and not iv.end_exact and epoch in (None, iv.epoch):
+                if iv.def_end <= t <= iv.poss_end:
+                    iv.def_end = iv.poss_end = t
+                    iv.end_exact = True
+                return
 
     def active(agent: str, site: str, t: float, epoch: Any, exact: bool) -> None:
         iv = open_.get((agent, site))
@@ -226,7 +238,7 @@ def check_no_split_brain(
             if se.active:
                 active(se.agent, se.site, t, se.epoch, se.exact)
             else:
-                close(se.agent, se.site, t, se.exact)
+                close(se.agent, se.site, t, se.exact, se.epoch)
     for (agent, _), iv in open_.items():
         iv.def_end = iv.last_seen  # still open at the end: surely active until last seen, maybe beyond
         done[agent].append(iv)

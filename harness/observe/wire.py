@@ -23,8 +23,8 @@ def cti_observations(
     """Map captured CTI messages to ``cti`` observations: (event, CTI device, value).
 
     What the CTI confirmed (docs/history.md): ``login_ok`` -> login, ``state_ok`` and ``heartbeat_ack``
-    -> state (with ``pbx_link`` when the ack says the PBX link is down), ``logout_ok`` -> logout (at the time
-    of the ``logout`` it answers, when the CTI sent nothing on that connection in between), a pushed
+    -> state (with ``pbx_link`` when the ack says the PBX link is down), ``logout_ok`` -> logout
+    (``lapsed`` when the session's lease had run out before the CTI read the logout), a pushed
     ``fenced`` event or an ``admin_ok`` to the UL's ``fence`` -> fenced; its other pushed events by name
     (``pbx_link_down``, ``phone_unregistered``, ...). And what the clients asked that tells a blip was
     seen: ``heartbeat`` (the client's, answered or not) and ``status`` (a re-check on a fresh connection,
@@ -52,8 +52,6 @@ def cti_observations(
                 conn["agent"] = str(body["agent"])
             elif typ == "admin" and body.get("op") == "fence" and body.get("agent"):
                 conn.setdefault("fencing", {})[json.dumps(body.get("id"))] = str(body["agent"])
-            elif typ == "logout" and conn.get("agent"):
-                conn["logout"] = ev  # answered by a logout_ok: the session ended as the client asked
             elif typ == "heartbeat" and conn.get("agent"):
                 out.append((ev, device, {"event": "heartbeat", "site": site, "agent": conn["agent"]}))
             elif typ == "status" and not conn.get("agent"):
@@ -86,18 +84,8 @@ def cti_observations(
             value = {"event": "lapsed"}
         elif typ == "logout_ok":
             value = {"event": "logout"}
-            asked = conn.pop("logout", None)
-            if asked is not None and agent is not None:
-                # The session ended when its client asked: the CTI did nothing for it from the request
-                # to this reply (anything it sent meanwhile drops the request below). A CTI hung while
-                # the request waited in its socket answers long after the agent logged in elsewhere
-                # (scenarios/schedules/cti-loss-then-pause.json): its reply's time is not the session's.
-                value.update({"site": site, "agent": agent, "epoch": conn.get("epoch")})
-                out.append((asked, device, {k: v for k, v in value.items() if v is not None}))
-                continue
         elif typ == "event" and body.get("event"):
             value = {"event": str(body["event"])}
-        conn.pop("logout", None)  # the CTI acted on this connection after the logout was asked
         if value is None or agent is None:
             continue
         held = held_back(ev, body, offsets.get(server_ip))
