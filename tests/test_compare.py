@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from harness import gate, report
+from harness import checks, gate, report
 from harness.checks import Verdict
 from harness.cli import main
+from harness.history import History
 from harness.report import compare
 
 HIST = Path(__file__).parent / "histories" / "valid_pbx_failover.jsonl"
@@ -43,6 +45,7 @@ def make_run(
             vs = [Verdict("single_registration", "valid", "ok", [], {})]
             if times is not None:
                 figs: dict[str, Any] = {"per_agent": agents(times), "bound": 30.0, "affected": len(times)}
+                figs["per_agent_detection"] = agents([t / 2 for t in times])
                 figs.update(compare.distribution(times))
                 vs.append(Verdict("recovery_time", "valid", "ok", [], figs))
             if st == "failed":
@@ -84,6 +87,16 @@ def test_mann_whitney_known_values() -> None:
     assert same is not None and same > 0.9
 
 
+def test_the_recovery_checker_keeps_per_agent_detection_and_recovery() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = list(History.load(HIST))
+    f = checks.check_recovery_time(h, bound=30).figures
+    rec, det = f["per_agent"], f["per_agent_detection"]
+    assert set(det) == set(rec) and all(0 < det[a] <= rec[a] for a in rec), (det, rec)
+    assert f["detection_max"] == max(det.values()) and f["max"] == max(rec.values())
+
+
 def test_distribution_and_verdicts() -> None:
     d = compare.distribution(FAST)
     assert d["n"] == 50 and d["p50"] == FAST[24] and d["p95"] == FAST[47] and d["max"] == FAST[-1]
@@ -115,6 +128,7 @@ def test_compare_same_runs_exit_0(tmp_path: Path) -> None:
     data = json.loads(js.read_text())
     assert data["schema"] == compare.COMPARE_SCHEMA and data["regressions"] == []
     pbx = next(s for s in data["scenarios"] if s["scenario"] == PBX)
+    assert [m["metric"] for m in pbx["metrics"]] == ["recovery", "detection"]
     assert pbx["metrics"][0]["significant"] is False and pbx["metrics"][0]["delta"]["p95"] == 0
     assert md.read_text().startswith("# hil compare") and png.read_bytes()[:4] == b"\x89PNG"
 
@@ -138,7 +152,7 @@ def test_compare_regression_new_vanished(tmp_path: Path) -> None:
     data = json.loads(js.read_text())
     regs = "\n".join(data["regressions"])
     assert f"{LOGIN}: verdict went from pass to fail" in regs
-    assert f"{PBX}: recovery p95" in regs and "3.0x" in regs
+    assert f"{PBX}: recovery p95" in regs and f"{PBX}: detection p95" in regs and "3.0x" in regs
     pres = {s["scenario"]: s["presence"] for s in data["scenarios"]}
     assert pres["scenarios.test_x#test_gone"] == "vanished" and pres["scenarios.test_x#test_new"] == "new"
     assert "REGRESSION" in r.output and "(vanished)" in r.output and "(new)" in r.output

@@ -94,18 +94,35 @@ def check_recovery_time(
         sess = tables.sess[s].get(a)
         return tables.regs[s][ext_of[a]] > 0 and sess is not None and sess[0] in wanted[a]
 
+    def seen_at(a: str) -> bool:
+        s = want[a]
+        return tables.regs[s][ext_of[a]] > 0 or tables.sess[s].get(a) is not None
+
+    # Detection: the first sign of an agent at its new site (its registration or its CTI session there,
+    # whichever comes first): how long its client took to notice the fault and act. Agents already there
+    # before the fault (they stay) have none.
+    undetected: dict[str, set[str]] = defaultdict(set)
+    for a in agents:
+        if not seen_at(a):
+            undetected[want[a]].add(a)
+    detect: dict[str, float] = {}
+
     for ev in events[k:]:
         touched = tables.apply(ev)
         if touched is None:
             continue
         site, ext, agent = touched
         last_obs = last_obs_at[site] = ev.t
-        waiting = pending.get(site)
-        if not waiting:
+        waiting, unseen = pending.get(site), undetected.get(site)
+        if not waiting and not unseen:
             continue
-        cands = [agent] if agent else agents_of_ext.get(ext, []) if ext else list(waiting)
+        everyone = [*(waiting or ()), *(unseen or ())]
+        cands = [agent] if agent else agents_of_ext.get(ext, []) if ext else everyone
         for a in cands:
-            if a in waiting and recovered(a):
+            if unseen and a in unseen and seen_at(a):
+                detect[a] = ev.t - t0
+                unseen.discard(a)
+            if waiting and a in waiting and recovered(a):
                 rto[a] = ev.t - t0
                 waiting.discard(a)
 
@@ -126,6 +143,14 @@ def check_recovery_time(
         "observed_for": rounded(covered),
         "per_agent": {a: rounded(t) for a, t in sorted(rto.items())},
     }
+    if detect:
+        dts = sorted(detect.values())
+        figures |= {
+            "detection_p50": rounded(percentile(dts, 50)),
+            "detection_p95": rounded(percentile(dts, 95)),
+            "detection_max": rounded(dts[-1]),
+            "per_agent_detection": {a: rounded(t) for a, t in sorted(detect.items())},
+        }
     bad: list[dict[str, Any]] = []
     doubt: list[dict[str, Any]] = []
     for a in agents:
