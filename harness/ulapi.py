@@ -2,7 +2,9 @@
 
 The harness never imports the stack (it must work against a contact center that is not ours): rules are
 managed over HTTP as docs/cti-protocol.md ("Unified login HTTP API") specifies, with requests signed by the
-lab's stack secret (X-Hil-Time, X-Hil-Sig = HMAC-SHA256(secret, METHOD\\nPATH\\nTIME\\nsha256(body))).
+lab's stack secret (X-Hil-Time, X-Hil-Sig = HMAC-SHA256(secret, METHOD\\nPATH\\nTIME\\nsha256(body)), the
+time to the microsecond). The stack refuses a signature it has seen (a replay), so a request is signed
+again for each try, never resent with the same headers.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class UlNotFound(UlError):
 def sign_request(secret: str, method: str, path: str, body: bytes = b"") -> dict[str, str]:
     """The headers that sign an admin request of the stack (the UL's rules, the swarm's agents): the one
     signer of the harness, as docs/cti-protocol.md specifies it. `path` without its query string."""
-    ts = f"{time.time():.3f}"
+    ts = f"{time.time():.6f}"  # to the microsecond: the signature is unique to the request (its nonce)
     msg = f"{method.upper()}\n{path}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
     return {"X-Hil-Time": ts, "X-Hil-Sig": hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()}
 

@@ -5,12 +5,14 @@ Why it is built this way:
   task per heartbeat); only ``login`` (the UL epoch check) and ``link_phone`` (the PBX lookup) await.
 - Tokens are verified offline (HMAC) and then against the UL's current epoch for the agent (batched,
   stack/cti/epochs.py), so a fenced token is refused; an unreachable UL leaves the offline check standing
-  and the epoch sweep checks later.
-- Admin messages (switch orders, fences from the UL) are HMAC-signed with the lab secret.
+  and the epoch sweep checks later; that only within the token's ``lease`` (``token_expired`` after it).
+- Admin messages (switch orders, fences from the UL) are HMAC-signed with the lab secret and carry a nonce
+  that is refused if seen again within the signature's window (stack/common/auth.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,6 +22,8 @@ from stack.cti.connection import Connection
 from stack.cti.epochs import EpochBatcher
 from stack.cti.pbxlink import PbxLink, PbxUnreachable
 from stack.cti.sessions import Session
+
+log = logging.getLogger("stack.cti")
 
 
 class Handlers:
@@ -126,7 +130,13 @@ class Handlers:
         if self.ul_url:
             cur = await self._epochs.get(agent) if self._epochs is not None else None
             if cur is None:
-                checked = False  # UL unreachable: the offline check stands; the sweep checks later
+                # UL unreachable: the offline check stands (the sweep checks later), but only within the
+                # lease the token carries: a token stolen or kept for hours is no good against a cut-off CTI.
+                if not auth.within_lease(claims):
+                    log.warning("cti %s: refused %s: token past its lease, UL unreachable", self.site, agent)
+                    return P.error("token_expired", req, detail="past its lease; the UL cannot be asked")
+                log.info("cti %s: %s accepted unchecked: UL unreachable, token in lease", self.site, agent)
+                checked = False
             elif not cur.get("known"):
                 return P.error("unknown_session", req)
             elif cur["epoch"] > epoch or cur["site"] != self.site or cur["status"] != "active":
@@ -201,8 +211,9 @@ class Handlers:
         return {"type": "link_ok", "extension": ext, **P.echo_id(req)}
 
     def _admin(self, req: dict[str, Any]) -> dict[str, Any]:
-        if not auth.check_message(self.secret, req):
-            return P.error("forbidden", req)
+        why = auth.message_refusal(self.secret, req)  # a replay is logged there
+        if why is not None:
+            return P.error("forbidden", req, reason=why)
         op = req["op"]
         rid = P.echo_id(req)
         if op == "switch_order":

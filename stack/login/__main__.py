@@ -1,5 +1,7 @@
 """``python -m stack.login --site sha --bind ADDR:PORT --db PATH --topology FILE --peer URL --cti HOST:PORT
---pbx HOST:PORT --secret-env VAR [--agent-secret-env VAR] [--sip-secret-env VAR]``."""
+--pbx HOST:PORT --secret-env VAR --agent-secret-env VAR [--sip-secret-env VAR]``.
+
+Both secrets are required: a UL without one refuses to start (exit 2, one line naming it)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import sys
 
 from aiohttp import web
 
-from stack.common import directory
+from stack.common import auth, directory
 from stack.common.addr import hostport
 from stack.common.daemon import secret_from_env, serve, site_service_parser, until_signalled
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
+
+STACK_UNSET = "error: stack secret: environment variable {var} (--secret-env) is not set"
+AGENT_UNSET = "error: agent secret: environment variable {var} (--agent-secret-env) is not set"
+SIP_UNSET = "error: SIP secret: environment variable {var} (--sip-secret-env) is not set"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,9 +28,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--peer", default=None, help="the other site's UL, e.g. http://198.18.2.30:8080")
     ap.add_argument("--cti", required=True, type=hostport, help="this site's CTI HOST:PORT")
     ap.add_argument("--pbx", required=True, type=hostport, help="this site's PBX registrar HOST:PORT")
-    ap.add_argument("--agent-secret-env", default=None, help="variable from which agent passwords derive")
+    ap.add_argument(
+        "--agent-secret-env", default=None, help="variable from which agent passwords derive (required)"
+    )
     ap.add_argument("--sip-secret-env", default=None, help="variable from which extension passwords derive")
     ap.add_argument("--token-ttl", type=float, default=12 * 3600.0)
+    ap.add_argument(
+        "--token-lease",
+        type=float,
+        default=auth.TOKEN_LEASE,
+        help="seconds after issue a CTI that cannot reach this UL still accepts a token",
+    )
     ap.add_argument("--peer-interval", type=float, default=1.0, help="seconds between peer health checks")
     ap.add_argument("--lease", type=float, default=2.5, help="the CTIs' session lease (seconds)")
     ap.add_argument(
@@ -34,21 +48,33 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _optional_secret(var: str | None) -> str | None:
-    return None if var is None else secret_from_env(var)
+    return None if var is None else secret_from_env(var, message=SIP_UNSET)
 
 
-async def run(args: argparse.Namespace) -> None:
+def secrets_of(args: argparse.Namespace) -> tuple[str, str]:
+    """The stack secret and the agent secret; either missing: one line naming it, exit 2 (SystemExit).
+    Without the agent secret a UL would take any password, so it is required, not optional."""
+    stack = secret_from_env(args.secret_env, message=STACK_UNSET)
+    if not args.agent_secret_env:
+        print("error: agent secret: --agent-secret-env is required (agent passwords derive from it)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(2)
+    return stack, secret_from_env(args.agent_secret_env, message=AGENT_UNSET)
+
+
+async def run(args: argparse.Namespace, stack_secret: str, agent_secret: str) -> None:
     ul = UnifiedLogin(
         args.site,
-        secret_from_env(args.secret_env),
+        stack_secret,
         directory.load(args.topology),
         Store(args.db),
         cti=args.cti,
         pbx=args.pbx,
         peer_url=args.peer,
-        agent_secret=_optional_secret(args.agent_secret_env),
+        agent_secret=agent_secret,
         sip_secret=_optional_secret(args.sip_secret_env),
         token_ttl=args.token_ttl,
+        token_lease=args.token_lease,
         peer_interval=args.peer_interval,
         lease=args.lease,
         lease_margin=args.lease_margin,
@@ -64,7 +90,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    return serve(args, run(args))
+    stack_secret, agent_secret = secrets_of(args)
+    return serve(args, run(args, stack_secret, agent_secret))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ class CtiAdmin:
         self._refused = False  # the last connect was refused: no CTI process, so no sessions either
 
     async def send(self, op: str, **fields: Any) -> dict[str, Any] | None:
-        msg = auth.sign_message(self.secret, {"type": "admin", "op": op, **fields})
         for _ in range(2):
+            # Signed again for each try: the CTI remembers a nonce, so a resent message would be a replay.
+            msg = auth.sign_message(self.secret, {"type": "admin", "op": op, **fields})
             async with self._lock:
                 if self._conn is None or self._conn.closed:
                     if time.monotonic() < self._down_until:

@@ -70,12 +70,11 @@ class Routes:
 
     async def _signed(self, request: web.Request) -> dict[str, Any]:
         body = await request.read()
-        try:
-            good = auth.check_request(self.secret, request.method, request.path, body, request.headers)
-        except (TypeError, ValueError):  # a non-ASCII signature: hmac.compare_digest refuses to compare it
-            good = False
-        if not good:
-            raise web.HTTPForbidden(text=json.dumps({"error": "forbidden"}), content_type="application/json")
+        why = auth.request_refusal(self.secret, request.method, request.path, body, request.headers)
+        if why is not None:  # "replayed" is logged by auth; the reason tells an honest client what to fix
+            raise web.HTTPForbidden(
+                text=json.dumps({"error": "forbidden", "reason": why}), content_type="application/json"
+            )
         try:
             parsed = json.loads(body or b"{}")
         except _BAD_BODY:
@@ -113,10 +112,13 @@ class Routes:
         body = await self._json(request)
         agent = _agent(self.directory, body)
         password = body.get("password")
+        want = None
+        if agent is not None and self.agent_secret is not None:
+            want = auth.derive_password(self.agent_secret, agent.id)
         good = (
             agent is not None
             and isinstance(password, str)
-            and (self.agent_secret is None or password == auth.derive_password(self.agent_secret, agent.id))
+            and (want is None or auth.same(password, want))  # constant time: no timing oracle on it
         )
         if not good or agent is None:
             self.counters["refused"] += 1

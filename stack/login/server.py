@@ -53,6 +53,7 @@ class UnifiedLogin(Routes, PeerSync):
         agent_secret: str | None = None,
         sip_secret: str | None = None,
         token_ttl: float = 12 * 3600.0,
+        token_lease: float = auth.TOKEN_LEASE,
         peer_interval: float = 1.0,
         peer_timeout: float = 1.0,
         lease: float = 2.5,
@@ -67,6 +68,7 @@ class UnifiedLogin(Routes, PeerSync):
         self.agent_secret = agent_secret
         self.sip_secret = sip_secret
         self.token_ttl = token_ttl
+        self.token_lease = token_lease  # how long a CTI cut off from this UL may accept its tokens
         self.peer_interval = peer_interval
         self.peer_timeout = aiohttp.ClientTimeout(total=peer_timeout)
         # The CTIs' session lease, and what to add to it (the CTI's lease sweep and late-message
@@ -144,7 +146,7 @@ class UnifiedLogin(Routes, PeerSync):
         }
         if hold > 0:
             claims["nbf"] = round(time.time() + hold, 3)
-        token = auth.mint(self.secret, claims, self.token_ttl)
+        token = auth.mint(self.secret, claims, self.token_ttl, self.token_lease)
         sip_pw = auth.derive_password(self.sip_secret, agent.extension) if self.sip_secret else None
         return {
             "agent": agent.id,
