@@ -308,6 +308,10 @@ _HEAD = [
 ]
 
 
+def _dist(x: dict[str, Any]) -> str:
+    return f"{_s(x['p50'])}/{_s(x['p95'])}/{_s(x['max'])} ({x['n']})" if x["n"] else "-"
+
+
 def _rows(cmp: Comparison) -> list[list[str]]:
     rows = []
     for s in cmp.scenarios:
@@ -315,22 +319,17 @@ def _rows(cmp: Comparison) -> list[list[str]]:
         if not s.metrics:
             rows.append([s.scenario, _verdict(s), "-", "-", "-", "-", "-", note])
         for k, m in enumerate(s.metrics):
-
-            def d(x: dict[str, Any]) -> str:
-                return f"{_s(x['p50'])}/{_s(x['p95'])}/{_s(x['max'])} ({x['n']})" if x["n"] else "-"
-
             p = "-" if m.p_value is None else f"{m.p_value:.2g}" + ("*" if m.significant else "")
-            rows.append(
-                [s.scenario if k == 0 else "", _verdict(s) if k == 0 else "", m.metric, d(m.a), d(m.b),
-                 _s(m.delta["p95"], signed=True), p, note if k == 0 else ""]
-            )  # fmt: skip
+            head = [s.scenario, _verdict(s)] if k == 0 else ["", ""]
+            delta = _s(m.delta["p95"], signed=True)
+            rows.append([*head, m.metric, _dist(m.a), _dist(m.b), delta, p, note if k == 0 else ""])
     return rows
 
 
-def _summary_lines(cmp: Comparison) -> list[str]:
+def _summary_lines(cmp: Comparison, errors: bool) -> list[str]:
     lines = [f"A: {cmp.a}", f"B: {cmp.b}"]
     lines += [f"version {k}: {a} -> {b}" for k, a, b in ((k, *v) for k, v in cmp.versions.items())]
-    lines += [f"error: {p}" for p in cmp.problems]
+    lines += [f"error: {p}" for p in cmp.problems] if errors else []
     verdict = {EXIT_SAME: "no regression", EXIT_REGRESSION: "REGRESSION", EXIT_CANNOT: "could not compare"}
     lines.append(
         f"{verdict[cmp.exit_code]} (* significant: Mann-Whitney p < {cmp.alpha:g}; a regression grows"
@@ -340,18 +339,18 @@ def _summary_lines(cmp: Comparison) -> list[str]:
 
 
 def table(cmp: Comparison) -> str:
-    """The comparison for a terminal."""
+    """The comparison for a terminal (its problems are for stderr, one line each: the caller's)."""
     rows = _rows(cmp)
     cols = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(_HEAD)]
     fmt = "  ".join(f"{{:{w}}}" for w in cols[:-1]) + "  {}"
     body = [fmt.format(*_HEAD).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
-    return "\n".join(body + [""] + _summary_lines(cmp))
+    return "\n".join(body + [""] + _summary_lines(cmp, errors=False))
 
 
 def markdown(cmp: Comparison) -> str:
     """The comparison as a Markdown page."""
     esc = [[c.replace("|", "\\|") for c in r] for r in _rows(cmp)]
-    lines = ["# hil compare", "", *(f"- {x}" for x in _summary_lines(cmp)), ""]
+    lines = ["# hil compare", "", *(f"- {x}" for x in _summary_lines(cmp, errors=True)), ""]
     lines += ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
     return "\n".join(lines) + "\n"
