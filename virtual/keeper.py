@@ -116,6 +116,7 @@ class Keeper:
             work.mkdir(exist_ok=True)
             # Registration changes are pushed to the site's CTI (it reconciles with ul.dump as well).
             events = stackservices.cti_events(self.topo, d.site)
+            rpc_host = stackservices.pbx_rpc_host(self.topo, d)  # management only, to its clients only
             spec = pbx.PbxSpec(
                 name=d.name,
                 listen=str(d.spec.address),
@@ -124,7 +125,8 @@ class Keeper:
                 realm="lab",
                 workdir=work,
                 extensions=exts,
-                rpc_also_listen=[str(d.spec.mgmt)] if d.spec.mgmt else [],
+                rpc_listen=rpc_host,
+                rpc_allow=stackservices.rpc_clients(self.topo) if rpc_host else [],
                 event_target=f"{events[0]}:{events[1]}" if events else None,
             )
             argv = netns.nsenter_argv(ns_path(d.name)) + pbx.command(spec)

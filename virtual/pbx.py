@@ -156,6 +156,8 @@ class PbxSpec:
     extensions: dict[str, str]
     event_target: str | None = None
     rpc_also_listen: list[str] = field(default_factory=list)
+    rpc_listen: str | None = None
+    rpc_allow: list[str] = field(default_factory=list)
     children: int = 4
     tcp_children: int = 3
     log_registers: bool = False
@@ -185,6 +187,8 @@ class PbxSpec:
             raise ValueError(f"bad extension names: {bad[:5]}")
         if self.allocator not in ("tlsf", "fm", "qm"):
             raise ValueError(f"bad allocator {self.allocator!r}")
+        for a in [*self.rpc_allow, *([self.rpc_listen] if self.rpc_listen else []), *self.rpc_also_listen]:
+            ipaddress.ip_address(a)  # a ValueError names it: nothing but addresses goes into the config
         if self.event_target is not None and not _EVENT_RE.match(self.event_target):
             raise ValueError(f"bad event target {self.event_target!r}")
 
@@ -215,12 +219,30 @@ class PbxSpec:
 
     @property
     def rpc_url(self) -> str:
-        return f"http://{self.listen_host}:{self.rpc_port}/RPC"
+        host = self.listen_host if self.rpc_listen is None else _bracket(self.rpc_listen)
+        return f"http://{host}:{self.rpc_port}/RPC"
 
 
 def ha1(ext: str, realm: str, password: str) -> str:
     """RFC 2617 HA1 for MD5: what the PBX stores instead of the password."""
     return digest.ha1(ext, realm, password)
+
+
+def _bracket(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def _rpc_acl(allow: list[str]) -> str:
+    """The kamailio.cfg lines refusing the RPC to any source but ``allow`` (none: no ACL)."""
+    if not allow:
+        return ""
+    cond = " && ".join(f'$si != "{a}"' for a in allow)
+    return (
+        f"\tif ({cond}) {{\n"
+        '\t\txlog("L_WARN", "RPC refused to $si:$sp: not a management client\\n");\n'
+        '\t\txhttp_reply("403", "Forbidden", "text/plain", "RPC: management clients only\\n");\n'
+        "\t\texit;\n\t}\n"
+    )
 
 
 def event_uri(target: str) -> str:
@@ -247,9 +269,13 @@ def render_config(spec: PbxSpec) -> str:
         "EXPIRY_CHECK": str(spec.expiry_check_s),
         "EVENT_URI": event_uri(spec.event_target) if spec.event_target else "",
         "BOOT_ID": spec.boot_id or "none",
-        # JSON-RPC also on e.g. the management address, so the controller observes the PBX from outside
-        # the data plane (a cut data link must not blind the harness)
+        # JSON-RPC on the management address only when there is one (``rpc_listen``: an agent desktop on
+        # the data network must not reach ``ul.rm``), else on the SIP address; ``rpc_also_listen`` adds
+        # more. ``rpc_allow`` then refuses (403) any source but the CTIs and the controller.
+        "RPC_LISTEN": f"listen=tcp:{_bracket(spec.rpc_listen) if spec.rpc_listen else spec.listen_host}"
+        f":{spec.rpc_port}",
         "RPC_EXTRA_LISTEN": "".join(f"listen=tcp:{a}:{spec.rpc_port}\n" for a in spec.rpc_also_listen),
+        "RPC_ACL": _rpc_acl(spec.rpc_allow),
     }
 
     def fill(match: re.Match[str]) -> str:

@@ -65,6 +65,24 @@ def cti_events(topo: Topology, site: str) -> tuple[str, int] | None:
     return str(cti.spec.address), CTI_EVENT_PORT
 
 
+def pbx_rpc_host(topo: Topology, pbx: Device) -> str | None:
+    """The management address where ``pbx`` serves its JSON-RPC, or None (then on its SIP address, as
+    before): the RPC drops registrations (``ul.rm``), so it is a management plane, off the data network
+    where the agents' desktops are, whenever the PBX and its site's CTI both have a management address."""
+    ctis = topo.of_kind("cti", pbx.site)
+    if pbx.spec.mgmt and all(c.spec.mgmt for c in ctis):
+        return str(pbx.spec.mgmt)
+    return None
+
+
+def rpc_clients(topo: Topology) -> list[str]:
+    """The sources a PBX's RPC answers on its management address: the controller and the CTIs (the other
+    hosts, agents' desktops included, share the management network only for the lab's own SSH)."""
+    out = [str(topo.model.management.controller)]
+    out += [str(c.spec.mgmt) for c in topo.of_kind("cti") if c.spec.mgmt]
+    return out
+
+
 def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned]:
     out: list[Planned] = []
     sites = list(topo.sites)
@@ -93,7 +111,8 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
             s = cti.spec
             argv = _py("stack.cti") + [
                 "--site", code, "--bind", f"{s.address}:{s.port}",
-                "--pbx-rpc", f"http://{pbx.spec.address}:{pbx.spec.rpc_port}/RPC",
+                "--pbx-rpc", f"http://{pbx_rpc_host(topo, pbx) or pbx.spec.address}:{pbx.spec.rpc_port}/RPC",
+                "--pbx-sip", f"{pbx.spec.address}:{pbx.spec.sip_port}",
                 "--secret-env", STACK_SECRET,
             ]  # fmt: skip
             if ul is not None:
