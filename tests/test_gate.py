@@ -625,7 +625,7 @@ def test_history_attachment_that_is_not_text(tmp_path: Path) -> None:
 def test_shipped_policy_loads_and_sets_the_checkers_bound() -> None:
     pol = gate.load_policy(REPO / "gate.yaml")
     assert pol.max_lost_agents == 0 and pol.max_split_brain == 0 and pol.scenarios
-    assert gate.recovery_bound(pol, "scenarios.test_unplanned#test_failover[case=pbx_killed]", 99.0) == 30.0
+    assert gate.recovery_bound(pol, "scenarios.test_unplanned#test_failover[case=pbx_killed]", 99.0) == 8.0
     assert gate.recovery_bound(REPO / "gate.yaml", "no_such_thing", 99.0) == 99.0
     assert gate.recovery_bound(None, "x", 7.0) == 7.0
 

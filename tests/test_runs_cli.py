@@ -58,7 +58,9 @@ class FakeSuite:
         self.raises, self.gate_exit = raises, gate_exit
         self.calls: list[dict[str, Any]] = []
 
-    def sessions(self, sessions, res, results, out_dir, policy, dry_run, out, extra=None) -> None:
+    def sessions(
+        self, sessions, res, results, out_dir, policy, dry_run, out, extra=None, repeat: int = 1
+    ) -> None:
         self.calls.append({"sessions": [s.name for s in sessions], "markers": [s.markers for s in sessions],
                            "out_dir": out_dir, "extra": list(extra or [])})  # fmt: skip
         (results / "x-result.json").write_text("{}")
