@@ -317,3 +317,10 @@ def test_no_secret_is_compared_with_equals(path: str) -> None:
             names |= {n.attr for n in sides if isinstance(n, ast.Attribute)}
             hit = {n for n in names if any(s in n.lower() for s in SECRET_NAMES)}
             assert not hit, f"{path}:{node.lineno}: {hit} compared with == (use auth.same)"
+
+
+def test_check_request_keeps_a_process_wide_window_for_servers_that_only_ask_yes_or_no() -> None:
+    """The swarm's admin API calls ``check_request``: protected from replays with no window of its own."""
+    h = auth.sign_request(SECRET, "POST", "/agents/a00001/logout", b"")
+    assert auth.check_request(SECRET, "POST", "/agents/a00001/logout", b"", h)
+    assert not auth.check_request(SECRET, "POST", "/agents/a00001/logout", b"", h)
