@@ -38,12 +38,13 @@ from harness import faults, gate, report
 from harness import topology as topology_mod
 from harness.lab import virtual as virtual_backend
 from harness.lab.session import LabError, open_lab
-from harness.report import runs
+from harness.report import gateresult, runs, trend
 from harness.scenario import format_plan, read_plan
 from harness.topology import REPO_ROOT
 
 SCALE_TOPOLOGY = REPO_ROOT / "topologies" / "virtual-1k.yaml"
 SCALE_AGENTS = 1000
+HISTORY = "history.jsonl"  # Allure 3's history, under reports/ beside the runs: pruning a run keeps it
 
 
 @dataclass
@@ -285,11 +286,8 @@ def run(
 def _judge(
     res: JobResult, out_dir: Path, results: Path, policy: str | None, out: Callable[[str], None]
 ) -> None:  # fmt: skip
-    """The HTML report and the gate's verdict, both inside the run."""
-    try:
-        res.report = report.build_report(results, out_dir / "allure-report", name="hil failover lab")
-    except report.ReportError as e:
-        out(f"report: {e}")
+    """The gate's verdict, the trend across kept runs, and the HTML report (with history, the gate's
+    result and the trend), all inside the run; the trend and Allure's history also in reports/."""
     try:
         rep = gate.run_gate(policy, results)
         out(gate.table(rep))
@@ -299,8 +297,28 @@ def _judge(
         res.gate_exit = rep.exit_code
     except Exception as e:  # a broken gate must not hide the suite's own result
         out(f"gate: {type(e).__name__}: {e}")
+    res.report = _report(out_dir, results, out)
     suite_failed = any(s.returncode not in (0,) for s in res.sessions)
     res.exit_code = res.gate_exit if res.gate_exit is not None else (1 if suite_failed else 0)
+
+
+def _report(out_dir: Path, results: Path, out: Callable[[str], None]) -> Path | None:
+    """Trend, release-gate result and HTML report; a failure of any is printed, never fatal."""
+    extra: list[Path] = []
+    try:
+        extra = trend.write_trend(out_dir.parent.parent, out_dir)
+    except Exception as e:  # a broken trend must not cost the run its report
+        out(f"trend: {type(e).__name__}: {e}")
+    with tempfile.TemporaryDirectory(prefix="hil-gate-result-") as tmp:
+        gateresult.write_gate_result(out_dir, Path(tmp), extra)
+        try:
+            return report.build_report(
+                results, out_dir / "allure-report", name="hil failover lab", extra_results=[tmp],
+                history=out_dir.parent.parent / HISTORY, attached=extra,
+            )  # fmt: skip
+        except report.ReportError as e:
+            out(f"report: {e}")
+    return None
 
 
 def _keep(

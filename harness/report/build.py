@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,21 @@ def build_report(
     *,
     name: str = "hil failover lab",
     timeout: float = 300.0,
+    history: str | Path | None = None,
+    extra_results: Sequence[str | Path] = (),
+    attached: Sequence[str | Path] = (),
 ) -> Path:
     """Build the HTML report from Allure results with Allure 3's Awesome plugin; returns `out/index.html`.
 
     Allure 3 applies categories from its config, not from the results, so the results' `categories.json`
     (else `CATEGORIES`) goes into a generated `allurerc.mjs`. `out` is replaced, but only if it is empty or
     an earlier report (it has an `index.html`), never some other directory.
+
+    `history`: Allure 3's history file (JSONL, `historyPath`): read for each test's past results and
+    durations, and this report's results appended to it; kept outside any one run (`reports/history.jsonl`)
+    so pruning a run does not lose it. `extra_results`: more results directories (the release gate's
+    result, `harness.report.gateresult`); `attached`: files attached to the whole report (the
+    trend page and picture).
     """
     res, dest = Path(results).resolve(), Path(out).resolve()
     if not res.is_dir():
@@ -82,6 +92,8 @@ def build_report(
         "name": name,
         "output": str(dest),
         "categories": _categories_for(res),
+        **({"historyPath": str(Path(history).resolve())} if history is not None else {}),
+        **({"globalAttachments": [str(Path(p).resolve()) for p in attached]} if attached else {}),
         "plugins": {
             "awesome": {"options": {"reportName": name, "reportLanguage": "en", "singleFile": False}}
         },
@@ -90,6 +102,7 @@ def build_report(
         cfg = Path(tmp) / "allurerc.mjs"
         cfg.write_text(f"export default {json.dumps(config, indent=1)};\n")
         cmd = [str(cli), "generate", "--config", str(cfg), "--output", str(dest), str(res)]
+        cmd += [str(Path(p).resolve()) for p in extra_results if Path(p).is_dir()]
         try:
             proc = subprocess.run(
                 cmd,
