@@ -120,7 +120,8 @@ def test_many_lines_in_one_segment_are_all_answered_in_order(loop: str) -> None:
         assert [r["type"] for r in got] == want
         assert [r["seq"] for r in got[2:3002]] == list(range(3000))
         assert got[-2]["state"] == "ready"  # the second login (same epoch) kept the state
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # EOF answered: closed
+        rest = await asyncio.wait_for(reader.read(), 5)  # EOF answered: the session ends, said, and closed
+        assert [json.loads(x)["event"] for x in rest.splitlines()] == ["ended"]
         await wait_for(lambda: not srv.conns and not srv.sessions)
         writer.close()
 
@@ -161,10 +162,9 @@ def test_a_client_that_stops_reading_is_not_read_and_then_cut(loop: str) -> None
         await wait_for(lambda: len(slow._buf) > waiting or slow.closed)
         assert len(slow._buf) > waiting and not slow.closed  # not handled: waits for the client to read
         adm = await CtiConnection.open("127.0.0.1", CTI)
-        msg = auth.sign_message(SECRET, {"type": "admin", "op": "switch_order", "agents": ["a00002"] * 1500,
-                                         "target": "ntg"})  # fmt: skip
+        order = {"type": "admin", "op": "switch_order", "agents": ["a00002"] * 1500, "target": "ntg"}
         for _ in range(100):
-            await adm.request(msg)
+            await adm.request(auth.sign_message(SECRET, order))  # each signed anew: a replay is refused
             if slow.closed:
                 break
         assert slow.closed and slow.transport.is_closing()

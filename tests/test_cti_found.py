@@ -4,6 +4,7 @@ the server alone next to its schedule, which replays it on the lab."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from test_cti_server import CTI, FakePbxAndUl, agent, token, with_cti
@@ -131,5 +132,26 @@ def test_a_logout_read_after_the_lease_ran_out_is_answered_lapsed() -> None:
         live, _ = await agent(fake, "a00002", "10002")
         reply = await live.request({"type": "logout"})
         assert reply["type"] == "logout_ok" and "lapsed" not in reply and "a00002" not in srv.lapsed
+
+    with_cti(body)
+
+
+def test_a_session_that_ends_with_its_connection_says_so() -> None:
+    """explore seed 2 (both CTIs hung 12 s): an agent's login waited in a hung CTI, the client gave up and
+    closed the connection, and logged in at the other site; on SIGCONT the hung CTI answered login_ok on
+    the closed connection and dropped the session at once, silently: on the wire the agent looked active at
+    both sites until the next read of the table. A session that ends with its connection says `ended`."""
+
+    async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        await agent(fake, "a00002", "10002")  # the UL and PBX fakes answer
+        fake.epochs["a00001"] = {"site": "sha", "epoch": 100, "status": "active"}
+        reader, writer = await asyncio.open_connection("127.0.0.1", CTI)
+        line = {"type": "login", "agent": "a00001", "token": token("a00001", "10001", 100), "id": 1}
+        writer.write(json.dumps(line).encode() + b"\n")
+        writer.write_eof()  # the client gives up: its login and its FIN arrive together
+        got = [json.loads(x) for x in (await asyncio.wait_for(reader.read(), 10)).splitlines()]
+        assert [(m["type"], m.get("event")) for m in got] == [("login_ok", None), ("event", "ended")]
+        assert "a00001" not in srv.sessions
+        writer.close()
 
     with_cti(body)

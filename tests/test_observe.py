@@ -332,3 +332,15 @@ def test_a_cti_message_held_back_says_how_long() -> None:
     out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
     got = [(e.time, v["event"], v.get("held")) for e, _, v in out if v["event"] in ("login", "state")]
     assert got == [(1.1, "login", None), (20.0, "state", 18.0)]
+
+
+def test_a_session_that_ended_with_its_connection_is_a_logout() -> None:
+    cti = ("198.18.1.20", 7000)
+    a = ("198.18.1.100", 40001)
+    evs = [
+        _cti_ev(1.0, a, cti, {"type": "login", "id": 1, "agent": "a00001", "token": "t"}),
+        _cti_ev(1.1, cti, a, {"type": "login_ok", "id": 1, "agent": "a00001", "epoch": 7, "state": "ready"}),
+        _cti_ev(1.2, cti, a, {"type": "event", "event": "ended", "reason": "eof"}),
+    ]
+    out = observe.cti_observations(evs, {"198.18.1.20": ("sha-cti1", "sha")})
+    assert [(e.time, v["event"]) for e, _, v in out] == [(1.1, "login"), (1.2, "logout")]

@@ -84,6 +84,8 @@ def cti_observations(
             value = {"event": "lapsed"}
         elif typ == "logout_ok":
             value = {"event": "logout"}
+        elif typ == "event" and body.get("event") == "ended":
+            value = {"event": "logout"}  # its client closed the connection: the session ended with it
         elif typ == "event" and body.get("event"):
             value = {"event": str(body["event"])}
         if value is None or agent is None:

@@ -184,6 +184,12 @@ class Connection(asyncio.Protocol):
         if rest and not self.closed:
             self._line(rest)
         if self._task is None and not self._wpaused:
+            s = self.session
+            if s is not None and self.server.sessions.get(s.agent) is s:
+                # Its session ends with the connection: say so on the wire, or a login its client had given
+                # up on (answered after a hang, the client gone) would look active until the next read of
+                # the table (explore seed 2: both CTIs hung 12 s, the agent logged in at the other site).
+                self.send({"type": "event", "event": "ended", "reason": "eof"})
             self._end()
 
     def _too_large(self) -> None:

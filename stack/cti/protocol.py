@@ -36,6 +36,7 @@ ERRORS = {
     "pbx_unreachable": "the CTI cannot reach its PBX",
     "forbidden": "an admin message whose signature does not verify",
     "not_yet": "the token is not valid yet (nbf): the old site's lease has not surely expired; retry_after",
+    "superseded": "a later login of this agent (same token) holds the session; this one was sent before it",
 }
 
 
