@@ -21,6 +21,7 @@ from typing import Any
 
 from harness import topology as topology_mod
 from harness.checks import Verdict, fault_key
+from harness.checks.recovery import seconds
 from harness.decode import Event as WireEvent
 from harness.history import Event, Op, pair_ops
 
@@ -31,6 +32,7 @@ __all__ = [
     "hosts_from_topology",
     "ladder_svg",
     "sample_agents",
+    "scale_to_data",
     "timeline_png",
 ]
 
@@ -343,15 +345,14 @@ def timeline_png(
         my = ys[len(rows) :]
         ax.hlines(my, 0, observed, color="#c62828", lw=2 if n < 200 else 0.8, label="not recovered")
         ax.plot([observed] * len(my), my, "x", color="#c62828")
-    if bound is not None:
-        ax.axvline(bound, color="black", ls="--", lw=1, label=f"bound {bound}s")
+    _mark_bound(ax, 0.0, max([t for _, t in rows] + ([observed] if missing else []), default=0.0), bound)
     if n <= 40:
         ax.set_yticks(ys, [a for a, _ in rows] + [f"{a} ({p})" for a, p in missing], fontsize=7)
     else:
         ax.set_ylabel(f"{n} agents, sorted by recovery time")
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the fault began")
-    stats = ", ".join(f"{k} {fig_[k]}s" for k in ("p50", "p95", "max") if fig_.get(k) is not None)
+    stats = ", ".join(f"{k} {seconds(fig_[k])}" for k in ("p50", "p95", "max") if fig_.get(k) is not None)
     ax.set_title(
         f"{title}: {len(rows)}/{fig_.get('affected', n)} recovered" + (f" ({stats})" if stats else "")
     )
@@ -375,17 +376,61 @@ def histogram_png(
         ax.text(0.5, 0.5, "no agent recovered", transform=ax.transAxes, ha="center")
     for key, style in (("p50", ":"), ("p95", "-.")):
         if fig_.get(key) is not None:
-            ax.axvline(fig_[key], color="#333", ls=style, lw=1, label=f"{key} {fig_[key]}s")
-    if fig_.get("bound") is not None:
-        ax.axvline(fig_["bound"], color="#c62828", ls="--", lw=1.2, label=f"bound {fig_['bound']}s")
+            ax.axvline(fig_[key], color="#333", ls=style, lw=1, label=f"{key} {seconds(fig_[key])}")
+    if times:
+        _mark_bound(ax, times[0], times[-1], fig_.get("bound"), from_zero=False)
     from matplotlib.ticker import MaxNLocator  # loaded with pyplot above: see _pyplot
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("recovery time (s)")
     ax.set_ylabel("agents")
     missing = sum(1 for w in _witnesses(recovery) if isinstance(w, dict) and w.get("problem") == "lost")
-    ax.set_title(f"{title} ({len(times)} agents recovered" + (f", {missing} lost)" if missing else ")"))
+    polls = fig_.get("timed_from_polls")
+    how = f"; {polls} timed from polls, not the wire" if polls else ""
+    lost = f", {missing} lost" if missing else ""
+    ax.set_title(f"{title} ({len(times)} agents recovered{lost}{how})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig, path)
+
+
+def scale_to_data(
+    lo: float, hi: float, bound: float | None, *, from_zero: bool = True, near: float = 1.5
+) -> tuple[float, float, bool]:
+    """The x range (left, right) for data spanning [lo, hi], and whether the bound is drawn inside it.
+
+    The data fill the plot: a bound far above them (more than `near` times the data's top) would squash
+    50 recoveries of about 2 s into a sliver of a 30 s axis, so it is then marked at the edge with its
+    value instead. `from_zero`: the axis starts at 0 (bars from the fault's start); else it hugs the data.
+    """
+    span = max(hi - lo, abs(hi) * 0.02, 1e-3)
+    left = 0.0 if from_zero else max(0.0, lo - 0.08 * span)
+    right = hi + 0.08 * (hi - left if from_zero else span)
+    inside = bound is not None and (hi <= 0 or bound <= near * hi)
+    if inside and bound is not None:
+        right = max(right, bound + 0.04 * (bound - left))
+        left = min(left, bound)
+    return left, max(right, left + 1e-3), inside
+
+
+def _mark_bound(ax: Any, lo: float, hi: float, bound: Any, *, from_zero: bool = True) -> None:
+    """Scale the x axis to the data and mark the bound: a dashed line, or an arrow at the right edge."""
+    b = float(bound) if isinstance(bound, int | float) and not isinstance(bound, bool) else None
+    left, right, inside = scale_to_data(lo, hi, b, from_zero=from_zero)
+    ax.set_xlim(left, right)
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)  # 1.54 on the axis, not +1.5 and 0.04
+    if b is None:
+        return
+    if inside:
+        ax.axvline(b, color="#c62828", ls="--", lw=1.2, label=f"bound {seconds(b)}")
+    else:
+        ax.annotate(
+            f"bound {seconds(b)} \u2192",
+            xy=(1.0, 1.01),  # above the plot's top right corner: off the scale, clear of the data
+            xycoords="axes fraction",
+            ha="right",
+            va="bottom",
+            color="#c62828",
+            fontsize=8,
+        )

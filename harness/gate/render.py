@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from harness.checks.recovery import seconds
 from harness.gate.judge import NO_SHIP, UNJUDGED, GateReport
 
 __all__ = ["junit_xml", "markdown", "table", "write_outputs"]
@@ -22,15 +23,18 @@ _MARK = {
 }
 
 
-def _fmt(x: Any) -> str:
-    return "-" if x is None else (f"{x:g}" if isinstance(x, float) else str(x))
+def _secs(x: Any) -> str:
+    """A time cell: "2.14 s" (three significant figures, the unit in the cell, not the header)."""
+    if isinstance(x, int | float) and not isinstance(x, bool):
+        return seconds(float(x))
+    return "-" if x is None else str(x)
 
 
 def _rows(rep: GateReport) -> list[list[str]]:
     rows = []
     for s in rep.scenarios:
         b = s.figures.get("bound") or {}
-        bound = "/".join(f"{q} {_fmt(v)}" for q, v in b.items()) or "-"
+        bound = ", ".join(f"{q} {_secs(v)}" for q, v in b.items()) or "-"
         why = s.reasons[0] if s.verdict in ("fail", "flaky", "unjudged") and s.reasons else ""
         if s.verdict == "fail" and not s.regressions:  # the first reason that blocks the release
             why = next((f"run {k + 1}: {d}" for k, j in enumerate(s.runs) for d in j.defects), why)
@@ -39,8 +43,8 @@ def _rows(rep: GateReport) -> list[list[str]]:
                 s.scenario,
                 str(len(s.runs)),
                 f"{s.passes}/{s.needed}" if s.listed else str(s.passes),
-                _fmt(s.figures.get("p95")),
-                _fmt(s.figures.get("max")),
+                _secs(s.figures.get("p95")),
+                _secs(s.figures.get("max")),
                 bound,
                 _MARK[s.verdict],
                 why,
@@ -49,7 +53,7 @@ def _rows(rep: GateReport) -> list[list[str]]:
     return rows
 
 
-_HEAD = ["scenario", "runs", "passed", "p95 s", "max s", "bound s", "verdict", "why"]
+_HEAD = ["scenario", "runs", "passed", "p95", "max", "bound", "verdict", "why"]
 
 
 def table(rep: GateReport, width: int = 160) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.checks import Verdict
+from harness.checks.recovery import seconds
 
 __all__ = [
     "CATEGORY_RANK",
@@ -208,7 +209,8 @@ def _recovery(v: Verdict, ws: list[Mapping[str, Any]]) -> list[Finding]:
         a = _agents(late)
         slowest = max((w["recovery"] for w in late if _number(w.get("recovery"))), default=0)
         bound = v.figures.get("bound")
-        detail = f"{len(a)} agents over the {bound}s bound (slowest {slowest}s): {_short(a)}"
+        over = f"the {seconds(bound)} bound" if _number(bound) else "the bound"
+        detail = f"{len(a)} agents over {over} (slowest {seconds(slowest)}): {_short(a)}"
         out.append(_finding("recovery_over_bound", v.name, detail, a))
     return out or [_finding("check_failed", v.name, v.reason)]
 
