@@ -83,6 +83,23 @@ def test_without_acknowledgements_nobody_can_tell() -> None:
     assert cut_stream(PARTIAL, acked=3).stats.incomplete_at_end == 1
 
 
+def test_a_reset_connection_ended_mid_message_whatever_was_acknowledged_before() -> None:
+    """explore seed 8: the UL's fences queued for a CTI whose port was down; when the port came back the
+    CTI acknowledged part, the UL had given up and reset the connection mid-line. Aborted: the rest was never
+    sent, whatever the last acknowledgement; an acknowledgement past the capture still shows loss."""
+    for acked, lossless in ((3, True), (len(PARTIAL), True), (len(PARTIAL) + 20, False)):
+        frames = [
+            seg(True, ISN, 0, SYN),
+            seg(False, 5000, ISN + 1, SYN | ACK),
+            seg(True, ISN + 1, 5001, PSH_ACK, PARTIAL),
+            seg(False, 5001, ISN + 1 + acked, ACK),
+            seg(True, ISN + 1 + acked, 0, 0x04),  # RST
+        ]
+        d = decode(frames)
+        assert d.stats.lossless is lossless, (acked, d.stats)
+        assert (d.stats.ended_mid_message, d.stats.incomplete_at_end) == ((1, 0) if lossless else (0, 1))
+
+
 def test_port_reuse_accounts_the_old_stream_the_same_way() -> None:
     frames = [
         seg(True, ISN, 0, SYN),

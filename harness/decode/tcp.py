@@ -28,7 +28,7 @@ _TCP = struct.Struct(">HHIIH")
 class Stream:
     """One direction of a TCP connection: bytes in sequence order, framed into messages."""
 
-    __slots__ = ("next_seq", "buf", "pending", "kind", "resync", "acked", "fin")
+    __slots__ = ("next_seq", "buf", "pending", "kind", "resync", "acked", "fin", "reset")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
@@ -40,6 +40,7 @@ class Stream:
             None  # highest ACK this direction sent: the reverse direction's bytes received
         )
         self.fin: int | None = None  # sequence number of this direction's FIN
+        self.reset = False  # this direction sent a RST: the connection was aborted
 
 
 def _seq_delta(a: int, b: int) -> int:
@@ -84,6 +85,8 @@ class TcpStreams:
         payload = buf[l4 + (offflags >> 12) * 4 : end]
         if flags & 0x01:
             st.fin = (seq + len(payload)) & 0xFFFFFFFF
+        if flags & 0x04:
+            st.reset = True
         if not payload:
             return
         if st.kind is None:
@@ -193,11 +196,17 @@ class TcpStreams:
 
     def _died_mid_message(self, st: Stream, key: StreamKey) -> bool:
         """True when the peer's last acknowledgement lies within the partial message at the stream's end (up
-        to a FIN right after it): the rest was never delivered, so the capture missed nothing. Without an
-        acknowledgement seen (a one-way capture) nobody can tell, and it stays capture loss."""
+        to a FIN right after it), or anywhere up to its end when the connection was reset: the rest was
+        never delivered, so the capture missed nothing. Without an acknowledgement seen (a one-way capture)
+        nobody can tell, and it stays capture loss."""
         back = self.streams.get((key[2], key[3], key[0], key[1]))
         if back is None or back.acked is None or st.next_seq is None:
             return False
         start = (st.next_seq - len(st.buf)) & 0xFFFFFFFF
         last = (st.next_seq + 1) & 0xFFFFFFFF if st.fin == st.next_seq else st.next_seq
+        if st.reset or back.reset:
+            # Aborted: the sender's unsent bytes were thrown away, so the message never completes. Only an
+            # acknowledgement past what the capture holds shows bytes it missed. (The UL gave up on a fence
+            # to a CTI whose port was down and reset the connection mid-line: explore seed 8.)
+            return _seq_delta(back.acked, last) <= 0
         return _seq_delta(back.acked, start) >= 0 and _seq_delta(back.acked, last) <= 0
