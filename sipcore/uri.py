@@ -73,7 +73,8 @@ def hostport_of(uri: str, default_port: int = 5060) -> tuple[str, int]:
         host, port_s = rest[1:end], rest[end + 2 :] if rest[end + 1 : end + 2] == ":" else ""
     else:
         host, _, port_s = rest.partition(":")
-    return host, int(port_s) if port_s.isdigit() else default_port
+    ok = port_s.isascii() and port_s.isdigit() and len(port_s) <= 5  # "²" and 10,000 digits are no port
+    return host, int(port_s) if ok else default_port
 
 
 def host_of(uri: str | None) -> str | None:
