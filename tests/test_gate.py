@@ -201,7 +201,7 @@ def test_bound_exceeded_blocks(tmp_path: Path) -> None:
     r.add("scenarios.test_login#test_local_login")
     rep = gate.run_gate(policy_file(tmp_path, POLICY.replace("p95: 10", "p95: 5")), r.d)
     assert rep.exit_code == 1
-    assert any("p95 recovery 6.0s over the policy bound 5.0s" in x for s in rep.scenarios for x in s.reasons)
+    assert any("p95 recovery 6.00 s over the policy bound 5.00 s" in x for s in rep.scenarios for x in s.reasons)
 
 
 def test_lost_agent_in_a_passed_run_blocks(tmp_path: Path) -> None:

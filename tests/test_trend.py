@@ -69,7 +69,7 @@ def test_the_trend_has_a_point_per_scenario_per_run_labelled_by_revision(tmp_pat
         assert (where / "trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         page = (where / "trend.html").read_text()
         assert page.count("<td>20261201T100000Z-v0.3</td>") == 1 and "<td>v0.4</td>" in page
-        assert "data:image/png;base64," in page and "6.000" in page
+        assert "data:image/png;base64," in page and "6.00 s" in page
 
 
 def test_the_run_being_finished_is_on_its_own_trend_and_an_empty_trend_still_draws(tmp_path: Path) -> None:

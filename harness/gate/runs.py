@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from harness import report
 from harness.checks import Verdict
+from harness.checks.recovery import seconds
 from harness.gate.inputs import problem_line
 from harness.gate.policy import Policy, Rule
 from harness.gate.results import Attachment, TestRun, VerdictFile, read_verdicts
@@ -150,7 +151,7 @@ def _recovery_bounds(
                 elif not _seconds(val):
                     add("incomplete", f"recovery_time's {q} figure is not a number of seconds: {val!r}")
                 elif val > bound:
-                    add("defect", f"{q} recovery {val}s over the policy bound {bound}s")
+                    add("defect", f"{q} recovery {seconds(val)} over the policy bound {seconds(bound)}")
 
 
 def judge_run(

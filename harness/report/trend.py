@@ -22,6 +22,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from harness.checks.recovery import seconds
 from harness.plots import _png, _pyplot
 from harness.report import runs
 from harness.report.compare import METRICS, distribution
@@ -178,7 +179,7 @@ def trend_png(points: Sequence[RunPoint], path: str | Path | None = None) -> byt
 
 
 def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.3f}"
+    return "-" if x is None else seconds(x)
 
 
 def trend_html(points: Sequence[RunPoint], png: bytes) -> str:
