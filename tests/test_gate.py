@@ -201,7 +201,11 @@ def test_bound_exceeded_blocks(tmp_path: Path) -> None:
     r.add("scenarios.test_login#test_local_login")
     rep = gate.run_gate(policy_file(tmp_path, POLICY.replace("p95: 10", "p95: 5")), r.d)
     assert rep.exit_code == 1
-    assert any("p95 recovery 6.00 s over the policy bound 5.00 s" in x for s in rep.scenarios for x in s.reasons)
+    reasons = [x for s in rep.scenarios for x in s.reasons]
+    assert any("p95 recovery 6.00 s over the policy bound 5.00 s" in x for x in reasons)
+    first = gate.render.summary_line(rep)  # what gate.md says right under its title
+    assert first.startswith("**2 scenarios: 1 pass, 1 fail, 0 flaky, 0 not judged;")
+    assert "blocking: `scenarios.test_unplanned#test_pbx_killed` (run 1: p95 recovery 6.00 s" in first
 
 
 def test_lost_agent_in_a_passed_run_blocks(tmp_path: Path) -> None:

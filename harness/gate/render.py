@@ -79,10 +79,29 @@ def _md_cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
+def summary_line(rep: GateReport) -> str:
+    """One line a release manager reads first: counts by verdict, rules with no scenario, what blocks."""
+    kinds = ("pass", "fail", "flaky", "unjudged")
+    counts = {k: sum(1 for s in rep.scenarios if s.verdict == k) for k in kinds}
+    blocking = [s for s in rep.scenarios if s.verdict in ("fail", "flaky", "unjudged")]
+    first = ", ".join(
+        f"`{s.scenario}` ({s.reasons[0] if s.reasons else _MARK[s.verdict]})" for s in blocking[:3]
+    )
+    more = f" and {len(blocking) - 3} more" if len(blocking) > 3 else ""
+    return (
+        f"**{len(rep.scenarios)} scenarios: {counts['pass']} pass, {counts['fail']} fail, "
+        f"{counts['flaky']} flaky, {counts['unjudged']} not judged; "
+        f"{len(rep.missing)} rules with no scenario; "
+        f"blocking: {first + more if blocking else 'none'}**"
+    )
+
+
 def markdown(rep: GateReport) -> str:
     """gate.md: the verdict, the table, then every reason."""
     out = [
         f"# Release gate: {rep.verdict.upper()} (exit {rep.exit_code})",
+        "",
+        summary_line(rep),
         "",
         f"- policy: `{rep.policy}`",
         f"- results: `{rep.results}`",
