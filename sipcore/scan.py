@@ -117,10 +117,7 @@ def _start_line(start: bytes) -> tuple[Any, ...] | None:
         ruri_host = _text(host_b.strip(b"[]")) or None
     else:
         ruri_user = user_of(_text(ruri))
-        try:
-            ruri_host = host_of(_text(ruri))
-        except ValueError:  # sipcore.uri.hostport_of reads a port of non-ASCII digits ("²") with int()
-            ruri_host = None
+        ruri_host = host_of(_text(ruri))  # a port of non-ASCII digits ("²") is no port: never raises
     return method_b.decode(), None, None, _text(ruri), ruri_user, ruri_host
 
 

@@ -95,6 +95,7 @@ def test_many_lines_in_one_segment_are_all_answered_in_order(loop: str) -> None:
     without its newline, which is answered too (as ``readline`` returned it) before the server closes."""
 
     async def body(fake: FakePbxAndUl, srv: CtiServer) -> None:
+        await wait_for(lambda: srv.pbx.up)  # else its pbx_link_up event may come among the replies
         fake.epochs["a00001"] = {"site": "sha", "epoch": 100, "status": "active"}
         reader, writer = await asyncio.open_connection("127.0.0.1", CTI)
         login = {"type": "login", "token": token("a00001", "10001", 100)}
