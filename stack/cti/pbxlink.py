@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -74,6 +75,9 @@ class PbxLink:
         self.dump_seconds = 0.0  # how long the last bulk dump took
         self.dumped = False  # a dump has succeeded: ``registered`` means something
         self.sip = sip  # (host, port) for the SIP OPTIONS half of the liveness probe, or None
+        # An RPC on another address (the PBX's management plane) cannot vouch for the data path the phones
+        # use: then only the SIP half says the link is up (a cut of the PBX's data port is a link down).
+        self.rpc_vouches = sip is None or urlsplit(rpc_url or "").hostname == sip[0]
         # Extensions a direct lookup found registered, and when: a dump that began before that moment
         # cannot know of them and must not take them away (it would tell a freshly linked agent its phone
         # is unregistered, and send it back to where it came from: seen at 10,000 agents).
@@ -129,9 +133,13 @@ class PbxLink:
 
         With ``sip`` set, a SIP OPTIONS goes out beside the JSON-RPC lookup and either answer will do: the
         RPC is served by Kamailio's HTTP worker, which queues behind a slow bulk dump, so under load an
-        RPC probe alone timed out and a healthy PBX was reported down (10,000 agents, ntg's CTI)."""
+        RPC probe alone timed out and a healthy PBX was reported down (10,000 agents, ntg's CTI). When the
+        RPC is on the PBX's management address, only the SIP answer counts: it is the phones' path."""
         self.polls += 1
-        checks = [self._rpc_alive()] + ([self._sip_alive()] if self.sip else [])
+        if self.rpc_vouches:
+            checks = [self._rpc_alive()] + ([self._sip_alive()] if self.sip else [])
+        else:
+            checks = [self._sip_alive()]
         if not any(await asyncio.gather(*checks)):
             self.fails += 1
             if self.fails >= self.fail_after:
