@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -99,8 +100,8 @@ def _unb64(text: str) -> bytes:
 
 def mint(secret: str, claims: dict[str, Any], ttl: float = 12 * 3600.0, lease: float = TOKEN_LEASE) -> str:
     """A token for ``claims`` (agent, site, epoch, ext) valid ``ttl`` seconds, ``lease`` of them offline."""
-    now = time.time()
-    body = dict(claims, iat=round(now, 3), exp=round(now + ttl, 3), lease=round(min(lease, ttl), 3))
+    now = math.floor(time.time() * 1000) / 1000  # issued at, never after now (a lease of 0 is over at once)
+    body = dict(claims, iat=now, exp=round(now + ttl, 3), lease=round(min(lease, ttl), 3))
     payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
     sig = _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest())
     return f"{payload}.{sig}"
