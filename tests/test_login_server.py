@@ -282,3 +282,30 @@ def test_signed_peer_endpoints_refuse_unsigned(tmp_path: Path) -> None:
                 assert r.status == 400
 
     run_pair(tmp_path, body)
+
+
+def test_a_login_that_arrives_after_its_deadline_allocates_nothing(tmp_path: Path) -> None:
+    """explore-82 (both CTIs powered off, the WAN cut): an agent's login to ntg's UL timed out, it logged
+    in at sha; its request reached ntg when the cut healed and ntg allocated a newer epoch that, at the
+    next reconciliation, fenced the agent's real session at sha: 7 agents lost. A login past the deadline
+    its client gave (more than the clock skew allowed) is refused and allocates nothing."""
+
+    async def body(p: Pair) -> None:
+        async def login(deadline: object) -> tuple[int, dict]:
+            req = {
+                "agent": "a00001",
+                "password": auth.derive_password(AGENT_SECRET, "a00001"),
+                "deadline": deadline,
+            }
+            async with aiohttp.ClientSession() as s, s.post(p.url("ntg") + "/v1/login", json=req) as r:
+                return r.status, await r.json()
+
+        before = p.uls["ntg"].store.sessions.get("a00001")
+        status, reply = await login(time.time() - 5.0)
+        assert (status, reply) == (408, {"error": "deadline_passed"})
+        assert p.uls["ntg"].store.sessions.get("a00001") is before  # nothing allocated
+        assert (await login(time.time() - 0.5))[0] == 200  # within the clock skew allowed (1 s)
+        assert (await login(time.time() + 3.0))[0] == 200
+        assert (await login("soon"))[0] == 400
+
+    run_pair(tmp_path, body)

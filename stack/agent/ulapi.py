@@ -84,7 +84,14 @@ class UlHttp:
         timeout: float,
         left: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"agent": agent, "password": password, "avoid": avoid}
+        # Past this moment (wall clock) the client has given up: a UL that reads the request later (held up
+        # by a cut, retransmitted when it healed) must not allocate a session nobody will use (explore-82).
+        body: dict[str, Any] = {
+            "agent": agent,
+            "password": password,
+            "avoid": avoid,
+            "deadline": round(time.time() + timeout, 3),
+        }
         if left:
             body["left"] = left  # {site, seconds}: how long since this client last sent the old CTI anything
         try:

@@ -44,6 +44,7 @@ class Routes:
     started: float
     cti_admin: CtiAdmin
     counters: dict[str, int]
+    clock_skew: float
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024, middlewares=[_refuse_bad_input])
@@ -126,6 +127,16 @@ class Routes:
         avoid = body.get("avoid") or []
         if not isinstance(avoid, list):
             raise _bad("avoid must be a list of site codes")
+        deadline = body.get("deadline")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
+            raise _bad("deadline must be a number (seconds since the epoch)")
+        if deadline is not None and time.time() > float(deadline) + self.clock_skew:
+            # Its client gave up before this request arrived (held up by a cut, retransmitted when it healed):
+            # a session allocated now would be a ghost whose newer epoch later fences the agent's real one
+            # at the other site (explore-82: 7 agents lost). Nothing is allocated.
+            self.counters["late"] = self.counters.get("late", 0) + 1
+            log.info("ul %s: login of %s arrived after its deadline: ignored", self.site, agent.id)
+            return web.json_response({"error": "deadline_passed"}, status=408)
         quiet = body.get("left")
         return web.json_response(
             await self.login(agent, [str(s) for s in avoid], quiet if isinstance(quiet, dict) else None)

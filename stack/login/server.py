@@ -58,6 +58,7 @@ class UnifiedLogin(Routes, PeerSync):
         peer_timeout: float = 1.0,
         lease: float = 2.5,
         lease_margin: float = 1.0,
+        clock_skew: float = 1.0,
     ) -> None:
         self.site = site
         self.secret = secret
@@ -75,6 +76,9 @@ class UnifiedLogin(Routes, PeerSync):
         # tolerance): an old session nobody could confirm dropped is surely gone lease + margin after
         # its client last sent it anything.
         self.lease, self.lease_margin = lease, lease_margin
+        # How far a client's clock may be behind this UL's: a login whose client-given deadline passed more
+        # than this ago is one its client gave up on (docs/cti-protocol.md, UL API).
+        self.clock_skew = clock_skew
         self.started = time.time()
         self.reconciled = self.peer_url is None
         self.peer_up: bool | None = None
