@@ -5,6 +5,7 @@ stand-in CTI admin that records what the UL tells its CTI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -307,5 +308,16 @@ def test_a_login_that_arrives_after_its_deadline_allocates_nothing(tmp_path: Pat
         assert (await login(time.time() - 0.5))[0] == 200  # within the clock skew allowed (1 s)
         assert (await login(time.time() + 3.0))[0] == 200
         assert (await login("soon"))[0] == 400
+        # the same for the peer's allocation: sha gave up on ntg (and allocated at home) before it arrived
+        req = json.dumps({"agent": "a00002", "requested_by": "sha", "deadline": time.time() - 5.0}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            **auth.sign_request(SECRET, "POST", "/v1/allocate", req),
+        }
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(p.url("ntg") + "/v1/allocate", data=req, headers=headers) as r,
+        ):
+            assert r.status == 408 and "a00002" not in p.uls["ntg"].store.sessions
 
     run_pair(tmp_path, body)

@@ -127,15 +127,7 @@ class Routes:
         avoid = body.get("avoid") or []
         if not isinstance(avoid, list):
             raise _bad("avoid must be a list of site codes")
-        deadline = body.get("deadline")
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
-            raise _bad("deadline must be a number (seconds since the epoch)")
-        if deadline is not None and time.time() > float(deadline) + self.clock_skew:
-            # Its client gave up before this request arrived (held up by a cut, retransmitted when it healed):
-            # a session allocated now would be a ghost whose newer epoch later fences the agent's real one
-            # at the other site (explore-82: 7 agents lost). Nothing is allocated.
-            self.counters["late"] = self.counters.get("late", 0) + 1
-            log.info("ul %s: login of %s arrived after its deadline: ignored", self.site, agent.id)
+        if self._too_late(body, agent.id):
             return web.json_response({"error": "deadline_passed"}, status=408)
         quiet = body.get("left")
         return web.json_response(
@@ -160,11 +152,29 @@ class Routes:
             await self._peer("POST", "/v1/fence", row.view())
         return web.json_response({"ok": True})
 
+    def _too_late(self, body: dict[str, Any], agent: str) -> bool:
+        """True when the request arrived after the deadline its sender gave (plus the clock skew allowed):
+        its sender gave up (a cut held the request back, TCP delivered it when the cut healed), and a
+        session allocated now would be a ghost whose newer epoch later fences the agent's real one at the
+        other site (explore-82: 7 agents lost). Nothing is allocated."""
+        deadline = body.get("deadline")
+        if deadline is None:
+            return False
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+            raise _bad("deadline must be a number (seconds since the epoch)")
+        if time.time() <= float(deadline) + self.clock_skew:
+            return False
+        self.counters["late"] = self.counters.get("late", 0) + 1
+        log.info("ul %s: a login of %s arrived after its deadline: nothing allocated", self.site, agent)
+        return True
+
     async def h_allocate(self, request: web.Request) -> web.Response:
         body = await self._signed(request)
         agent = _agent(self.directory, body)
         if agent is None:
             return web.json_response({"error": "unknown_agent"}, status=404)
+        if self._too_late(body, agent.id):
+            return web.json_response({"error": "deadline_passed"}, status=408)
         try:
             hold = max(0.0, float(body.get("hold") or 0.0))
         except (TypeError, ValueError):

@@ -197,6 +197,8 @@ class UnifiedLogin(Routes, PeerSync):
                         "rule": rule.id if rule else None,
                         "requested_by": self.site,
                         "hold": hold,
+                        # past it this UL has given up and allocates here: the peer must not allocate too
+                        "deadline": round(time.time() + float(self.peer_timeout.total or 0.0), 3),
                     },
                 )
                 row = SessionRow(
