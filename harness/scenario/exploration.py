@@ -310,7 +310,14 @@ class Explorer:
             # A failure that does not come back on the same schedule cannot be shrunk (every candidate
             # would "pass"): it is kept as it is, its histories say what happened, and the budget is saved.
             self.say(f"{res.name} did not fail the same way again: kept as it is, not shrunk")
-            res.shrink = {"failure": sorted(wanted), "reproduced": False, "runs": 1}
+            res.shrink = {
+                "failure": sorted(wanted),
+                "reproduced": False,
+                "runs": 1,
+                "seconds": round(time.monotonic() - t0, 1),
+                "ops_before": len(res.schedule.ops),
+                "ops_after": len(res.schedule.ops),
+            }
             return
         self.say(f"{res.name} fails again: shrinking it, at most {self.shrink_budget} runs")
         got = shrink.shrink(res.schedule, fails, self.shrink_budget, self.say, topo=self.inputs.topology)
