@@ -5,8 +5,8 @@ run, recorded in the history, judged by `check_schedule_outcome` (harness/checks
 The rules, from how the stack behaves (stack/agent/watch.py, failover.py, login.py; stack/cti/pbxwatch.py,
 pbxlink.py, sessions.py; stack/login/server.py, peer.py) and the scenarios that prove it (test_anti_flap,
 test_unplanned, test_split_brain, test_service_restored). W is the profile's confirmation window (3 s: a
-silent CTI is confirmed within 2.6 s, stack/agent/state.py Timers.detection_bound). Where the stack's behaviour is not certain, the rule
-says "may" rather than guess. docs/nemesis.md states them at more length.
+silent CTI is confirmed within 2.6 s, stack/agent/state.py Timers.detection_bound). Where the stack's
+behaviour is not certain, the rule says "may" rather than guess. docs/nemesis.md states them at more length.
 
 1. The chain. An agent homed at h, served at s, depends on: the agents host of h, the CTI and the PBX of
    s, the CTI's probe of its PBX, and the inter-site link when s is not h (harness/nemesis/effects.py).
