@@ -19,6 +19,7 @@ client re-checks 0.6 s after the CTI's report: a break under 1.0 s of the PBX's 
 
 from __future__ import annotations
 
+import allure
 import pytest
 
 from harness.checks import check_blip
@@ -41,10 +42,21 @@ SWEEP = {
 
 
 def _short_break(
-    scenario: Scenario, kind: str, target: str, seconds: float, window: tuple[float, float], **params: str
+    scenario: Scenario,
+    kind: str,
+    target: str,
+    seconds: float,
+    window: tuple[float, float],
+    may_hide: bool = False,
+    **params: str,
 ) -> None:
     """The break heals itself after ``seconds``; every agent stays registered and logged in at home through
-    it and after it (every read of every PBX and CTI), and the wire shows a break below the window."""
+    it and after it (every read of every PBX and CTI), and the wire shows a break below the window.
+
+    ``may_hide``: a break shorter than the quietest gap of the device's own messages (the PBX answers the
+    CTI's probe every 0.5 s) falls between two of them about a third of the time, and the wire cannot show
+    it (the blip checker says so: unknown). Then the reads alone judge that nobody moved, and the blip
+    verdict is kept in the report as information, not as the scenario's evidence."""
     home = scenario.expect()
     with scenario.fault(kind, target, duration=seconds, **params) as f:
         scenario.wait_healed(f, timeout=10.0)
@@ -54,7 +66,10 @@ def _short_break(
         scenario.finish()
     blip = check_blip(scenario.events(), window=window, expect="stay", heartbeat=HEARTBEAT)
     checks = scenario.standard_checks(expect="home", affected=list(home), recovery=False)
-    overall = scenario.conclude([blip, *checks])
+    unseen = may_hide and blip.result == "unknown" and "was not seen" in blip.reason
+    if unseen:
+        allure.attach(f"{blip.reason} {blip.figures}", name="blip (not seen on the wire)")
+    overall = scenario.conclude(checks if unseen else [blip, *checks])
     assert overall.valid, scenario.failure_message()
 
 
@@ -92,4 +107,5 @@ def test_cti_break_sweep(scenario: Scenario, factor: str) -> None:
 def test_pbx_hang_shorter_than_the_window_moves_nobody(scenario: Scenario) -> None:
     """The PBX hangs (SIGSTOP) for 300 ms: the CTI's probes and the phones' keep-alives go unanswered that
     long, the CTI reports nothing (one probe at most missed), and nobody moves."""
-    _short_break(scenario, "service_pause", f"{SITE}-pbx1", 0.3, PBX_WINDOW, service="kamailio")
+    pbx = f"{SITE}-pbx1"
+    _short_break(scenario, "service_pause", pbx, 0.3, PBX_WINDOW, may_hide=True, service="kamailio")
