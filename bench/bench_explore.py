@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.sysinfo import describe  # noqa: E402
+from harness.checks.schedule_ran import LATE_S  # noqa: E402
 from harness.lab.session import close_lab, open_lab  # noqa: E402
 from harness.scenario import exploration  # noqa: E402
-from harness.scenario.explore import LATE_S  # noqa: E402
 
 
 def witnesses(results: list[exploration.ScheduleResult], check: str) -> list[dict[str, Any]]:

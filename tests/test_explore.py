@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from harness import topology
+from harness.checks.schedule_ran import LATE_S, OP_F, SCHEDULE
+from harness.checks.schedule_ran import check_schedule_ran as schedule_ran
 from harness.drivers.base import Steps
 from harness.faults import Change, FaultRefused
 from harness.faults.base import FAULT_OPS
@@ -24,7 +26,7 @@ from harness.history import History, pair_ops
 from harness.lab import Lab
 from harness.lab.dryrun import DryRunBackend
 from harness.nemesis.schedule import Schedule
-from harness.scenario.explore import LATE_S, OP_F, SCHEDULE, ScheduleRunner, schedule_ran
+from harness.scenario.explore import ScheduleRunner
 
 EVENTS: list[tuple[str, str, float]] = []  # (what, change id, monotonic time)
 _lock = threading.Lock()

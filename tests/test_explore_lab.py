@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 
 from harness import checks
+from harness.checks.schedule_ran import LATE_S
 from harness.history import History, pair_ops
 from harness.nemesis.schedule import Schedule
 from harness.scenario import Scenario, lab_problems
-from harness.scenario.explore import LATE_S, run_ops, schedule_checks
+from harness.scenario.explore import run_ops, schedule_checks
 
 pytestmark = pytest.mark.lab
 

@@ -17,7 +17,8 @@ JSON) and `schedule_expectation` (the expected outcome), an info op `schedule.st
 monotonic time offsets count from), and per op `schedule.op` (process `schedule:<index>`): invoked when it
 started, with the planned `at` and the actual `started` offset and how `late` it was; completed ok (with
 its change id), fail (refused or never took effect) or info (outcome unknown). A late op is a fact the
-shrinker and a replay must know: `schedule_ran` answers unknown for a run whose ops did not start on time.
+shrinker and a replay must know: `check_schedule_ran` (harness/checks/schedule_ran.py) answers unknown
+for a run whose ops did not start on time.
 
 Ctrl-C or SIGTERM during a schedule: no further op starts, the ops being applied finish applying, and
 everything is healed before the interrupt goes on (the atexit heal and the journal remain behind that).
@@ -36,7 +37,7 @@ from typing import Any
 
 from harness import checks
 from harness.checks import Verdict
-from harness.checks.schedule_ran import LATE_S, OP_F, SCHEDULE, check_schedule_ran
+from harness.checks.schedule_ran import OP_F, SCHEDULE, check_schedule_ran
 from harness.faults import Change, FaultNotEffective, FaultRefused, Injector
 from harness.nemesis.schedule import Op as ScheduleOp
 from harness.nemesis.schedule import Schedule
@@ -44,23 +45,18 @@ from harness.scenario.calls import place_call
 from harness.scenario.run import Scenario
 
 __all__ = [
-    "LATE_S",
-    "OP_F",
-    "SCHEDULE",
     "SCHEDULE_EXPECTATION",
     "OpRecord",
     "ScheduleRunner",
     "interruptible",
     "run_ops",
     "schedule_checks",
-    "schedule_ran",
 ]
 
 log = logging.getLogger("hil.explore")
 
 SCHEDULE_EXPECTATION = "schedule_expectation"  # observation kind (SCHEDULE: harness/checks/schedule_ran.py)
 START_F = "schedule.start"
-schedule_ran = check_schedule_ran  # the name tests and older callers use
 JOIN_S = 60.0  # how long an interrupted schedule waits for the ops being applied before it heals them
 CALL_PORT = 5070  # the test caller's SIP port of a schedule's first call; each further call the next one
 
