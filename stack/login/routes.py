@@ -164,7 +164,7 @@ class Routes:
             raise _bad("deadline must be a number (seconds since the epoch)")
         if time.time() <= float(deadline) + self.clock_skew:
             return False
-        self.counters["late"] = self.counters.get("late", 0) + 1
+        self.counters["late"] += 1
         log.info("ul %s: a login of %s arrived after its deadline: nothing allocated", self.site, agent)
         return True
 

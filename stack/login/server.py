@@ -85,7 +85,8 @@ class UnifiedLogin(Routes, PeerSync):
         self.cti_admin = CtiAdmin(cti[0], cti[1], secret)
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.counters = {"login": 0, "local": 0, "remote": 0, "fallback": 0, "fenced": 0, "refused": 0}
+        kinds = ("login", "local", "remote", "fallback", "fenced", "refused", "late")
+        self.counters = dict.fromkeys(kinds, 0)
 
     # ---- life cycle ------------------------------------------------------------------------------------
 
