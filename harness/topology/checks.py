@@ -76,6 +76,19 @@ def cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
                 yield f"{sw.path}.capture_interface", "required with span_port: the controller's NIC on it"
         if sw.spec.capture_interface and len(sw.spec.capture_interface) > 15:
             yield f"{sw.path}.capture_interface", "an interface name has at most 15 characters"
+        if sw.spec.capture_host is not None:
+            cap = t.devices.get(sw.spec.capture_host)
+            if cap is None or cap.kind != "host" or cap.spec.role != "capture":
+                yield f"{sw.path}.capture_host", f"{sw.spec.capture_host!r} is not a host of role capture"
+            if not sw.spec.span_port:
+                yield f"{sw.path}.capture_host", "needs span_port: the port cabled to the capture host"
+            if m.kind == "virtual":
+                yield f"{sw.path}.capture_host", "the virtual lab captures on the controller's NICs only"
+    for h in t.of_kind("host"):
+        if h.spec.role in ("caller", "capture") and m.kind == "physical" and h.spec.mgmt is None:
+            yield f"{h.path}.mgmt", f"a {h.spec.role} host is driven over SSH: it needs a management address"
+        if h.spec.role == "caller" and not h.spec.extension:
+            yield f"{h.path}.extension", "a caller host needs the extension its test caller registers"
 
     for lname, link in links.items():
         for end in ("a", "b"):

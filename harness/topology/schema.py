@@ -115,6 +115,16 @@ class HostNode(Node):
     role: Literal["agents", "caller", "capture", "other"] = "other"
     extension: str | None = Field(None, description="a caller host's own extension (the test caller)")
     admin_port: int = Field(8081, ge=1, le=65535, description="an agents host's swarm admin API (signed)")
+    caller_command: str = Field(
+        "python3 -m harness.drivers.caller",
+        description="a caller host's test caller program, started over SSH (this project installed there)",
+    )
+    capture_interface: str | None = Field(
+        None, description="a capture host's NIC cabled to a switch's SPAN port: tcpdump runs there"
+    )
+    workdir: str = Field(
+        "/tmp", description="where a caller or capture host writes results and pcaps (fetched over SFTP)"
+    )
 
 
 class Port(Strict):
@@ -130,7 +140,11 @@ class Switch(Strict):
     console: str | None = None
     span_port: str | None = Field(None, description="SPAN destination port, cabled to the controller")
     capture_interface: str | None = Field(
-        None, description="the controller's network interface on span_port: where captures run"
+        None,
+        description="the NIC on span_port: the controller's, or capture_host's when that is given",
+    )
+    capture_host: str | None = Field(
+        None, description="a host of role capture cabled to span_port (else the controller is)"
     )
     ports: dict[str, Port]
 
