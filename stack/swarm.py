@@ -5,9 +5,10 @@
 
 Why one process: 10,000 agents as 10,000 processes would cost gigabytes and measure the OS, not the stack.
 All phones share one UDP socket (stack.phone.ua.SipEndpoint), all clients one HTTP connection pool to the
-ULs, and UL logins go through one token bucket so a failover storm reaches the surviving site at a pace it
-can take. The admin endpoint (aiohttp) lists each agent's site, registered PBX, CTI, state and the times of
-its last transitions, and the recent structured events.
+ULs. How fast a failover storm comes in is the receiving UL's decision (its admission control defers what
+it cannot take, stack/login/admission.py), not the swarm's: ``--rate`` is only an optional ceiling (a token
+bucket, off by default) for a lab that wants one. The admin endpoint (aiohttp) lists each agent's site,
+registered PBX, CTI, state and the times of its last transitions, and the recent structured events.
 
 It also lets the lab controller make one agent log out or log in again (``POST /agents/<id>/logout`` and
 ``/login``), as the person at that desk would: a nemesis schedule's stack events. Those two change the
@@ -105,7 +106,7 @@ class Swarm:
         self.agent_secret, self.sip_secret = agent_secret, sip_secret
         self.timers = timers
         self.events = events
-        self.pacer = TokenBucket(rate, burst)
+        self.pacer = TokenBucket(rate, burst) if rate > 0 else None  # a ceiling only if asked for
         self.expires = expires
         self.initial_state = initial_state
         self.admin_secret = admin_secret
@@ -191,6 +192,7 @@ class Swarm:
             "registered_phones": sum(1 for p in self.phones.values() if p.registered),
             "failovers": sum(c.failovers for c in self.clients.values()),
             "switches": sum(c.switches for c in self.clients.values()),
+            "ul_deferrals": sum(c.deferrals for c in self.clients.values()),
             "uptime": round(time.monotonic() - self.started, 3),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "max_rss_mib": round(usage.ru_maxrss / 1024, 1),
@@ -306,8 +308,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sip-secret-env", default="LAB_SIP_SECRET")
     ap.add_argument("--limit", type=int, default=None, help="only the first N agents of the site")
     ap.add_argument("--pool", action="append", default=None, help="only these pools (repeatable)")
-    ap.add_argument("--rate", type=float, default=400.0, help="UL logins per second (token bucket)")
-    ap.add_argument("--burst", type=float, default=100.0)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="a ceiling on UL logins per second (token bucket); 0, the default: none, the UL's admission "
+        "control paces a storm",
+    )
+    ap.add_argument("--burst", type=float, default=100.0, help="the ceiling's burst (with --rate)")
     ap.add_argument("--expires", type=int, default=300, help="REGISTER expiry the phones ask for")
     ap.add_argument("--initial-state", choices=("ready", "not_ready"), default="ready")
     ap.add_argument("--heartbeat", type=float, default=d.heartbeat)
@@ -316,7 +324,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--confirm-timeout", type=float, default=d.confirm_timeout)
     ap.add_argument("--retry-delay", type=float, default=d.retry_delay)
     ap.add_argument(
-        "--jitter", type=float, default=None, help="spread of the first logins (default: agents/rate)"
+        "--jitter",
+        type=float,
+        default=None,
+        help="spread of the first logins (default: 1 s, or agents/rate with --rate)",
     )
     ap.add_argument("--log", default=None, help="JSON-lines event log file")
     ap.add_argument("--ring", type=int, default=100_000, help="events kept in memory for /events")
@@ -337,7 +348,8 @@ async def run(args: argparse.Namespace) -> None:
     home = args.pbx or (topo.pbx[args.site].address, topo.pbx[args.site].port)
     agent_secret = secret_from_env(args.agent_secret_env, status=1)
     sip_secret = secret_from_env(args.sip_secret_env, status=1)
-    jitter = args.jitter if args.jitter is not None else max(1.0, len(agents) / args.rate)
+    paced = len(agents) / args.rate if args.rate > 0 else 1.0
+    jitter = args.jitter if args.jitter is not None else max(1.0, paced)
     timers = Timers(
         heartbeat=args.heartbeat,
         heartbeat_misses=args.heartbeat_misses,

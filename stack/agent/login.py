@@ -4,6 +4,9 @@ Why it is built this way: a local UL that is down or fails sends the login to th
 a CTI registration or phone linkage that fails logs in again at the remote UL (step 6). Moving between
 sites is break before make: the session at the old site is logged out before any login elsewhere, and the
 UL is told how long the client has been silent there, so it can say how long to wait (``hold``).
+A UL that cannot take the login now defers it (429, stack/login/admission.py): the client waits as told,
+with a little jitter, and asks again with its ticket; a deferral is neither a failure nor a refusal, so it
+never sends the agent to the other site.
 """
 
 from __future__ import annotations
@@ -11,31 +14,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections.abc import Awaitable
 from typing import Any
 
 from stack.agent.state import AgentState
-from stack.agent.ulapi import UlRefused, UlUnavailable
+from stack.agent.ulapi import UlDeferred, UlRefused, UlUnavailable
 from stack.cti.client import CtiError
+
+# A UL that defers one login for longer than this is taken as unavailable (a broken UL that answers 429
+# for ever must not hold its agents): the flow then goes on as for a UL that does not answer.
+MAX_DEFERRAL_S = 120.0
+
+
+def jittered(wait: float) -> float:
+    """A deferral's wait plus up to a tenth of it (10 ms at least, 0.25 s at most), never less: agents
+    told the same moment do not come back in one burst, and none comes before its number is called."""
+    return wait + random.uniform(0.0, min(0.25, max(0.01, wait / 10)))
 
 
 class LoginFlow(AgentState):
     """Login at a UL, attach to the CTI it names (phone moved and linked), and leaving a CTI session."""
 
+    deferrals = 0  # logins the UL deferred (429) and this client waited out: never counted as failures
+
     async def _ul_login(self, site: str, avoid: list[str]) -> dict[str, Any]:
         if self.pacer is not None:
             await self.pacer.acquire()
         self._emit("ul_login", ul=site, avoid=avoid)
-        left = None
-        if self._left is not None:
-            left = {"site": self._left[0], "seconds": round(time.monotonic() - self._left[1], 3)}
-        if left is None:
-            reg = await self.ul.login(self.uls[site], self.agent, self.password, avoid, self.t.ul_timeout)
-        else:
-            reg = await self.ul.login(
-                self.uls[site], self.agent, self.password, avoid, self.t.ul_timeout, left=left
-            )
+        reg = await self._admitted(site, avoid)
         hold = float(reg.get("hold") or 0.0)
         if hold > 0:  # the old site's drop is unconfirmed: its lease must run out first
             self._not_before = (str(reg.get("token")), time.monotonic() + hold)
@@ -49,6 +57,30 @@ class LoginFlow(AgentState):
             note=reg.get("note"),
         )
         return reg
+
+    async def _admitted(self, site: str, avoid: list[str]) -> dict[str, Any]:
+        """The UL's login reply once it admits the login: each deferral waited out as told (jittered),
+        then asked again with the ticket (and a fresh deadline, stack/agent/ulapi.py)."""
+        t0 = time.monotonic()
+        ticket: int | None = None
+        while True:
+            extra: dict[str, Any] = {}
+            if self._left is not None:  # counted again each time: the silence there goes on while deferred
+                extra["left"] = {"site": self._left[0], "seconds": round(time.monotonic() - self._left[1], 3)}
+            if ticket is not None:
+                extra["ticket"] = ticket
+            try:
+                return await self.ul.login(
+                    self.uls[site], self.agent, self.password, avoid, self.t.ul_timeout, **extra
+                )
+            except UlDeferred as d:
+                self.deferrals += 1
+                waited = round(time.monotonic() - t0, 3)
+                self._emit("ul_deferred", ul=site, retry_after=d.retry_after, ticket=d.ticket, waited=waited)
+                if waited + d.retry_after > MAX_DEFERRAL_S:
+                    raise UlUnavailable(f"deferred for {waited:.0f} s") from None
+                await asyncio.sleep(jittered(d.retry_after))
+                ticket = d.ticket if d.ticket is not None else ticket
 
     async def login_flow(self, local: str, avoid: list[str]) -> bool:
         """Design steps 1-6 starting at UL ``local``; True once registered at a CTI with the phone linked."""

@@ -1,4 +1,9 @@
-"""The pace of UL logins of a whole process (a failover storm must not flatten the surviving site)."""
+"""An optional ceiling on the UL logins of a whole process (``stack.swarm --rate``, off by default).
+
+The pace of a storm is the receiving UL's decision (its admission control, stack/login/admission.py): a
+fixed rate in the client wastes an idle site's capacity and overloads a busy one, and thousands of agent
+desktops cannot see the site's load. This bucket stays as a safety ceiling a lab may set.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import time
 
 
 class TokenBucket:
-    """Paces UL logins of a whole process (a failover storm must not flatten the surviving site).
+    """A ceiling on the UL logins of a whole process (none unless ``--rate`` asks for one).
 
     A reservation scheduler (GCRA): each caller books the next free slot (``1/rate`` apart, ``burst`` of
     them free at once) and sleeps until it, all callers concurrently. The earlier version handed tokens

@@ -7,6 +7,8 @@ thousands, and a UL that answered a moment ago is taken as up whatever one slow 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from typing import Any
 
@@ -21,6 +23,41 @@ class UlUnavailable(Exception):
 
 class UlRefused(Exception):
     """The UL refused the agent (bad credentials, unknown agent)."""
+
+
+class UlDeferred(Exception):
+    """The UL deferred the login (429): come back after ``retry_after`` seconds with ``ticket``, the
+    agent's place in the site's queue. Not a failure: nothing was allocated and nothing refused."""
+
+    def __init__(self, retry_after: float, ticket: int | None, position: int | None = None) -> None:
+        super().__init__(f"deferred {retry_after:.3f} s (ticket {ticket}, position {position})")
+        self.retry_after, self.ticket, self.position = retry_after, ticket, position
+
+
+# What a deferral's wait may be: a retry-after missing, negative, not a number or absurd (a broken or
+# hostile UL) is clamped into this range with a logged warning, never obeyed as it stands.
+RETRY_AFTER_MIN, RETRY_AFTER_MAX, RETRY_AFTER_DEFAULT = 0.02, 30.0, 1.0
+log = logging.getLogger("stack.agent")
+
+
+def retry_after_of(reply: Any, header: str | None) -> float:
+    """The wait a 429 asks for: the body's ``retry_after`` (sub-second), else the ``Retry-After`` header
+    (whole seconds), clamped into [RETRY_AFTER_MIN, RETRY_AFTER_MAX]."""
+    raw: Any = reply.get("retry_after") if isinstance(reply, dict) else None
+    if raw is None and header is not None:
+        raw = header.strip()
+    try:
+        value = float(raw) if raw is not None and not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        log.warning("UL deferral without a usable retry-after (%r): waiting %.1f s", raw, RETRY_AFTER_DEFAULT)
+        return RETRY_AFTER_DEFAULT
+    if not RETRY_AFTER_MIN <= value <= RETRY_AFTER_MAX:
+        clamped = min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, value))
+        log.warning("UL retry-after %r out of range: waiting %.3f s", raw, clamped)
+        return clamped
+    return value
 
 
 class UlHttp:
@@ -83,7 +120,11 @@ class UlHttp:
         avoid: list[str],
         timeout: float,
         left: dict[str, Any] | None = None,
+        ticket: int | None = None,
     ) -> dict[str, Any]:
+        """The UL's registration information; raises UlDeferred (429: come back later), UlRefused, or
+        UlUnavailable. Each call carries a fresh deadline, so a deferred login that comes back is not
+        refused as late (408 deadline_passed)."""
         # Past this moment (wall clock) the client has given up: a UL that reads the request later (held up
         # by a cut, retransmitted when it healed) must not allocate a session nobody will use (explore-82).
         body: dict[str, Any] = {
@@ -94,6 +135,8 @@ class UlHttp:
         }
         if left:
             body["left"] = left  # {site, seconds}: how long since this client last sent the old CTI anything
+        if ticket is not None:
+            body["ticket"] = ticket  # its place in the UL's queue (the UL keeps it by agent; this is a hint)
         try:
             async with self._http().post(
                 url + "/v1/login", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -101,6 +144,12 @@ class UlHttp:
                 reply = await r.json(content_type=None, loads=fastjson.loads)
                 if r.status < 500:
                     self._answered[url] = time.monotonic()
+                if r.status == 429:
+                    raise UlDeferred(
+                        retry_after_of(reply, r.headers.get("Retry-After")),
+                        _int_or_none(reply.get("ticket") if isinstance(reply, dict) else None),
+                        _int_or_none(reply.get("position") if isinstance(reply, dict) else None),
+                    )
                 if r.status in (400, 401, 403, 404):
                     raise UlRefused(f"{r.status} {reply}")
                 if r.status != 200:
@@ -121,3 +170,7 @@ class UlHttp:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

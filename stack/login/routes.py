@@ -20,6 +20,7 @@ from aiohttp import web
 
 from stack.common import auth
 from stack.common.directory import Directory
+from stack.login.admission import Admission, Decision
 from stack.login.ctiadmin import CtiAdmin
 from stack.login.peer import PeerUnavailable
 from stack.login.store import SCOPES, SessionRow, Store
@@ -45,8 +46,13 @@ class Routes:
     cti_admin: CtiAdmin
     counters: dict[str, int]
     clock_skew: float
+    admission: Admission
 
     def app(self) -> web.Application:
+        # The site's admission control (stack/login/admission.py): one per application, so a UL restarted
+        # in-process starts with a fresh limit, as a restarted process does.
+        self.admission = Admission()
+        self.counters.setdefault("deferred", 0)
         app = web.Application(client_max_size=256 * 1024, middlewares=[_refuse_bad_input])
         app.add_routes(
             [
@@ -106,6 +112,7 @@ class Routes:
                 "rules": len(self.store.live_rules()),
                 "started": self.started,
                 "counters": self.counters,
+                "admission": self.admission.view(),
             }
         )
 
@@ -129,10 +136,25 @@ class Routes:
             raise _bad("avoid must be a list of site codes")
         if self._too_late(body, agent.id):
             return web.json_response({"error": "deadline_passed"}, status=408)
+        decision = self.admission.admit(agent.id)
+        if not decision.admitted:
+            return self._deferred(decision)
         quiet = body.get("left")
-        return web.json_response(
-            await self.login(agent, [str(s) for s in avoid], quiet if isinstance(quiet, dict) else None)
-        )
+        try:
+            reg = await self.login(agent, [str(s) for s in avoid], quiet if isinstance(quiet, dict) else None)
+        finally:
+            self.admission.done(decision)
+        return web.json_response(reg)
+
+    def _deferred(self, decision: Decision) -> web.Response:
+        """429 with when to come back: ``Retry-After`` in whole seconds (HTTP's unit, rounded up) and
+        ``retry_after`` in the body to the millisecond, with the ticket that keeps the agent's place. A
+        deferral is not a refusal: nothing was allocated, and the client comes back (docs/performance.md)."""
+        self.counters["deferred"] += 1
+        after = float(decision.retry_after or 0.0)
+        body = {"error": "deferred", "retry_after": round(after, 3), "ticket": decision.ticket,
+                "position": decision.position}  # fmt: skip
+        return web.json_response(body, status=429, headers={"Retry-After": str(max(1, math.ceil(after)))})
 
     async def h_logout(self, request: web.Request) -> web.Response:
         body = await self._json(request)
@@ -181,7 +203,13 @@ class Routes:
             raise _bad("hold must be a number") from None
         if not math.isfinite(hold):
             raise _bad("hold must be a finite number")
-        reg = await self.allocate_here(agent, "remote", tell_peer=False, hold=hold)
+        # Never deferred (the requesting UL admitted the login and would fall back to allocating at home),
+        # but in flight and timed here: a site busy with the peer's allocations admits fewer of its own.
+        tracked = self.admission.track()
+        try:
+            reg = await self.allocate_here(agent, "remote", tell_peer=False, hold=hold)
+        finally:
+            self.admission.done(tracked)
         self.counters["login"] += 1
         return web.json_response(reg)
 
