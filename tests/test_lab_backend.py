@@ -14,9 +14,10 @@ import pytest
 
 from harness import topology
 from harness.drivers import DeviceUnreachable
+from harness.drivers.phone import Registration
 from harness.lab import Lab
 from harness.lab import physical as physical_mod
-from harness.lab.physical import PhysicalBackend
+from harness.lab.physical import LabUnusable, PhysicalBackend
 from harness.topology import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "topologies" / "physical-example.yaml"
@@ -31,6 +32,7 @@ class _Port:
 class _FakeDriver:
     def __init__(self, name: str, down: set[str], inactive: set[str]) -> None:
         self.name, self.down, self.inactive = name, down, inactive
+        self.ran: list[str] = []
 
     def port_state(self, port: str) -> _Port:
         up = f"{self.name}:{port}" not in self.down
@@ -41,6 +43,16 @@ class _FakeDriver:
 
     def service_active(self, unit: str) -> bool:
         return f"{self.name}:{unit}" not in self.inactive
+
+    def run(self, command: str, action: str = "run", check: bool = False) -> None:
+        self.ran.append(command)
+
+    def registration(self) -> Registration:
+        return Registration("registered", "10.41.1.10", 5060, "19001")
+
+    @property
+    def port(self) -> object:
+        return object()  # a console line that answered
 
 
 @pytest.fixture
@@ -103,3 +115,37 @@ def test_physical_backend_has_no_twin_shortcuts(topo: topology.Topology, tmp_pat
     assert b.tap("sha-sw1", "Gi1/0/1") is None and b.console_url("sha-con1") is None
     assert b.logs_dir() is None and b.environment() == {}
     assert lab.state_dir() == tmp_path / topo.name and lab.state_dir().is_dir()
+
+
+def test_preflight_refuses_a_lab_with_one_line_per_device(
+    topo: topology.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failure names the device, the management interface and what failed, on one line."""
+
+    def half(name: str) -> Any:
+        if name in ("sha-sw1", "ntg-phone1", "sha-con1"):
+            raise DeviceUnreachable(name, "connect", "no route to host")
+        return _FakeDriver(name, set(), set())
+
+    _use(monkeypatch, half)
+    with pytest.raises(LabUnusable) as e:
+        PhysicalBackend(topo).preflight()
+    lines = e.value.lines()
+    assert lines == sorted(lines) and len(lines) == 3, lines
+    assert "sha-sw1: ssh 10.40.0.21:22: connect: device unreachable (no route to host)" in lines
+    assert any(x.startswith("ntg-phone1: http 10.42.1.51:80: ") for x in lines)
+    assert any(x.startswith("sha-con1: serial socket://10.40.0.30:3001: ") for x in lines)
+    assert all("\n" not in x for x in lines)
+
+
+def test_preflight_passes_when_every_device_answers(
+    topo: topology.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = _use(monkeypatch, lambda n: _FakeDriver(n, set(), set()))
+    st = PhysicalBackend(topo).preflight()
+    assert st.complete
+    read = {m.device for m in st.management if m.state == "up"}
+    for kind in ("switch", "pbx", "cti", "ul", "phone", "pdu"):
+        assert {d.name for d in topo.of_kind(kind)} <= read, kind
+    assert {d.name for d in topo.of_kind("host") if d.spec.mgmt} <= read
+    assert set(asked) == read

@@ -8,10 +8,13 @@ import time
 
 import click
 
-from harness import faults
+from harness import credentials, faults
 from harness import topology as topology_mod
 from harness.cli.common import EXIT_FAIL, EXIT_USAGE, _friendly, main, topology_option
+from harness.lab import asphysical
 from harness.lab import virtual as virtual_backend
+from harness.lab.base import LabStatus
+from harness.lab.physical import PhysicalBackend
 from harness.lab.session import open_lab
 
 
@@ -22,13 +25,25 @@ def lab() -> None:
 
 @lab.command("up")
 @topology_option
+@click.option(
+    "--as-physical",
+    "as_physical",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="also write FILE: the lab described as hardware (kind physical), to drive it as a physical lab",
+)
 @_friendly
-def lab_up(topology_file: str | None) -> None:
+def lab_up(topology_file: str | None, as_physical: str | None) -> None:
     """Build the virtual lab and wait until every PBX answers."""
     topo = topology_mod.load(topology_file)
     t0 = time.monotonic()
     b = virtual_backend.bring_up(topo)
     click.echo(f"lab {b.name} is up in {time.monotonic() - t0:.2f} s (keeper pid {b.keeper_pid})")
+    if as_physical:
+        w = asphysical.write(topo, b, as_physical)
+        click.echo(f"physical description: {w.topology} (host keys: {w.known_hosts})")
+        click.echo("its secrets, for the shell that runs the harness:")
+        click.echo(w.source_line)
 
 
 @lab.command("down")
@@ -86,9 +101,17 @@ def lab_restore(topology_file: str | None, journal: str | None, include_live: bo
 
 @lab.command("status")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@topology_option
 @_friendly
-def lab_status(as_json: bool) -> None:
-    """Sites, devices, links with their state, and every process with its PID and whether it answers."""
+def lab_status(as_json: bool, topology_file: str | None) -> None:
+    """Sites, devices, links with their state, and every process with its PID and whether it answers.
+    With a physical topology: every device read through its management interface; exit 2 when one
+    cannot be read (one line each, naming the device, the interface and what failed)."""
+    if topology_file is not None:
+        topo = topology_mod.load(topology_file)
+        if topo.kind == "physical":
+            _physical_status(topo, as_json)
+            return
     b = virtual_backend.find()
     if b is None:
         if as_json:
@@ -99,7 +122,17 @@ def lab_status(as_json: bool) -> None:
     st = b.raw_status()
     topo = topology_mod.load(st["topology"])
     st["up"] = True
-    st["sites"] = {
+    st["kind"] = "virtual"
+    st["sites"] = _sites(topo)
+    st["ssh"] = _probe_ssh(topo)
+    if as_json:
+        click.echo(json.dumps(st, indent=1, default=str))
+        return
+    _print_status(st)
+
+
+def _sites(topo: topology_mod.Topology) -> dict[str, dict[str, object]]:
+    return {
         code: {
             "city": site.city,
             "region": site.region,
@@ -107,26 +140,89 @@ def lab_status(as_json: bool) -> None:
         }
         for code, site in topo.sites.items()
     }
-    st["ssh"] = _probe_ssh(topo)
+
+
+def _physical_status(topo: topology_mod.Topology, as_json: bool) -> None:
+    """The same table and JSON as the virtual lab's, read from the devices alone."""
+    credentials.register(topo)
+    for secret in credentials.referenced(topo).values():
+        secret.reveal()  # a missing variable: one line and exit 2 before any device is asked
+    t0 = time.monotonic()
+    lab_st = PhysicalBackend(topo).status() or LabStatus(problems=[f"{topo.file}: no device to read"])
+    st = _physical_dict(topo, lab_st, time.monotonic() - t0)
     if as_json:
         click.echo(json.dumps(st, indent=1, default=str))
-        return
-    click.echo(f"lab {st['lab']} ({st['topology']}), ready after {st.get('ready_after_s')} s")
-    for code, s in st["sites"].items():
+    else:
+        _print_status(st)
+    for line in lab_st.problems:
+        click.echo(f"error: {line}", err=True)
+    if lab_st.problems:
+        sys.exit(EXIT_USAGE)
+
+
+def _physical_dict(topo: topology_mod.Topology, st: LabStatus, took: float) -> dict[str, object]:
+    mgmt = {m.device: m.state for m in st.management}
+    return {
+        "lab": topo.name,
+        "topology": str(topo.file),
+        "kind": "physical",
+        "up": bool(st.management) and all(v == "up" for v in mgmt.values()),
+        "read_in_s": round(took, 2),
+        "sites": _sites(topo),
+        "links": [
+            {"switch": x.switch, "port": x.port, "state": x.state, "connects": x.connects} for x in st.links
+        ],
+        "processes": [
+            {"device": p.device, "name": p.name, "state": p.state, "answers": p.answers, "host_pid": p.pid}
+            for p in st.processes
+        ],
+        "management": [{"device": d, "state": v} for d, v in mgmt.items()],
+        "outlets": [
+            {"pdu": o.pdu, "outlet": o.outlet, "state": o.state, "connects": o.connects} for o in st.outlets
+        ],
+        "phones": st.extra.get("phones", []),
+        "consoles": {c["device"]: c["url"] for c in st.extra.get("consoles", [])},
+        "ssh": {d: v == "up" for d, v in mgmt.items() if topo.device(d).kind in _SSH_KINDS},
+        "problems": st.problems,
+    }
+
+
+_SSH_KINDS = ("pbx", "cti", "ul", "host", "switch")
+
+
+def _print_status(st: dict[str, object]) -> None:
+    if st.get("kind") == "physical":
+        click.echo(f"lab {st['lab']} ({st['topology']}), physical, read in {st.get('read_in_s')} s")
+    else:
+        click.echo(f"lab {st['lab']} ({st['topology']}), ready after {st.get('ready_after_s')} s")
+    for code, s in st["sites"].items():  # type: ignore[attr-defined]
         click.echo(f"  site {code} ({s['city']}, {s['region']}): {', '.join(s['devices'])}")
     click.echo("links:")
-    for link in st["links"]:
+    for link in st["links"]:  # type: ignore[attr-defined]
         click.echo(
             f"  {link['switch']:<8} {link['port']:<22} {link['state']:<5} -> {link['connects'] or '-'}"
         )
     click.echo("processes:")
-    for p in st["processes"]:
+    for p in st["processes"]:  # type: ignore[attr-defined]
         ans = {True: "answers", False: "NOT answering", None: ""}[p.get("answers")]
-        click.echo(f"  {p['device']:<12} {p['name']:<10} {p['state']:<9} pid {p.get('host_pid')} {ans}")
-    click.echo("management (ssh):")
-    for dev, ok in st["ssh"].items():
+        pid = p.get("host_pid")
+        click.echo(f"  {p['device']:<12} {p['name']:<10} {p['state']:<9} pid {pid or '-'} {ans}".rstrip())
+    if st.get("outlets"):
+        click.echo("outlets:")
+        for o in st["outlets"]:  # type: ignore[attr-defined]
+            click.echo(f"  {o['pdu']:<8} {o['outlet']:<4} {o['state']:<7} -> {o['connects']}")
+    if st.get("phones"):
+        click.echo("phones:")
+        for ph in st["phones"]:  # type: ignore[attr-defined]
+            click.echo(f"  {ph['device']:<12} {ph['state']:<12} {ph.get('server', '')}".rstrip())
+    click.echo("management:" if st.get("kind") == "physical" else "management (ssh):")
+    for dev, ok in st["ssh"].items():  # type: ignore[attr-defined]
         click.echo(f"  {dev:<12} {'answers' if ok else 'NOT answering'}")
-    for name, path in st.get("consoles", {}).items():
+    if st.get("kind") == "physical":
+        others = [m for m in st["management"] if m["device"] not in st["ssh"]]  # type: ignore[attr-defined]
+        for m in others:
+            click.echo(f"  {m['device']:<12} {'answers' if m['state'] == 'up' else 'NOT answering'}")
+    for name, path in st.get("consoles", {}).items():  # type: ignore[attr-defined]
         click.echo(f"console {name}: {path}")
 
 

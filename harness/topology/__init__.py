@@ -6,7 +6,7 @@ reports every problem with the file, the dotted path inside it and what is wrong
 (``model``) is the read-only view the controller and the virtual lab build on.
 """
 
-from harness.topology.loader import DEFAULT_TOPOLOGY, REPO_ROOT, TopologyError, load
+from harness.topology.loader import DEFAULT_TOPOLOGY, REPO_ROOT, TopologyError, load, validate
 from harness.topology.model import DEVICE_KINDS, KIND_NAMES, Agent, Device, Topology
 from harness.topology.schema import (
     ENV_REF,
@@ -73,4 +73,5 @@ __all__ = [
     "TopologyError",
     "UlNode",
     "load",
+    "validate",
 ]
