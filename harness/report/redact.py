@@ -109,6 +109,7 @@ class Redaction:
     secrets: int = 0
     blanked_bytes: int = 0
     fragments_blanked: int = 0
+    dropped_bytes: int = 0  # after the last whole frame: a cut or corrupt file's unreadable end
     seconds: float = 0.0
 
 
@@ -146,6 +147,7 @@ class _Redactor:
         self.where: dict[int, _Where] = {}
         self.flows: dict[tuple[bytes, bytes, int, int], _Flow] = {}
         self.changed: set[int] = set()
+        self.whole = len(buf)  # where the last whole frame or block ends: what follows is never written
 
     def blank(self, frame: int, start: int, end: int) -> None:
         """Overwrite buf[start:end] (file offsets inside one frame's payload)."""
@@ -156,10 +158,12 @@ class _Redactor:
 
     def run(self) -> Redaction:
         t0 = time.monotonic()
-        n = 0
+        n, last = 0, 24
         for n, _ts, lt, _buf, off, end, orig in iter_frames(self.buf):
             self.frame(n, lt, off, end, end - off >= orig)
+            last = end
         self.stats.frames = n
+        self.whole = _whole_blocks_end(self.buf) if self.buf[:4] == b"\x0a\x0d\x0d\x0a" else last
         for flow in self.flows.values():
             self.stream(flow)
         for n in self.changed:
@@ -321,6 +325,28 @@ class _Redactor:
         buf[at : at + 2] = _H.pack(c)
 
 
+_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+
+
+def _whole_blocks_end(buf: bytearray) -> int:
+    """Where the last whole pcapng block ends (a block cut short or whose length lies is not whole)."""
+    off, size, endian = 0, len(buf), "<"
+    while off + 12 <= size:
+        if buf[off : off + 4] == b"\x0a\x0d\x0d\x0a":
+            endian = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(
+                bytes(buf[off + 8 : off + 12]), ""
+            )
+            if not endian:
+                break
+        (blen,) = struct.unpack_from(endian + "I", buf, off + 4)
+        if blen < 12 or blen % 4 or off + blen > size:
+            break
+        if struct.unpack_from(endian + "I", buf, off + blen - 4)[0] != blen:
+            break
+        off += blen
+    return off
+
+
 def _ones_sum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``: one big-integer sum instead of a loop per word."""
     if len(data) % 2:
@@ -332,9 +358,18 @@ def _ones_sum(data: bytes) -> int:
 
 
 def redact_buffer(data: bytes | bytearray) -> tuple[bytearray, Redaction]:
-    """A redacted copy of a capture held in memory, and what was done (DecodeError if not a capture)."""
+    """A redacted copy of a capture held in memory, and what was done (DecodeError if not a capture).
+    Bytes the reader cannot frame (a record cut short, anything past a length that lies) are left out:
+    unread, they could hold anything."""
     buf = bytearray(data)
-    return buf, _Redactor(buf).run()
+    red = _Redactor(buf)
+    stats = red.run()
+    if red.whole < len(
+        buf
+    ):  # a partial record (tcpdump killed) or bytes past a lying length: unread, dropped
+        stats.dropped_bytes = len(buf) - red.whole
+        del buf[red.whole :]
+    return buf, stats
 
 
 def redact_pcap(src: str | Path, dst: str | Path, mode: int = 0o644) -> Redaction:
