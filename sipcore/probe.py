@@ -74,14 +74,14 @@ def options_ping(
 class _Answer(asyncio.DatagramProtocol):
     def __init__(self, branch: str) -> None:
         self.branch = branch
-        self.status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.status: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.status.done():
             return
         msg = parse(data)
         if msg is not None and msg.status >= 200 and msg.branch == self.branch:
-            self.status.set_result(msg.status)
+            self.status.set_result(msg)
 
     def error_received(self, exc: Exception) -> None:
         if not self.status.done():
@@ -91,7 +91,16 @@ class _Answer(asyncio.DatagramProtocol):
 async def options_ping_async(
     host: str, port: int, timeout: float = 1.0, source: str | tuple[str, int] | None = None
 ) -> int | None:
-    """The final status of an OPTIONS to ``sip:host:port`` (200 when alive), or None on no answer.
+    """The final status of an OPTIONS to ``sip:host:port`` (200 when alive), or None on no answer."""
+    resp = await options_async(host, port, timeout, source)
+    return resp.status if resp is not None else None
+
+
+async def options_async(
+    host: str, port: int, timeout: float = 1.0, source: str | tuple[str, int] | None = None
+) -> SipMessage | None:
+    """The final answer to an OPTIONS to ``sip:host:port``, or None on no answer (its headers tell a
+    prober more than the status: the virtual PBX's ``X-Pbx-Boot`` shows a restart).
 
     Retransmitted at T1 doubling, the first time at most halfway through ``timeout``: a single lost
     datagram must not count as a dead PBX.

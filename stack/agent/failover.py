@@ -12,6 +12,7 @@ agent stays there until a planned switch moves it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Any
@@ -37,6 +38,8 @@ class Failover(LoginFlow):
             await asyncio.sleep(self.t.confirm_delay)
         reg = self.reg or {}
         cti, pbx = reg.get("cti", {}), reg.get("pbx", {})
+        if trouble.reason == "phone_unregistered":
+            await self._refresh_phone(pbx.get("host"), pbx.get("port"))
         cti_ok, sip_ok, phone_ok = await self._recheck(cti, pbx)
         broken = not (cti_ok and sip_ok and phone_ok)
         self._emit("confirm", reason=trouble.reason, cti=cti_ok, sip=sip_ok, phone=phone_ok, broken=broken)
@@ -49,6 +52,25 @@ class Failover(LoginFlow):
                 return True
         self._set_phase("online", at=self.site, blip=trouble.reason)
         return False
+
+    async def _refresh_phone(self, host: str | None, port: int | None) -> None:
+        """The CTI says its PBX has no registration for the phone, while the phone says it is registered
+        there: the PBX lost it (a restart shorter than the phone's keep-alive: the phone never noticed,
+        and without this its agent stayed online with no registration anywhere, scenarios/schedules/
+        pbx-restart-unregistered.json). Register again at the same PBX and re-link the phone at the CTI,
+        then let the re-check judge: a PBX that is really gone fails it and the agent moves. A phone that
+        does not say so is left alone: the re-check finds that break by itself."""
+        if not host or not port or self.conn is None or not await self._phone_ok(host, port):
+            return
+        self._emit("phone_refresh", pbx=f"{host}:{port}")
+        # Every phone of a restarted PBX is told at once: spread the REGISTERs a little.
+        await asyncio.sleep(random.uniform(0.0, 0.25))
+        work = asyncio.ensure_future(self.phone.set_server(host, int(port)))
+        done, _ = await asyncio.wait({work}, timeout=self.t.cti_timeout)  # the phone keeps trying after
+        if not done or work.exception() is not None or not work.result() or self.conn is None:
+            return
+        with contextlib.suppress(CtiError):
+            await self._link(self.conn)
 
     async def _recheck(
         self, cti: dict[str, Any], pbx: dict[str, Any]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from sipcore.probe import options_ping_async
+from sipcore.probe import options_async
 
 
 class RpcError(Exception):
@@ -90,6 +90,8 @@ class PbxLink:
         self.reconcile = reconcile  # seconds between reconciling dumps when events are on
         self.boot: str | None = None
         self.old_boots: list[str] = []
+        self.sip_boot: str | None = None  # the run the PBX's OPTIONS answer names (X-Pbx-Boot)
+        self.restarted = False
         self.seqs: dict[str, int] = {}
         self.pushed: dict[str, bool] = {}
         self.applied = 0  # events applied (newer than the last for their extension)
@@ -126,7 +128,29 @@ class PbxLink:
 
     async def _sip_alive(self) -> bool:
         assert self.sip is not None
-        return await options_ping_async(self.sip[0], self.sip[1], self.timeout.total or 0.4) is not None
+        resp = await options_async(self.sip[0], self.sip[1], self.timeout.total or 0.4)
+        if resp is None:
+            return False
+        self._saw_boot(resp.header("X-Pbx-Boot"))
+        return True
+
+    def _saw_boot(self, boot: str | None) -> None:
+        """The PBX's run as its OPTIONS answer names it (a PBX that does not say: nothing to learn). A new
+        run means its location table started empty: a restart shorter than two probes never takes the
+        link down, and the phones' keep-alives may miss it too (scenarios/schedules/
+        pbx-restart-unregistered.json: 80 agents online with no registration anywhere), so the view of
+        registrations must be read again at once (``restarted``), not at the next reconciliation."""
+        if not boot:
+            return
+        if self.sip_boot is not None and boot != self.sip_boot:
+            self.restarted = True
+            self.link_restored()  # what events said was about the old run
+        self.sip_boot = boot
+
+    def take_restart(self) -> bool:
+        """Whether a restart was seen since the last call (the watch then reconciles)."""
+        was, self.restarted = self.restarted, False
+        return was
 
     async def probe(self) -> bool:
         """One liveness probe; True when the PBX answered. ``up`` turns False after ``fail_after`` misses.

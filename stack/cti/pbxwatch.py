@@ -47,6 +47,10 @@ class PbxWatch:
             t0 = time.monotonic()
             was_up = self.pbx.up
             await self.pbx.probe()
+            if self.pbx.take_restart():
+                boot = self.pbx.sip_boot
+                log.warning("cti %s: PBX restarted (boot %s): reconciling registrations", self.site, boot)
+                self._dump_now.set()
             if self.pbx.up != was_up and self.pbx.up is not None:
                 self._broadcast({"type": "event", "event": "pbx_link_up" if self.pbx.up else "pbx_link_down"})
                 log.warning("cti %s: PBX link %s", self.site, "up" if self.pbx.up else "down")
