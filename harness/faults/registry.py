@@ -10,6 +10,7 @@ from typing import Any
 from harness.drivers.base import Steps
 from harness.faults.base import Change
 from harness.faults.changes import AgentSession, PlannedSwitch, SpanSession, SwarmService, TrackedProcess
+from harness.faults.flood import Flood
 from harness.faults.host import ServiceKill, ServicePause, ServiceStop
 from harness.faults.network import Blackhole, Loss, Partition, RateLimit
 from harness.faults.power import PowerOff
@@ -34,6 +35,7 @@ KINDS: dict[str, type[Change]] = {
         SpanSession,
         TrackedProcess,
         AgentSession,
+        Flood,
     )
 }
 

@@ -1,0 +1,338 @@
+"""Security (issue 16, item 6): an attacker on an agents host, judged from the wire.
+
+The attacker runs INSIDE the agents host (its network namespace, its data address), as software on an
+agent's desktop would: its probes are harness/tools/probe.py, its flood the `flood` fault
+(harness/faults/flood.py, through the injector like every other fault). What the attacker saw is recorded
+as operations (`attack.*`); what the servers answered is read back from the capture (the CTI's replies on
+the attacker's own connections, found by the local ports the probe reports), so a refusal counts only
+when the wire shows it. The PBX's RPC is not on a captured port: what the attacker got (a refusal, a
+403) and what the CTI's host got (an answer) are the evidence there.
+
+During the floods the usual failover promise is judged by the usual checkers (as test_unplanned). The
+garbage the attacker sends is malformed by design, and the decoder counts malformed messages as possible
+capture loss; so the capture's completeness is judged on the capture without the flood's own streams
+(its source ports, harness/faults/flood.py FLOOD_PORTS), and the flood's malformed counts are kept in the
+verdict's figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import checks, observe
+from harness.checks import Verdict, check_refused
+from harness.credentials import STACK_SECRET_VAR
+from harness.decode import decode_pcap
+from harness.faults.flood import FLOOD_PORTS, run_as_host
+from harness.history import Obs, pair_ops
+from harness.scenario import Scenario
+
+FEATURE = "security"
+SITE, REMOTE = "sha", "ntg"
+ATTACKER = f"{SITE}-agents1"
+
+
+# -- the attacker's probes ---------------------------------------------------------------------------
+
+
+def _altered(token: str, agent: str) -> str:
+    """A token whose claims were edited after signing (another agent, a later expiry): its MAC no longer
+    matches the body."""
+    body, _, sig = token.partition(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims.update(agent=agent, exp=int(time.time()) + 86400)
+    raw = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=")
+    return f"{raw.decode()}.{sig}"
+
+
+def _signed_admin(msg: dict[str, Any]) -> str:
+    """A CTI admin message signed as the UL signs them (docs/cti-protocol.md: ts, nonce, HMAC over the
+    canonical JSON): what an attacker on the path would capture and replay."""
+    body = dict(msg, ts=round(time.time(), 3), nonce=secrets.token_hex(12))
+    canon = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    body["sig"] = hmac.new(os.environ[STACK_SECRET_VAR].encode(), canon, hashlib.sha256).hexdigest()
+    return json.dumps(body)
+
+
+def _probe(sc: Scenario, host: str, f: str, probe: dict[str, Any], ok: Any) -> dict[str, Any]:
+    """Run one probe as ``host`` and record it as an operation: ``ok(result)`` is the error code it was
+    refused with (the op fails with it) or None (the op is ok). Planned, not sent, in a dry run."""
+    if sc.dry_run:
+        sc.plan.append({"device": host, "action": f, "commands": [json.dumps(probe)[:200]]})
+        return {}
+    assert sc.history is not None
+    sc.history.invoke(
+        f"attacker:{host}", f, {"probe": probe.get("op"), "at": f"{probe['host']}:{probe['port']}"}
+    )
+    result = run_as_host(sc.lab, host, "harness.tools.probe", [probe])[0]
+    err = ok(result)
+    if err:
+        sc.history.fail(f"attacker:{host}", f, result, error=err)
+    else:
+        sc.history.ok(f"attacker:{host}", f, result)
+    return result
+
+
+def _codes(result: Mapping[str, Any]) -> str | None:
+    """The CTI error codes a probe got (``forbidden:replayed``), None when it got none."""
+    errs = [
+        f"{r.get('code')}:{r.get('reason')}" if r.get("reason") else str(r.get("code"))
+        for r in result.get("replies", [])
+        if isinstance(r, dict) and r.get("type") == "error"
+    ]
+    if result.get("error"):
+        return f"no_answer: {result['error']}"
+    if not result.get("replies"):
+        return "no_reply"
+    return ",".join(errs) or None
+
+
+def _rpc_refused(result: Mapping[str, Any]) -> str | None:
+    """The RPC did not serve the attacker: connection refused, no answer, or an HTTP 4xx."""
+    if result.get("outcome") == "answered" and isinstance(result.get("status"), int):
+        return f"http_{result['status']}" if result["status"] >= 400 else None
+    return str(result.get("outcome") or result.get("error"))
+
+
+# -- judged from the wire ----------------------------------------------------------------------------
+
+
+def _wire_replies(sc: Scenario, attacker_ip: str, port: int) -> list[dict[str, Any]]:
+    """The CTI messages the capture holds toward the attacker's connection from local ``port``."""
+    return [
+        e.body
+        for d in sc.decoded.values()
+        for e in d.events
+        if e.protocol == "cti" and e.dst_ip == attacker_ip and e.dst_port == port and isinstance(e.body, dict)
+    ]
+
+
+def check_wire_answers(sc: Scenario, attacker_ip: str, wanted: Sequence[tuple[str, int, str]]) -> Verdict:
+    """Each (what, local port, expected reply) shows on the wire: the CTI's reply to that connection has
+    the expected ``type`` or error ``code[:reason]``. A connection with no reply captured is unknown."""
+    name = "wire_answers"
+    bad, missing, seen = [], [], {}
+    for what, port, want in wanted:
+        replies = _wire_replies(sc, attacker_ip, port)
+        got = [
+            f"{r.get('code')}:{r.get('reason')}" if r.get("reason") else str(r.get("code") or r.get("type"))
+            for r in replies
+        ]
+        seen[what] = got
+        if not replies:
+            missing.append(what)
+        elif want not in got:
+            bad.append({"what": what, "port": port, "want": want, "got": got})
+    figures = {"answers": seen}
+    if bad:
+        return Verdict(name, "invalid", f"{len(bad)} of {len(wanted)} not answered as expected", bad, figures)
+    if missing:
+        return Verdict(name, "unknown", f"no reply captured for {', '.join(missing)}", [], figures)
+    return Verdict(name, "valid", f"all {len(wanted)} answered on the wire as expected", [], figures)
+
+
+@pytest.mark.security
+@pytest.mark.severity("critical")
+def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
+    """From an agent's desktop: a login with a forged token and one with an altered token are refused
+    (token_invalid) while the real agent stays logged in; a signed CTI admin message replayed byte for
+    byte is refused (forbidden: replayed) after the original was accepted once; the PBX's RPC refuses
+    the desktop (its data address does not serve it, its management address answers 403) and answers
+    the CTI's host. Nobody is disturbed."""
+    topo = scenario.lab.topology
+    agent = next(a for a in topo.agents() if a.home == SITE)
+    other = next(a for a in topo.agents() if a.home == SITE and a.id != agent.id)
+    cti, pbx = topo.device(f"{SITE}-cti1"), topo.device(f"{SITE}-pbx1")
+    at = {"host": str(cti.spec.address), "port": cti.spec.port}
+    forged = observe.forged_token(agent.id, SITE, agent.extension)
+    admin = _signed_admin(
+        {"type": "admin", "op": "switch_order", "agents": [], "target": REMOTE, "rule": "k3"}
+    )
+    ports: list[tuple[str, int, str]] = []
+    with scenario.phase("apply: attacks from the agents host"):
+        for f, token in (
+            ("attack.cti_login_forged", forged),
+            ("attack.cti_login_altered", _altered(forged, other.id)),
+        ):
+            login = json.dumps({"type": "login", "id": 1, "agent": agent.id, "token": token})
+            r = _probe(scenario, ATTACKER, f, {"op": "exchange", **at, "lines": [login]}, _codes)
+            ports.append((f, r.get("local_port", 0), "token_invalid"))
+        r = _probe(
+            scenario,
+            ATTACKER,
+            "attack.cti_admin_original",
+            {"op": "exchange", **at, "lines": [admin]},
+            _codes,
+        )
+        ports.append(("attack.cti_admin_original", r.get("local_port", 0), "admin_ok"))
+        r = _probe(
+            scenario,
+            ATTACKER,
+            "attack.cti_admin_replayed",
+            {"op": "exchange", **at, "lines": [admin]},
+            _codes,
+        )
+        ports.append(("attack.cti_admin_replayed", r.get("local_port", 0), "forbidden:replayed"))
+        for f, addr in (("attack.pbx_rpc_data", pbx.spec.address), ("attack.pbx_rpc_mgmt", pbx.spec.mgmt)):
+            rpc = {"op": "rpc", "host": str(addr), "port": pbx.spec.rpc_port, "method": "core.version"}
+            _probe(scenario, ATTACKER, f, rpc, _rpc_refused)
+        rpc = {"op": "rpc", "host": str(pbx.spec.mgmt), "port": pbx.spec.rpc_port, "method": "core.version"}
+        _probe(scenario, cti.name, "cti_host.pbx_rpc", rpc, _rpc_refused)
+    with scenario.phase("verify: refused, nobody disturbed"):
+        scenario.hold(scenario.expect(), "every agent stays logged in at home", 2.0, states=("ready",))
+    with scenario.phase("verify-revert"):
+        scenario.finish()
+    verdicts = scenario.standard_checks(expect="home", affected=list(scenario.expect()), recovery=False)
+    if not scenario.dry_run:
+        ev = scenario.events()
+        verdicts += [
+            check_refused(ev, "attack.cti_login_forged", ["token_invalid"]),
+            check_refused(ev, "attack.cti_login_altered", ["token_invalid"]),
+            check_refused(ev, "attack.cti_admin_replayed", ["forbidden:replayed"]),
+            check_refused(ev, "attack.pbx_rpc_data", ["refused", "timeout", "unreachable", "http_4"]),
+            check_refused(ev, "attack.pbx_rpc_mgmt", ["refused", "timeout", "unreachable", "http_4"]),
+            _accepted(ev, "attack.cti_admin_original"),
+            _accepted(ev, "cti_host.pbx_rpc"),
+            check_wire_answers(scenario, str(topo.device(ATTACKER).spec.address), ports),
+        ]
+    overall = scenario.conclude(verdicts)
+    assert overall.valid, scenario.failure_message()
+
+
+def _accepted(ev: Sequence[Any], f: str) -> Verdict:
+    """Every ``f`` operation was served (ok): the legitimate side of a refusal, so that the refusal is no
+    door closed to everybody."""
+    name = f"served_{f.replace('.', '_')}"
+    pairs = [p for p in pair_ops(ev)[0] if p.invoke.f == f]
+    if not pairs:
+        return Verdict(name, "unknown", f"no {f} operation in the history")
+    bad = [
+        {"outcome": p.outcome, "error": p.completion and p.completion.error}
+        for p in pairs
+        if p.outcome != "ok"
+    ]
+    if bad:
+        return Verdict(name, "invalid", f"{len(bad)} of {len(pairs)} {f} not served", bad)
+    return Verdict(name, "valid", f"all {len(pairs)} {f} served")
+
+
+# -- floods during a failover ------------------------------------------------------------------------
+
+FLOOD = {"slow": 100, "every": 3.0, "rate": 200.0}  # per target: 100 slow clients; 200 garbage/s in all
+VICTIMS = [f"{REMOTE}-ul1", f"{REMOTE}-cti1", f"{REMOTE}-pbx1"]  # where the failed site's agents go
+
+
+def _without_flood(pcap: Path, attacker_ip: str) -> Path:
+    """A copy of ``pcap`` without the flood's own streams (the attacker's address AND a flood source
+    port): the real clients of the attacker's host use ephemeral ports, never FLOOD_PORTS."""
+    out = pcap.with_name(pcap.stem + ".noflood.pcap")
+    lo, hi = FLOOD_PORTS
+    bpf = f"not (host {attacker_ip} and (tcp or udp) and portrange {lo}-{hi})"
+    subprocess.run(
+        ["tcpdump", "-r", str(pcap), "-w", str(out), bpf], capture_output=True, check=True, timeout=120
+    )
+    return out
+
+
+def _capture_judged_without_flood(sc: Scenario, events: list[Any], attacker_ip: str) -> list[Any]:
+    """The history with each capture point's ``lossless`` taken from its capture without the flood's
+    streams; what the flood's own streams added (malformed messages, by design) is kept beside it as
+    ``flood_excluded``, so the report says how much was excluded and why."""
+    cti_ports = sorted({d.spec.port for d in sc.lab.topology.of_kind("cti")})
+    sip_ports = sorted({d.spec.sip_port for d in sc.lab.topology.of_kind("pbx")})
+    clean: dict[str, dict[str, Any]] = {}
+    for res in sc.capture.results if sc.capture else []:
+        if res.pcap_path.exists() and res.pcap_path.stat().st_size > 24:
+            dec = decode_pcap(
+                _without_flood(res.pcap_path, attacker_ip), sip_ports=sip_ports, cti_ports=cti_ports
+            )
+            clean[res.name] = dec.stats_dict()
+    out = []
+    for e in events:
+        v = (
+            e.value
+            if isinstance(e, Obs) and e.kind == "capture_stats" and isinstance(e.value, dict)
+            else None
+        )
+        if v is not None and v.get("capture") in clean and "decode" in v:
+            c = clean[v["capture"]]
+            excluded = {
+                k: v["decode"].get(k, 0) - c.get(k, 0)
+                for k in (
+                    "malformed_sip",
+                    "malformed_cti",
+                    "incomplete_at_end",
+                    "tcp_gaps",
+                    "sip_messages",
+                    "cti_messages",
+                )
+            }
+            e = replace(e, value={**v, "lossless": c["lossless"], "decode": c, "flood_excluded": excluded})
+        out.append(e)
+    return out
+
+
+@pytest.mark.security
+@pytest.mark.unplanned
+@pytest.mark.severity("critical")
+def test_failover_under_flood(scenario: Scenario) -> None:
+    """An attacker on the failed site's agents host floods the surviving site's UL, CTI and PBX (SIP)
+    with slow clients (a byte every few seconds, never a whole message) and garbage (random bytes,
+    lines that are not JSON, broken HTTP and SIP) while the site's PBX is killed. Promise, as without the
+    flood: every agent of the site ends registered and logged in once at the other site, in its earlier
+    state, within the usual bound; nobody is active at both; the faults are healed."""
+    attacker_ip = str(scenario.lab.topology.device(ATTACKER).spec.address)
+    moved = scenario.expect(moved_from=SITE, to=REMOTE)
+    with scenario.fault("flood", ATTACKER, at=VICTIMS, **FLOOD) as flood:
+        with scenario.fault("service_kill", f"{SITE}-pbx1", service="kamailio") as kill:
+            with scenario.phase("verify: failed over under the flood"):
+                scenario.wait_placement(moved, f"agents of {SITE} at {REMOTE}, under the flood")
+    with scenario.phase("verify-revert"):
+        scenario.finish()
+    verdicts: list[Verdict] = []
+    if not scenario.dry_run:
+        ev = _capture_judged_without_flood(scenario, scenario.events(), attacker_ip)
+        rt = checks.depends_on_capture(checks.check_recovery_time)
+        sb = checks.depends_on_capture(checks.check_no_split_brain)
+        verdicts = [
+            checks.check_single_registration(ev, expect="surviving"),
+            sb(ev),
+            rt(ev, bound=scenario.settings.bound, expect="surviving", fault=kill.id),
+            checks.check_faults_healed(ev),
+            checks.check_capture_complete(ev),
+            checks.check_expectations(ev),
+            _flood_ran(flood.summary),
+        ]
+    overall = scenario.conclude(verdicts)
+    assert overall.valid, scenario.failure_message()
+
+
+def _flood_ran(summary: Mapping[str, Any] | None) -> Verdict:
+    """The flood did what it says: slow clients held open and garbage sent at every target (else the
+    scenario proved nothing about floods: unknown)."""
+    name = "flood_ran"
+    per = (summary or {}).get("summary") or {}
+    if not per:
+        return Verdict(name, "unknown", "the flood left no summary")
+    idle = [
+        t
+        for t, c in per.items()
+        if not c.get("slow_opened") or not (c.get("garbage_sent") or c.get("garbage_sent_udp"))
+    ]
+    figures = {"targets": per, "seconds": (summary or {}).get("seconds")}
+    if idle:
+        return Verdict(name, "unknown", f"the flood never reached {', '.join(idle)}", [], figures)
+    return Verdict(name, "valid", f"slow clients and garbage at all {len(per)} targets", [], figures)
