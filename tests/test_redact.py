@@ -228,3 +228,32 @@ def rdpcap_len(data: bytes, tmp_path: Path) -> int:
     p = tmp_path / "back.pcap"
     p.write_bytes(data)
     return len(rdpcap(str(p)))
+
+
+def test_raw_captures_go_to_a_private_raw_dir_and_the_report_gets_the_redacted_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.observe import lab_capture
+    from harness.report.attachments import keep_raw_pcaps, publish_pcap
+
+    out = tmp_path / "pcap" / "test_login_local"
+    raw_dir = lab_capture.raw_dir_of(out)
+    assert raw_dir == tmp_path / "pcap" / "raw" / "test_login_local"
+    lab_capture._prepare_raw_dir(raw_dir)
+    assert (raw_dir.parent / lab_capture.SECRETS_README).exists()
+    assert all((d.stat().st_mode & 0o777) == 0o700 for d in (raw_dir, raw_dir.parent))
+    raw = write(raw_dir, tcp_stream(LOGIN + LOGIN_OK, [40]), "sha-sw1-span.pcap")
+    shown = publish_pcap(raw, keep_raw=True)
+    assert shown == out / "sha-sw1-span.pcap" and raw.exists()
+    assert_no_secret(shown.read_bytes())
+    assert TOKEN.encode()[:20] in raw.read_bytes() or TOKEN.encode()[-20:] in raw.read_bytes()
+    publish_pcap(raw, keep_raw=False)  # a physical lab's: gone once redacted
+    assert not raw.exists() and shown.exists()
+    mine = write(tmp_path, tcp_stream(LOGIN, []), "mine.pcap")  # a caller's own file: never deleted
+    assert publish_pcap(mine, keep_raw=False) == tmp_path / "mine.redacted.pcap" and mine.exists()
+    monkeypatch.delenv("HIL_KEEP_RAW_PCAPS", raising=False)
+    assert keep_raw_pcaps("virtual") and keep_raw_pcaps(None) and not keep_raw_pcaps("physical")
+    monkeypatch.setenv("HIL_KEEP_RAW_PCAPS", "1")
+    assert keep_raw_pcaps("physical")
+    monkeypatch.setenv("HIL_KEEP_RAW_PCAPS", "0")
+    assert not keep_raw_pcaps("virtual")

@@ -1,8 +1,15 @@
-"""The capture of a scenario: one tcpdump per capture point, and its packets recorded as observations."""
+"""The capture of a scenario: one tcpdump per capture point, and its packets recorded as observations.
+
+Where the files go: tcpdump writes the raw captures, which hold the lab's secrets (CTI login tokens, SIP
+digest responses), into ``<root>/raw/<scenario>/`` (mode 0700, with a SECRETS-README), never beside the
+evidence in ``<root>/<scenario>/``: a scenario that dies before its report leaves nothing in clear there.
+The report layer writes the redacted copy there (harness/report/redact.py, docs/reports.md).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,9 +22,56 @@ from harness.lab import Lab
 from harness.observe.points import capture_points, configure_span
 from harness.observe.wire import addresses, cti_observations, sip_observations
 
-__all__ = ["LabCapture", "record_capture"]
+__all__ = [
+    "RAW_DIR",
+    "SECRETS_README",
+    "LabCapture",
+    "published_path",
+    "raw_dir_of",
+    "raw_root_of",
+    "record_capture",
+]
 
 log = logging.getLogger("hil.observe")
+
+RAW_DIR = "raw"
+SECRETS_README = "SECRETS-README.txt"
+_README = """The raw captures of this run, as tcpdump wrote them: they hold the lab's secrets in clear
+(CTI login tokens and admin signatures, SIP digest responses, nonces and cnonces). Keep them in
+the lab; do not attach them to tickets or reports. The report has a redacted copy of each, in the
+directory above this one (../<scenario>/). A physical lab keeps none unless HIL_KEEP_RAW_PCAPS=1.
+"""
+
+
+def raw_dir_of(out_dir: str | Path) -> Path:
+    """Where the raw captures of the scenario whose evidence goes to ``out_dir`` are written."""
+    out = Path(out_dir)
+    return out.parent / RAW_DIR / out.name
+
+
+def raw_root_of(pcap: str | Path) -> Path | None:
+    """The raw directory (``<root>/raw``, with its SECRETS-README) a capture file lies in, or None."""
+    root = Path(pcap).parent.parent
+    return root if root.name == RAW_DIR and (root / SECRETS_README).exists() else None
+
+
+def published_path(pcap: str | Path) -> Path:
+    """Where the redacted copy of a capture goes: ``<root>/<scenario>/<name>`` for a raw capture
+    ``<root>/raw/<scenario>/<name>``, else beside it as ``<stem>.redacted<suffix>``."""
+    p = Path(pcap)
+    if raw_root_of(p) is not None:
+        return p.parent.parent.parent / p.parent.name / p.name
+    return p.with_name(f"{p.stem}.redacted{p.suffix}")
+
+
+def _prepare_raw_dir(raw: Path) -> None:
+    """The raw directory and its root, readable by their owner only, and the README that says why."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for d in (raw.parent, raw):
+        os.chmod(d, 0o700)
+    readme = raw.parent / SECRETS_README
+    if not readme.exists():
+        readme.write_text(_README)
 
 
 class LabCapture:
@@ -30,13 +84,19 @@ class LabCapture:
     """
 
     def __init__(
-        self, lab: Lab, out_dir: str | Path, prefix: str = "", injector: Injector | None = None
+        self,
+        lab: Lab,
+        out_dir: str | Path,
+        prefix: str = "",
+        injector: Injector | None = None,
+        raw_dir: str | Path | None = None,
     ) -> None:
         self.lab = lab
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir)  # the evidence: the redacted copies go here (harness.report)
+        self.raw_dir = Path(raw_dir) if raw_dir is not None else raw_dir_of(self.out_dir)
         self.points = capture_points(lab)
         self.captures = [
-            Capture(f"{prefix}{p.name}", p.iface, self.out_dir, filter=p.bpf, netns_path=p.netns)
+            Capture(f"{prefix}{p.name}", p.iface, self.raw_dir, filter=p.bpf, netns_path=p.netns)
             for p in self.points
         ]
         self.results: list[CaptureResult] = []
@@ -51,6 +111,7 @@ class LabCapture:
         return self.injector
 
     def start(self) -> LabCapture:
+        _prepare_raw_dir(self.raw_dir)
         inj = self._injector()
         started: list[Capture] = []
         try:
@@ -71,7 +132,14 @@ class LabCapture:
         injector is this capture's own."""
         try:
             with ThreadPoolExecutor(max_workers=max(1, len(captures))) as pool:
-                return list(pool.map(lambda c: c.stop(), captures))
+                results = list(pool.map(lambda c: c.stop(), captures))
+            for r in results:
+                try:
+                    if r.pcap_path.exists():
+                        os.chmod(r.pcap_path, 0o600)  # its directory is closed already: belt and braces
+                except OSError as e:
+                    log.warning("could not make %s private: %s", r.pcap_path, e)
+            return results
         finally:
             if self.injector is not None and self._own_injector:
                 self.injector.close()

@@ -1,9 +1,15 @@
 """A scenario's evidence on its Allure test: the verdict file and history (what the gate reads), a SIP/CTI
-ladder diagram, a recovery timeline and histogram, the pcaps, the device logs and the topology."""
+ladder diagram, a recovery timeline and histogram, the pcaps, the device logs and the topology.
+
+The pcaps attached are redacted copies (harness/report/redact.py), written where the evidence lies
+(``<root>/<scenario>/``); the raw ones stay under ``<root>/raw/`` (harness/observe/lab_capture.py), or, for a
+physical lab, are deleted once redacted unless HIL_KEEP_RAW_PCAPS=1.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +22,9 @@ from harness import topology as topology_mod
 from harness.checks import Verdict
 from harness.decode import decode_pcap
 from harness.history import History
+from harness.observe.lab_capture import published_path, raw_root_of
 from harness.report.findings import leaves
+from harness.report.redact import redact_pcap
 from harness.report.verdictfile import HISTORY_NAME, VERDICTS_NAME, attach_verdicts
 
 __all__ = [
@@ -26,6 +34,8 @@ __all__ = [
     "TIMELINE_NAME",
     "TOPOLOGY_NAME",
     "attach_run",
+    "keep_raw_pcaps",
+    "publish_pcap",
 ]
 
 log = logging.getLogger("hil.report")
@@ -35,6 +45,37 @@ TIMELINE_NAME = "timeline.png"
 HISTOGRAM_NAME = "recovery-histogram.png"
 TOPOLOGY_NAME = "topology.yaml"
 PCAP_MIME = "application/vnd.tcpdump.pcap"
+KEEP_RAW_ENV = "HIL_KEEP_RAW_PCAPS"
+
+
+def keep_raw_pcaps(kind: str | None) -> bool:
+    """Whether a lab of this kind keeps its raw captures: a physical lab's hold real credentials' digests
+    and live tokens, so not unless HIL_KEEP_RAW_PCAPS says so; a virtual lab's (its secrets are made for
+    the run) are kept for whoever debugs it, unless HIL_KEEP_RAW_PCAPS=0."""
+    env = os.environ.get(KEEP_RAW_ENV, "").strip().lower()
+    if env in ("1", "yes", "true", "on"):
+        return True
+    if env in ("0", "no", "false", "off"):
+        return False
+    return kind != "physical"
+
+
+def publish_pcap(pcap: str | Path, keep_raw: bool = True) -> Path:
+    """Write the redacted copy of a capture where the evidence lies (see ``published_path``) and return
+    it. The raw file is deleted after, when ``keep_raw`` is false and it lies in a raw directory the
+    capture made (a file of the caller's elsewhere is never deleted). Raises if it cannot be redacted:
+    the caller attaches nothing rather than the raw file."""
+    raw = Path(pcap)
+    out = published_path(raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats = redact_pcap(raw, out)
+    log.info(
+        "redacted %s -> %s: %d secrets in %d of %d frames, %.3f s",
+        raw, out, stats.secrets, stats.changed_frames, stats.frames, stats.seconds,
+    )  # fmt: skip
+    if not keep_raw and raw_root_of(raw) is not None:
+        raw.unlink()
+    return out
 
 
 def _roster_extensions(events: Iterable[Any]) -> dict[str, str]:
@@ -69,7 +110,8 @@ def attach_run(
     In this order: the verdict file (`hil-verdicts.json`, what the gate reads) and the history, then the
     ladder diagram (from `events`, decoded capture events, else decoded from `pcaps`), the timeline and
     histogram (from each `recovery_time` verdict), the pcaps, the device `logs` (name -> file) and the
-    topology. `extra` goes into the verdict file as is (e.g. timings). `window` is the ladder's time span
+    topology. The pcaps attached are redacted copies (``publish_pcap``; a pcap that cannot be redacted is
+    not attached). `extra` goes into the verdict file as is (e.g. timings). `window` is the ladder's time span
     in seconds around the first fault (default: 2 s before it to 2 s after the slowest recovery). A picture
     or file that cannot be made does not stop the others: the reason is attached as `attach-errors.txt`
     and logged. Returns the names attached.
@@ -119,11 +161,18 @@ def attach_run(
             out += [TIMELINE_NAME + suffix, HISTOGRAM_NAME + suffix]
         return out
 
+    topos: list[Any] = []
+
+    def load_topology() -> list[str]:
+        if topology is not None:
+            topos.append(topology_mod.load(topology))  # once per scenario: kind, CTI ports, ladder lanes
+        return []
+
+    attempt("topology", load_topology)
+
     def ladder() -> list[str]:
         wire = list(events) if events is not None else []
-        topo = None
-        if topology is not None:
-            topo = topology_mod.load(topology)  # once per scenario: CTI ports and ladder lanes
+        topo = topos[0] if topos else None
         if events is None:
             ports = _cti_ports(topo)
             for p in pcaps:
@@ -156,13 +205,25 @@ def attach_run(
         allure.attach(svg, name=LADDER_NAME, attachment_type=allure.attachment_type.SVG)
         return [LADDER_NAME]
 
+    def captures() -> list[str]:
+        out = []
+        kind = topos[0].kind if topos else None
+        for p in pcaps:
+            try:
+                pp = publish_pcap(p, keep_raw_pcaps(kind))
+            except Exception:  # never the raw file instead: the reason goes to attach-errors.txt
+                log.exception("could not redact %s", p)
+                errors.append(f"capture {Path(p).name} (not attached: it could not be redacted):\n"
+                              f"{traceback.format_exc()}")  # fmt: skip
+                continue
+            ext = "pcapng" if pp.suffix == ".pcapng" else "pcap"
+            name = f"capture {Path(p).name}"  # the capture's own name, whichever copy is attached
+            allure.attach.file(str(pp), name=name, attachment_type=PCAP_MIME, extension=ext)
+            out.append(name)
+        return out
+
     def files() -> list[str]:
         out = []
-        for p in pcaps:
-            pp = Path(p)
-            ext = "pcapng" if pp.suffix == ".pcapng" else "pcap"
-            allure.attach.file(str(pp), name=f"capture {pp.name}", attachment_type=PCAP_MIME, extension=ext)
-            out.append(f"capture {pp.name}")
         for name, p in (logs or {}).items():
             allure.attach.file(str(p), name=f"log {name}", attachment_type="text/plain", extension="log")
             out.append(f"log {name}")
@@ -176,6 +237,7 @@ def attach_run(
     if evs:
         attempt("timeline and histogram", pictures)
         attempt("ladder diagram", ladder)
+    attempt("captures", captures)
     attempt("files", files)
     if errors:
         allure.attach(
