@@ -232,6 +232,7 @@ def _accepted(ev: Sequence[Any], f: str) -> Verdict:
 # -- floods during a failover ------------------------------------------------------------------------
 
 FLOOD = {"slow": 100, "every": 3.0, "rate": 200.0}  # per target: 100 slow clients; 200 garbage/s in all
+FLOOD_ALONE_S = 4.0  # seconds flooded before the failure: every slow client has sent a byte or two
 VICTIMS = [f"{REMOTE}-ul1", f"{REMOTE}-cti1", f"{REMOTE}-pbx1"]  # where the failed site's agents go
 
 
@@ -247,7 +248,9 @@ def _without_flood(pcap: Path, attacker_ip: str) -> Path:
     return out
 
 
-def _capture_judged_without_flood(sc: Scenario, events: list[Any], attacker_ip: str) -> list[Any]:
+def _capture_judged_without_flood(
+    sc: Scenario, events: list[Any], attacker_ip: str
+) -> tuple[list[Any], dict[str, Any]]:
     """The history with each capture point's ``lossless`` taken from its capture without the flood's
     streams; what the flood's own streams added (malformed messages, by design) is kept beside it as
     ``flood_excluded``, so the report says how much was excluded and why."""
@@ -260,7 +263,8 @@ def _capture_judged_without_flood(sc: Scenario, events: list[Any], attacker_ip: 
                 _without_flood(res.pcap_path, attacker_ip), sip_ports=sip_ports, cti_ports=cti_ports
             )
             clean[res.name] = dec.stats_dict()
-    out = []
+    out: list[Any] = []
+    totals: dict[str, Any] = {}
     for e in events:
         v = (
             e.value
@@ -281,8 +285,9 @@ def _capture_judged_without_flood(sc: Scenario, events: list[Any], attacker_ip: 
                 )
             }
             e = replace(e, value={**v, "lossless": c["lossless"], "decode": c, "flood_excluded": excluded})
+            totals[v["capture"]] = excluded
         out.append(e)
-    return out
+    return out, totals
 
 
 @pytest.mark.security
@@ -291,12 +296,15 @@ def _capture_judged_without_flood(sc: Scenario, events: list[Any], attacker_ip: 
 def test_failover_under_flood(scenario: Scenario) -> None:
     """An attacker on the failed site's agents host floods the surviving site's UL, CTI and PBX (SIP)
     with slow clients (a byte every few seconds, never a whole message) and garbage (random bytes,
-    lines that are not JSON, broken HTTP and SIP) while the site's PBX is killed. Promise, as without the
-    flood: every agent of the site ends registered and logged in once at the other site, in its earlier
-    state, within the usual bound; nobody is active at both; the faults are healed."""
+    lines that are not JSON, broken HTTP and SIP); the flood alone moves nobody; then the site's PBX is
+    killed. Promise, as without the flood: every agent of the site ends registered and logged in once at
+    the other site, in its earlier state, within the usual bound (test_unplanned's); nobody is active at
+    both; the faults are healed."""
     attacker_ip = str(scenario.lab.topology.device(ATTACKER).spec.address)
     moved = scenario.expect(moved_from=SITE, to=REMOTE)
     with scenario.fault("flood", ATTACKER, at=VICTIMS, **FLOOD) as flood:
+        with scenario.phase("verify: the flood alone moves nobody"):
+            scenario.hold(scenario.expect(), "every agent stays home while the flood runs", FLOOD_ALONE_S)
         with scenario.fault("service_kill", f"{SITE}-pbx1", service="kamailio") as kill:
             with scenario.phase("verify: failed over under the flood"):
                 scenario.wait_placement(moved, f"agents of {SITE} at {REMOTE}, under the flood")
@@ -304,7 +312,7 @@ def test_failover_under_flood(scenario: Scenario) -> None:
         scenario.finish()
     verdicts: list[Verdict] = []
     if not scenario.dry_run:
-        ev = _capture_judged_without_flood(scenario, scenario.events(), attacker_ip)
+        ev, excluded = _capture_judged_without_flood(scenario, scenario.events(), attacker_ip)
         rt = checks.depends_on_capture(checks.check_recovery_time)
         sb = checks.depends_on_capture(checks.check_no_split_brain)
         verdicts = [
@@ -314,15 +322,16 @@ def test_failover_under_flood(scenario: Scenario) -> None:
             checks.check_faults_healed(ev),
             checks.check_capture_complete(ev),
             checks.check_expectations(ev),
-            _flood_ran(flood.summary),
+            _flood_ran(flood.summary, excluded),
         ]
     overall = scenario.conclude(verdicts)
     assert overall.valid, scenario.failure_message()
 
 
-def _flood_ran(summary: Mapping[str, Any] | None) -> Verdict:
+def _flood_ran(summary: Mapping[str, Any] | None, excluded: Mapping[str, Any]) -> Verdict:
     """The flood did what it says: slow clients held open and garbage sent at every target (else the
-    scenario proved nothing about floods: unknown)."""
+    scenario proved nothing about floods: unknown). Its figures: the flood's own counters per target, and
+    what its streams added to each capture (judged without them: ``excluded``)."""
     name = "flood_ran"
     per = (summary or {}).get("summary") or {}
     if not per:
@@ -332,7 +341,7 @@ def _flood_ran(summary: Mapping[str, Any] | None) -> Verdict:
         for t, c in per.items()
         if not c.get("slow_opened") or not (c.get("garbage_sent") or c.get("garbage_sent_udp"))
     ]
-    figures = {"targets": per, "seconds": (summary or {}).get("seconds")}
+    figures = {"targets": per, "seconds": (summary or {}).get("seconds"), "excluded": dict(excluded)}
     if idle:
         return Verdict(name, "unknown", f"the flood never reached {', '.join(idle)}", [], figures)
     return Verdict(name, "valid", f"slow clients and garbage at all {len(per)} targets", [], figures)
