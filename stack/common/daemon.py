@@ -4,7 +4,7 @@ Why: the CTI, the unified login, the phone and the swarm are started by the lab 
 hosts) with their secrets in environment variables named on the command line, never in argv, and are
 stopped with SIGTERM (SIGINT from a terminal). Each must refuse to start without a secret, saying which
 variable is missing, and must stop cleanly (exit 0) on either signal. The site services (CTI, UL) also
-share their first options, so they are spelled the same for both.
+share their first options and their connection caps, so they are spelled the same for both.
 """
 
 from __future__ import annotations
@@ -69,6 +69,25 @@ def site_service_parser(prog: str, description: str, serves: str) -> argparse.Ar
     ap.add_argument("--secret-env", required=True, help="environment variable holding the shared lab secret")
     ap.add_argument("--log-level", default="INFO")
     return ap
+
+
+def add_connection_caps(ap: argparse.ArgumentParser, *, total: int, per_source: int) -> None:
+    """``--max-connections`` and ``--max-connections-per-source`` (stack/common/limits.py): a site service
+    is on the data network with every agent's desktop, so one address must not take all it can serve."""
+    ap.add_argument(
+        "--max-connections",
+        type=int,
+        default=total,
+        help=f"open connections in total, beyond which new ones are refused (default {total}, lowered to "
+        "what the open-file limit allows)",
+    )
+    ap.add_argument(
+        "--max-connections-per-source",
+        type=int,
+        default=per_source,
+        help=f"open connections from one address (default {per_source}: a whole agents host of a "
+        "10,000-agent lab; on a site where each agent has a desktop of its own, a handful)",
+    )
 
 
 def serve(args: argparse.Namespace, main: Coroutine[Any, Any, Any]) -> int:

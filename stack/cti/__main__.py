@@ -1,5 +1,6 @@
 """``python -m stack.cti --site sha --bind 198.18.1.20:7000 --pbx-rpc URL --ul URL --secret-env VAR
-[--pbx-events 198.18.1.20:5090]``."""
+[--pbx-events 198.18.1.20:5090] [--max-connections N] [--max-connections-per-source N] [--login-timeout S]
+[--max-line BYTES] [--stall-timeout S]``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import sys
 from urllib.parse import urlsplit
 
 from stack.common.addr import hostport
-from stack.common.daemon import secret_from_env, serve, site_service_parser, until_signalled
+from stack.common.daemon import (
+    add_connection_caps,
+    secret_from_env,
+    serve,
+    site_service_parser,
+    until_signalled,
+)
+from stack.cti import protocol as P
+from stack.cti import server as S
 from stack.cti.server import CtiServer
 
 
@@ -42,6 +51,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--lease", type=float, default=2.5, help="seconds without a message before a session ends (0: never)"
     )
+    add_connection_caps(ap, total=S.MAX_CONNECTIONS, per_source=S.MAX_PER_SOURCE)
+    ap.add_argument(
+        "--login-timeout",
+        type=float,
+        default=S.LOGIN_TIMEOUT,
+        help="seconds a connection may stay silent without logging in before it is closed (0: never)",
+    )
+    ap.add_argument(
+        "--max-line", type=int, default=P.MAX_LINE, help="bytes of one line; longer closes the connection"
+    )
+    ap.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=S.STALL_TIMEOUT,
+        help="seconds a client may leave its replies unread before it is cut (0: only the 256 KiB cap)",
+    )
     return ap.parse_args(argv)
 
 
@@ -67,6 +92,11 @@ async def run(args: argparse.Namespace, secret: str) -> None:
         reconcile_interval=args.reconcile_interval,
         epoch_interval=args.epoch_interval,
         lease=args.lease,
+        max_connections=args.max_connections,
+        max_per_source=args.max_connections_per_source,
+        login_timeout=args.login_timeout,
+        max_line=args.max_line,
+        stall_timeout=args.stall_timeout,
     )
     await srv.start([args.bind[0], *args.also_listen] if args.also_listen else args.bind[0], args.bind[1])
     await until_signalled(f"READY cti {args.site} {args.bind[0]}:{srv.port}")

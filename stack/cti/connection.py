@@ -2,7 +2,9 @@
 
 Why it is built this way: one asyncio process serves every agent of a site (5,000 connections and more), so
 a connection is an ``asyncio.Protocol`` with no task of its own, a malformed or oversized line costs only
-its own connection, and a client that stops reading is cut before it costs the server memory.
+its own connection, and a client that stops reading is cut before it costs the server memory. Anyone on
+the data network can connect, so what a connection may hold is bounded (issue 16): connections per source
+and in total (refused with one error line), time without logging in, line length, unread output.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from stack.common.limits import ConnectionCaps, Refusals, source_of
 from stack.cti import protocol as P
 from stack.cti.sessions import Session
 
 log = logging.getLogger("stack.cti")
+# The refusal's message by cap (the code is ``too_many_connections``, docs/cti-protocol.md).
+REFUSED = {
+    "per_source": "too many connections from this address; the connection is closed",
+    "total": "too many connections to this CTI; the connection is closed",
+}
 
 
 class Server(Protocol):
@@ -27,6 +35,11 @@ class Server(Protocol):
     max_errors: int
     sessions: dict[str, Session]
     conns: set[Connection]
+    caps: ConnectionCaps
+    refusals: Refusals
+    max_line: int  # bytes of one line (P.MAX_LINE unless configured)
+    login_timeout: float  # seconds a connection may stay silent without logging in (0: no limit)
+    stall_timeout: float  # seconds a client may leave our output unread before it is cut (0: no limit)
 
     def _renew(self, s: Session, req: dict[str, Any]) -> bool: ...
 
@@ -49,8 +62,16 @@ class Connection(asyncio.Protocol):
     ``_buf``, handled when it completes (a message is never handled before the previous one is answered).
     Writes never block the server: a client that stops reading is not read either (its requests wait
     while the transport's write buffer is above its high-water mark, as ``drain()`` did) and is cut when
-    the buffer passes HIGH_WATER (pushed events keep coming). Reading pauses when more than PENDING_MAX
-    unhandled bytes wait (a client flooding while its login is in flight), so memory stays bounded."""
+    the buffer passes HIGH_WATER (pushed events keep coming), or when it has read nothing of it for
+    ``stall_timeout`` s (one reply bigger than HIGH_WATER, a ``sessions`` of 10,000, must not stay held
+    by a client that never reads): cut means aborted, so the unsent bytes are freed at once. Reading
+    pauses when more than PENDING_MAX unhandled bytes wait (a client flooding while its login is in
+    flight), so memory stays bounded.
+
+    Before its login a connection is a stranger's: it is refused beyond the caps per source and in total
+    (one ``too_many_connections`` line), and closed with ``login_timeout`` after ``login_timeout`` s
+    without a line (a client retrying a ``not_yet`` login sends one every few seconds, a slowloris none)
+    unless it logs in or proves itself with a signed admin message (the UL's persistent connection)."""
 
     HIGH_WATER = 256 * 1024
     PENDING_MAX = 4 * P.MAX_LINE  # unhandled bytes held while a handler awaits, before reading pauses
@@ -59,9 +80,15 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.session: Session | None = None
-        self.admin = False
+        self.admin = False  # a signed admin message was accepted on it
         self.errors = 0
         self.closed = False
+        self.source = ""  # the peer's address (set by connection_made)
+        self.admitted = False  # counted in the server's caps (released when lost)
+        self.heard = 0.0  # monotonic time of the last line before login
+        self._login_timer: asyncio.TimerHandle | None = None  # until it logs in (or a refusal's linger)
+        self._stall_timer: asyncio.TimerHandle | None = None  # while its output waits unread
+        self._lingering = False  # refused: waits for its client to read the refusal
         self._buf = b""  # bytes not handled yet: a partial line, or (while blocked) whole lines as well
         self._task: asyncio.Task[None] | None = None  # the awaiting handler in progress (login, link_phone)
         self._wpaused = False  # the transport's write buffer is above its high-water mark
@@ -79,7 +106,7 @@ class Connection(asyncio.Protocol):
         msg["at"] = int(time.time() * 1000)
         # The buffer can only pass HIGH_WATER above the transport's own high-water mark (paused).
         if self._wpaused and self.transport.get_write_buffer_size() > self.HIGH_WATER:
-            self.close()
+            self._cut("slow_reader")
             return
         self.transport.write(P.encode(msg))
 
@@ -94,20 +121,49 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.conns.add(self)
+        srv = self.server
+        self.source = source_of(transport)
+        why = srv.caps.admit(self.source)
+        if why is not None:
+            self._refuse(why)
+            return
+        self.admitted = True
+        srv.conns.add(self)
+        if srv.login_timeout > 0:
+            self.heard = time.monotonic()
+            self._login_timer = asyncio.get_running_loop().call_later(srv.login_timeout, self._login_due)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._drop()  # a login still in flight drops its session again when it completes
+        for timer in (self._login_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._login_timer = self._stall_timer = None
+        if self.admitted:
+            self.admitted = False
+            self.server.caps.release(self.source)
+            self._drop()  # a login still in flight drops its session again when it completes
+        elif self._lingering:
+            self._lingering = False
+            self.server.caps.unlinger()
 
     def pause_writing(self) -> None:
         self._wpaused = True
+        # Armed even once closed: a close waits for the client to read what is buffered, maybe forever.
+        if self.server.stall_timeout > 0 and self._stall_timer is None:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(self.server.stall_timeout, self._stalled)
 
     def resume_writing(self) -> None:
         self._wpaused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._resume()
 
     def eof_received(self) -> bool:
+        if not self.admitted:
+            return False  # refused: its client read the refusal and is done (the transport closes)
         self._eof = True
         if self._task is None and not self._wpaused:
             self._at_eof()
@@ -121,7 +177,7 @@ class Connection(asyncio.Protocol):
             return
         buf = self._buf + data if self._buf else data
         if b"\n" not in data:  # ``_buf`` holds no newline here: no whole line yet
-            if len(buf) > P.MAX_LINE:
+            if len(buf) > self.server.max_line:
                 self._too_large()
             else:
                 self._buf = buf
@@ -153,7 +209,7 @@ class Connection(asyncio.Protocol):
                 tail = lines[i + 1 :]
                 self._hold(b"\n".join(tail) + b"\n" + rest if tail else rest)
                 return
-        if len(rest) > P.MAX_LINE:
+        if len(rest) > self.server.max_line:
             self._too_large()
         else:
             self._buf = rest
@@ -165,7 +221,7 @@ class Connection(asyncio.Protocol):
         buf, self._buf = self._buf, b""
         if b"\n" in buf:
             self._feed(buf)
-        elif len(buf) > P.MAX_LINE:
+        elif len(buf) > self.server.max_line:
             self._too_large()
         else:
             self._buf = buf
@@ -194,8 +250,57 @@ class Connection(asyncio.Protocol):
 
     def _too_large(self) -> None:
         self._buf = b""
+        self.server.refusals.note("too_large", self.source, f"a line over {self.server.max_line} bytes")
         self.send(P.error("too_large"))
         self._end()
+
+    # ---- limits (issue 16): refusal, login timeout, stalled reader -------------------------------------
+
+    def _refuse(self, why: str) -> None:
+        """Beyond a cap: one error line, then FIN; the client gets ``LINGER`` s to read it (closing with
+        its request unread would reset the connection and lose the line), or none when many linger."""
+        self.closed = True  # nothing it sends is handled
+        t = self.transport
+        with contextlib.suppress(Exception):
+            err = P.error("too_many_connections", reason=why, message=REFUSED[why])
+            t.write(P.encode({**err, "at": int(time.time() * 1000)}))
+            t.write_eof()
+        wait = self.server.caps.linger()
+        if wait <= 0:
+            t.close()
+        else:
+            self._lingering = True
+            self._login_timer = asyncio.get_running_loop().call_later(wait, t.abort)
+
+    def _login_due(self) -> None:
+        """The login timer: a connection silent for ``login_timeout`` s without a session is closed."""
+        self._login_timer = None
+        srv = self.server
+        if self.closed or self.session is not None or self.admin:
+            return  # logged in (a session that ends closes its connection) or gone: the timer is done
+        left = self.heard + srv.login_timeout - time.monotonic()
+        if left > 0 or self._task is not None or self._wpaused:
+            # heard from lately, a login in flight, or its output waits unread (the stall timer's case)
+            delay = left if left > 0 else srv.login_timeout
+            self._login_timer = asyncio.get_running_loop().call_later(delay, self._login_due)
+            return
+        srv.refusals.note("login_timeout", self.source, f"silent {srv.login_timeout:g} s without a login")
+        self.send(P.error("login_timeout", message=f"no login after {srv.login_timeout:g} s; closed"))
+        self._end()
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if self._wpaused:
+            self._cut("stalled")
+
+    def _cut(self, why: str) -> None:
+        """A client that does not read what it is sent: aborted, so its unsent bytes are freed now (a close
+        would keep them until it reads, which it may never do)."""
+        self.server.refusals.note(why, self.source, f"{self.transport.get_write_buffer_size()} bytes unread")
+        self.closed = True
+        self._drop()
+        with contextlib.suppress(Exception):
+            self.transport.abort()
 
     def _end(self) -> None:
         """The connection is done on our side: its session ends now (as ``_serve``'s ``finally`` did)."""
@@ -211,12 +316,14 @@ class Connection(asyncio.Protocol):
 
     def _line(self, line: bytes) -> None:
         """One line: decoded and handled at once, or handed to a task when its handler awaits."""
-        if len(line) > P.MAX_LINE:
+        srv = self.server
+        if len(line) > srv.max_line:
             self._too_large()
             return
         if not line or line.isspace():
             return
-        srv = self.server
+        if self.session is None:
+            self.heard = time.monotonic()
         try:
             req = P.decode(line)
         except ValueError:
@@ -241,6 +348,8 @@ class Connection(asyncio.Protocol):
             self._end()
             return
         if reply is not None:
+            if kind == "admin" and reply.get("type") == "admin_ok":
+                self.admin = True  # signed with the lab secret: no stranger (no login timeout)
             self.send(reply)
 
     def _bad_request(self, req: dict[str, Any], err: Exception) -> None:

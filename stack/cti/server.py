@@ -10,6 +10,10 @@ Why it is built this way:
   token is refused (stack/cti/handlers.py); a periodic bulk epoch sweep, the UL's ``fence`` admin message
   and a lease evict sessions that a newer login elsewhere superseded or whose client went silent
   (stack/cti/sessions.py).
+- Anyone on the data network can connect: connections are capped per source address and in total,
+  a connection that does not log in is closed after ``login_timeout`` s of silence, a line is at most
+  ``max_line`` bytes, and a client that leaves its output unread is cut (stack/cti/connection.py,
+  stack/common/limits.py). The defaults hold a 10,000-agent lab with one agents host per site.
 
 This module wires those parts into one server and runs it; ``python -m stack.cti`` starts one.
 """
@@ -23,7 +27,9 @@ import time
 import aiohttp
 
 from stack.common import fastjson
+from stack.common.limits import ConnectionCaps, Refusals, total_cap
 from stack.cti import pbxevents
+from stack.cti import protocol as P
 from stack.cti.connection import Connection
 from stack.cti.epochs import EpochBatcher
 from stack.cti.handlers import Handlers
@@ -34,6 +40,13 @@ from stack.cti.sessions import Session, SessionTable
 __all__ = ["Connection", "CtiServer", "PbxLink", "PbxUnreachable", "RpcError", "Session"]
 
 log = logging.getLogger("stack.cti")
+
+# Connections from one address: one per agent plus the secondary confirmation's short ones, for every
+# agent of a 10,000-agent lab on one host; in total, what the open-file limit allows up to 20,000.
+MAX_PER_SOURCE = 12_000
+MAX_CONNECTIONS = 20_000
+LOGIN_TIMEOUT = 10.0  # a client retrying a not_yet login waits at most 5 s between lines
+STALL_TIMEOUT = 30.0
 
 
 class CtiServer(Handlers, SessionTable, PbxWatch):
@@ -56,8 +69,19 @@ class CtiServer(Handlers, SessionTable, PbxWatch):
         max_errors: int = 5,
         lease: float = 2.5,
         lease_late: float = 0.5,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_source: int = MAX_PER_SOURCE,
+        login_timeout: float = LOGIN_TIMEOUT,
+        max_line: int = P.MAX_LINE,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.site = site
+        # What a connection may hold (stack/cti/connection.py); ``refusals.counts`` what was refused or cut.
+        self.refusals = Refusals(log, f"cti {site}")
+        self.caps = ConnectionCaps(max_per_source, total_cap(max_connections), self.refusals)
+        self.login_timeout = login_timeout
+        self.max_line = max_line
+        self.stall_timeout = stall_timeout
         self.secret = secret
         self.ul_url = ul_url.rstrip("/") if ul_url else None
         self.pbx = PbxLink(
