@@ -1,185 +1,411 @@
-"""The emulated serial console: a real pty that pyserial opens, serving the switch CLI."""
+"""The management console (issue 14, item 3) against real ULs in-process: two ULs (sha, ntg) on loopback,
+the console mounted on sha's, each site's CTI and PBX played by small stand-ins speaking their wire (the CTI's
+``sessions`` line, Kamailio's JSON-RPC). Log-in, roles, CSRF, a site that cannot be seen, the live stream,
+and a planned switch added and removed through the UL's signed rule API."""
 
 from __future__ import annotations
 
-import os
+import argparse
+import asyncio
+import json
 import re
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
-import serial
-from netmiko import ConnectHandler
+from aiohttp import web
 
-from virtual.console import PtyConsole
-from virtual.switch_cli import switch_session_factory
+from stack.common.directory import Directory, expand_agents
+from stack.console import Accounts, ConsoleConfig, SiteEndpoints, add_console, console_config, parse_site
+from stack.console.config import add_console_args
+from stack.console.model import page_view
+from stack.console.reader import Part
+from stack.login import client as ulc
+from stack.login.server import UnifiedLogin
+from stack.login.store import Store
 
-PORTS = [f"Gi0/{i}" for i in range(1, 5)]
-
-
-class FakePorts:
-    def __init__(self, ports: list[str]) -> None:
-        self.admin = {p: True for p in ports}
-
-    def set_admin(self, port: str, up: bool) -> None:
-        self.admin[port] = up
-
-    def state(self, port: str) -> tuple[bool, bool]:
-        return self.admin[port], self.admin[port]
-
-    def description(self, port: str) -> str:
-        return ""
-
-
-def expect(ser: serial.Serial, pattern: bytes, timeout: float = 10.0) -> bytes:
-    """Read until the regex matches the end of what arrived, like a console driver does."""
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        buf += ser.read(ser.in_waiting or 1)
-        if re.search(pattern, buf):
-            return buf
-    raise AssertionError(f"{pattern!r} not seen; got {buf!r}")
+SECRET, AGENT_SECRET = "s3cret", "agent-s3cret"
+USERS = {"HIL_CONSOLE_USERS": "olga:operator,vic:viewer",
+         "HIL_CONSOLE_PASSWORD_OLGA": "olga-pw", "HIL_CONSOLE_PASSWORD_VIC": "vic-pw"}  # fmt: skip
+RAW = {
+    "agents": {
+        "pools": {
+            "sha-air": {"home": "sha", "count": 4, "extensions": "10001-10010", "system": "air",
+                        "region": "east", "skill_groups": ["domestic", "vip"]},
+            "ntg-hotel": {"home": "ntg", "count": 2, "extensions": "0201-0299", "system": "hotel",
+                          "region": "south", "skill_groups": ["vip"]},
+        }
+    }
+}  # fmt: skip
+DEADLINE = 30.0  # seconds: generous, the suite runs beside a busy loop on every core
 
 
-@pytest.fixture
-def backend() -> FakePorts:
-    return FakePorts(PORTS)
+def directory() -> Directory:
+    return Directory({a.id: a for a in expand_agents(RAW)}, sites=["sha", "ntg"])
 
 
-@pytest.fixture
-def console(backend: FakePorts) -> Iterator[PtyConsole]:
-    con = PtyConsole(
-        switch_session_factory("sw1", "cisco_ios", PORTS, backend, enable_secret="en"), hostname="sw1"
+def listener() -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+class FakeCtiAdmin:
+    async def send(self, op: str, **fields: Any) -> dict[str, Any]:
+        return {"type": "admin_ok"}
+
+    async def fence(self, agent: str, epoch: int, site: str, extension: str) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+class Site:
+    """One site: a real UL, a stand-in CTI (answers ``sessions``) and PBX (JSON-RPC), each stoppable."""
+
+    def __init__(self, code: str, root: Path) -> None:
+        self.code, self.root = code, root
+        self.socks = {p: listener() for p in ("ul", "cti", "pbx")}
+        self.cti_sessions: list[dict[str, Any]] = []
+        self.cti_clients: set[asyncio.StreamWriter] = set()
+        self.runners: dict[str, web.AppRunner] = {}
+        self.cti_server: asyncio.Server | None = None
+        self.ul: UnifiedLogin | None = None
+
+    def port(self, part: str) -> int:
+        return int(self.socks[part].getsockname()[1])
+
+    @property
+    def endpoints(self) -> SiteEndpoints:
+        local = "http://127.0.0.1"
+        return SiteEndpoints(self.code, f"{local}:{self.port('ul')}", ("127.0.0.1", self.port("cti")),
+                             f"{local}:{self.port('pbx')}/RPC")  # fmt: skip
+
+    async def start_ul(self, peer: Site, console: ConsoleConfig | None = None) -> None:
+        self.ul = UnifiedLogin(
+            self.code, SECRET, directory(), Store(self.root / f"{self.code}.sqlite"),
+            cti=("127.0.0.1", self.port("cti")), pbx=("127.0.0.1", 5060), peer_url=peer.endpoints.ul,
+            agent_secret=AGENT_SECRET, peer_interval=0.1, peer_timeout=0.5,
+        )  # fmt: skip
+        self.ul.cti_admin = FakeCtiAdmin()  # type: ignore[assignment]
+        app = self.ul.app()
+        if console is not None:
+            add_console(app, console)
+        await self._serve("ul", app)
+
+    async def _serve(self, part: str, app: web.Application) -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.SockSite(runner, self.socks[part]).start()
+        self.runners[part] = runner
+
+    async def start_cti(self) -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.cti_clients.add(writer)
+            while line := await reader.readline():
+                req = json.loads(line)
+                reply = {"type": "sessions", "id": req.get("id"), "site": self.code, "pbx_link": "up",
+                         "sessions": self.cti_sessions}  # fmt: skip
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+            writer.close()
+
+        self.cti_server = await asyncio.start_server(serve, sock=self.socks["cti"])
+
+    async def start_pbx(self) -> None:
+        async def rpc(request: web.Request) -> web.Response:
+            method = (await request.json())["method"]
+            result: Any = {"uptime": 42} if method == "core.uptime" else ["usrloc:registered_users = 3"]
+            return web.json_response({"jsonrpc": "2.0", "result": result, "id": 1})
+
+        app = web.Application()
+        app.router.add_post("/RPC", rpc)
+        await self._serve("pbx", app)
+
+    async def stop(self, part: str) -> None:
+        if part == "cti":
+            assert self.cti_server is not None
+            self.cti_server.close()
+            for w in self.cti_clients:
+                w.close()
+            await self.cti_server.wait_closed()
+        else:
+            await self.runners.pop(part).cleanup()
+        if part == "ul" and self.ul is not None:
+            self.ul.store.close()
+
+    async def close(self) -> None:
+        for part in list(self.runners):
+            await self.stop(part)
+        if self.cti_server is not None and self.cti_server.is_serving():
+            await self.stop("cti")
+        for s in self.socks.values():
+            s.close()
+
+
+class Lab:
+    """sha and ntg with the console on sha's UL; ``browser(user)`` is a logged-in client (or anonymous)."""
+
+    def __init__(self, root: Path) -> None:
+        self.sha, self.ntg = Site("sha", root), Site("ntg", root)
+        self.config = ConsoleConfig("sha", [self.sha.endpoints, self.ntg.endpoints], SECRET,
+                                    Accounts.from_env(USERS), key=b"k" * 32, directory=directory(),
+                                    interval=0.2, timeout=0.5)  # fmt: skip
+        self.clients: list[aiohttp.ClientSession] = []
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.sha.port('ul')}/console"
+
+    async def start(self) -> None:
+        for site in (self.sha, self.ntg):
+            await site.start_cti()
+            await site.start_pbx()
+        await self.sha.start_ul(self.ntg, self.config)
+        await self.ntg.start_ul(self.sha)
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        await self.sha.close()
+        await self.ntg.close()
+
+    async def browser(self, user: str | None = None, password: str | None = None) -> aiohttp.ClientSession:
+        c = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # unsafe: cookies of an IP
+        self.clients.append(c)
+        if user is not None:
+            async with c.post(self.base + "/login", data={"user": user, "password": password or f"{user}-pw",
+                              "csrf": await self.csrf(c, "/login")}, allow_redirects=False) as r:  # fmt: skip
+                assert r.status == 303, await r.text()
+        return c
+
+    async def csrf(self, c: aiohttp.ClientSession, path: str = "/") -> str:
+        async with c.get(self.base + path) as r:
+            m = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+        assert m is not None
+        return m.group(1)
+
+    async def page(self, c: aiohttp.ClientSession, path: str = "/sites") -> str:
+        async with c.get(self.base + path) as r:
+            assert r.status == 200
+            return await r.text()
+
+    async def until(self, cond: Callable[[], Awaitable[bool]]) -> None:
+        end = time.monotonic() + DEADLINE
+        while not await cond():
+            assert time.monotonic() < end, "condition not met"
+            await asyncio.sleep(0.05)
+
+
+def run(tmp_path: Path, body: Callable[[Lab], Awaitable[None]]) -> None:
+    async def go() -> None:
+        lab = Lab(tmp_path)
+        try:
+            await lab.start()
+            await body(lab)
+        finally:
+            await lab.close()
+
+    asyncio.run(asyncio.wait_for(go(), 90))
+
+
+def test_log_in_is_required(tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        anon = await lab.browser()
+        async with anon.get(lab.base + "/", allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == "/console/login"
+        async with anon.get(lab.base + "/events") as r:
+            assert r.status == 401
+        async with anon.post(lab.base + "/rules", data={"scope": "system", "value": "air"}) as r:
+            assert r.status == 401
+        async with anon.get(lab.base + "/static/htmx.min.js") as r:  # vendored, no CDN
+            assert r.status == 200 and "htmx" in (await r.text())[:200]
+        # a wrong password: 401 and the form again; an unknown user the same
+        for user, pw in (("olga", "nope"), ("mallory", "olga-pw")):
+            data = {"user": user, "password": pw, "csrf": await lab.csrf(anon, "/login")}
+            async with anon.post(lab.base + "/login", data=data) as r:
+                assert r.status == 401 and "wrong user or password" in await r.text()
+        # the agents' API of the UL is untouched by the console's middlewares (no cookie, no CSRF)
+        async with anon.get(lab.sha.endpoints.ul + "/v1/health") as r:
+            assert r.status == 200 and "Set-Cookie" not in r.headers
+
+    run(tmp_path, body)
+
+
+def test_viewer_sees_both_sites_and_cannot_change_anything(tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        lab.sha.cti_sessions = [{"agent": "a00002", "state": "ready"}, {"agent": "a00004", "state": "busy"}]
+        vic = await lab.browser("vic")
+        page = await lab.page(vic, "/")
+        assert "vic (viewer)" in page and "Add a planned switch" not in page
+        assert 'id="site-sha"' in page and 'id="site-ntg"' in page and "cannot see" not in page
+        assert "3 registered" in page  # each PBX's count, read over its RPC
+        assert page.count("not available on this UL") == 4  # ramps and campaigns, at both ULs
+        assert re.search(r"<td>vip</td><td>0</td><td>2</td>", page)  # vip at sha's CTI: 2, none at the UL
+        data = {"scope": "skill_group", "value": "vip", "target": "ntg", "csrf": await lab.csrf(vic)}
+        async with vic.post(lab.base + "/rules", data=data) as r:
+            assert r.status == 403 and "role viewer" in await r.text()
+        async with vic.post(lab.base + "/rules/x/remove", data={"csrf": data["csrf"]}) as r:
+            assert r.status == 403
+        assert lab.sha.ul is not None and lab.sha.ul.store.live_rules() == []
+
+    run(tmp_path, body)
+
+
+def test_csrf_is_required_on_every_post(tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        olga = await lab.browser("olga")
+        form = {"scope": "skill_group", "value": "vip", "target": "ntg"}
+        for extra, headers in (({}, {}), ({"csrf": "forged"}, {}), ({}, {"X-CSRF-Token": "forged"})):
+            async with olga.post(lab.base + "/rules", data={**form, **extra}, headers=headers) as r:
+                assert r.status == 403 and "CSRF" in await r.text()
+        anon = await lab.browser()  # the log-in form too: no token, no log-in
+        async with anon.post(lab.base + "/login", data={"user": "olga", "password": "olga-pw"}) as r:
+            assert r.status == 403
+        assert lab.sha.ul is not None and lab.sha.ul.store.live_rules() == []
+        # the token of another session is no good either
+        other = await lab.csrf(await lab.browser("olga"))
+        async with olga.post(lab.base + "/rules", data={**form, "csrf": other}) as r:
+            assert r.status == 403
+
+    run(tmp_path, body)
+
+
+def test_operator_adds_and_removes_a_rule_through_the_ul(tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        sha, ntg = lab.sha.ul, lab.ntg.ul
+        assert sha is not None and ntg is not None
+        await lab.until(lambda: asyncio.sleep(0, sha.reconciled and ntg.reconciled))
+        olga = await lab.browser("olga")
+        csrf = await lab.csrf(olga)
+        hx = {"HX-Request": "true"}
+        data = {"scope": "skill_group", "value": "vip", "target": "ntg", "csrf": csrf}
+        async with olga.post(lab.base + "/rules", data=data, headers=hx) as r:
+            text = await r.text()
+            assert r.status == 200 and "added: skill_group=vip to ntg" in text and "replicated" in text
+        [rule] = sha.store.live_rules()
+        assert (rule.scope, rule.value, rule.target) == ("skill_group", "vip", "ntg")
+        assert [r.id for r in ntg.store.live_rules()] == [rule.id]  # the UL replicated it
+        assert f'id="rule-{rule.id}"' in await lab.page(olga)
+        # bad input: a clear reason, nothing sent (plain form: 400; htmx: the reason as the answer)
+        async with olga.post(lab.base + "/rules", data={**data, "scope": "planet"}) as r:
+            assert r.status == 400 and "scope must be one of" in await r.text()
+        async with olga.post(lab.base + "/rules", data={**data, "target": "mars"}, headers=hx) as r:
+            assert "target must be one of sha, ntg" in await r.text()
+        async with olga.post(lab.base + "/rules/nosuch/remove", data={"csrf": csrf}, headers=hx) as r:
+            assert "HTTP 404" in await r.text()
+        assert len(sha.store.live_rules()) == 1
+        # removed with a plain form post: a redirect to the page, which no longer lists it
+        url = f"{lab.base}/rules/{rule.id}/remove"
+        async with olga.post(url, data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert sha.store.live_rules() == [] and ntg.store.live_rules() == []
+        assert f'id="rule-{rule.id}"' not in await lab.page(olga)
+
+    run(tmp_path, body)
+
+
+def test_a_site_that_cannot_be_seen_is_named_and_the_rest_works(tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        vic = await lab.browser("vic")
+        assert "cannot see" not in await lab.page(vic)
+        await lab.ntg.stop("ul")
+
+        async def says(text: str) -> bool:
+            return text in await lab.page(vic)
+
+        await lab.until(lambda: says("cannot see ntg UL since"))
+        page = await lab.page(vic)
+        assert re.search(r"cannot see ntg UL since \d\d:\d\d:\d\d UTC: connection failed", page)
+        assert "cannot see sha" not in page and "3 registered" in page  # sha and ntg's PBX still seen
+        await lab.ntg.stop("cti")
+        await lab.ntg.stop("pbx")
+        await lab.until(lambda: says("cannot see site ntg since"))
+        page = await lab.page(vic)
+        assert "UL: connection failed" in page and "CTI: connection refused" in page
+        assert 'class="site blind" id="site-ntg"' in page and 'class="site" id="site-sha"' in page
+
+    run(tmp_path, body)
+
+
+def test_the_event_stream_delivers_a_change(tmp_path: Path) -> None:
+    async def body(lab: Lab) -> None:
+        vic = await lab.browser("vic")
+        async with vic.get(lab.base + "/events") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+
+            async def next_event() -> str:
+                lines = []
+                while (line := (await r.content.readline()).decode()).strip():  # a blank line ends it
+                    lines.append(line)
+                return "".join(lines)
+
+            first = await next_event()
+            assert first.startswith("event: sites\r\n") and 'id="site-ntg"' in first
+            rep = await asyncio.to_thread(
+                ulc.add_rule, lab.sha.endpoints.ul, SECRET, "system", "air", "ntg"
+            )  # as `hil switch add` does, not through the console
+            end = time.monotonic() + DEADLINE
+            while f'id="rule-{rep["rule"]["id"]}"' not in await next_event():
+                assert time.monotonic() < end, "the stream never showed the new rule"
+
+    run(tmp_path, body)
+
+
+def test_site_options_and_accounts() -> None:
+    s = parse_site("ntg,ul=http://198.18.2.30:8080/,cti=198.18.2.20:7000,pbx=http://198.19.0.31:5071/RPC")
+    assert s == SiteEndpoints(
+        "ntg", "http://198.18.2.30:8080", ("198.18.2.20", 7000), "http://198.19.0.31:5071/RPC"
     )
-    yield con
-    con.close()
+    assert parse_site("sha") == SiteEndpoints("sha")
+    for bad in (
+        "",
+        "ul=http://x",
+        "sha,ul=ftp://x",
+        "sha,cti=nohost",
+        "sha,db=x",
+        "sha,ul=http://a,ul=http://b",
+    ):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_site(bad)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--site")
+    add_console_args(ap)
+    assert console_config(ap.parse_args(["--site", "sha"]), SECRET) is None  # no console unless asked
+    args = ap.parse_args(["--site", "sha", "--console-site", "ntg,ul=http://n:1", "--console-site", "sha"])
+    config = console_config(args, SECRET, env=USERS)
+    assert config is not None and [s.code for s in config.sites] == ["sha", "ntg"] and len(config.key) == 32
+    accounts = config.accounts
+    assert accounts.check("olga", "olga-pw") == "operator" and accounts.check("vic", "vic-pw") == "viewer"
+    assert accounts.check("olga", "vic-pw") is None and accounts.check("nobody", "") is None
+    with pytest.raises(ValueError, match="root:admin"):
+        Accounts.from_env({"HIL_CONSOLE_USERS": "root:admin"})
+    assert Accounts.from_env({"HIL_CONSOLE_USERS": "eve:viewer"}).users == {}  # no password variable
 
 
-def test_pyserial_drives_the_switch(console: PtyConsole, backend: FakePorts) -> None:
-    assert console.path.startswith("/dev/pts/")
-    ser = serial.Serial(console.path, baudrate=9600, timeout=0.05)
-    ser.write(b"\r")
-    expect(ser, rb"\r\nsw1>$")
-    ser.write(b"enable\r")
-    expect(ser, rb"Password: $")
-    ser.write(b"en\r")
-    out = expect(ser, rb"sw1#$")
-    assert b"en\r\n" not in out  # the secret is not echoed
-    ser.write(b"terminal length 0\rconf t\rinterface gi0/3\rshutdown\rend\r")
-    expect(ser, rb"sw1\(config-if\)#end\r\nsw1#$")
-    assert backend.admin["Gi0/3"] is False
-    ser.write(b"show interfaces status\r")
-    out = expect(ser, rb"Gi0/4.*\r\nsw1#$")
-    assert re.search(rb"Gi0/3\s+disabled", out) and re.search(rb"Gi0/1\s+connected", out)
-    ser.write(b"shw\x7f\x7fhow version\r")  # backspace editing, as a human types
-    assert b"Cisco IOS Software" in expect(ser, rb"Configuration register is 0xF\r\n\r\nsw1#$")
-    ser.close()
-
-
-def test_survives_many_open_close_cycles(console: PtyConsole, backend: FakePorts) -> None:
-    for i in range(20):
-        ser = (
-            serial.serial_for_url(console.path, timeout=0.05)
-            if i % 2
-            else serial.Serial(console.path, timeout=0.05)
-        )
-        ser.write(b"\r")
-        expect(ser, rb"sw1[>#]$")
-        if i == 10:
-            ser.write(b"show interfaces status\r")  # close while output is still arriving
-        ser.close()
-    fd = os.open(console.path, os.O_RDWR | os.O_NOCTTY)  # a client that is not pyserial
-    os.close(fd)
-    ser = serial.Serial(console.path, timeout=0.05)
-    ser.reset_input_buffer()
-    ser.write(b"enable\ren\rconf t\rint Gi0/2\rshutdown\rend\r")
-    expect(ser, rb"end\r\nsw1#$")
-    assert backend.admin["Gi0/2"] is False
-    ser.close()
-
-
-def test_session_outlives_the_client_and_logout_offers_a_new_one(console: PtyConsole) -> None:
-    ser = serial.Serial(console.path, timeout=0.05)
-    ser.write(b"enable\ren\rconf t\r")
-    expect(ser, rb"sw1\(config\)#$")
-    ser.close()
-    ser = serial.Serial(console.path, timeout=0.05)
-    ser.write(b"\r")
-    expect(ser, rb"sw1\(config\)#$")  # like a real console line, the mode is still there
-    ser.write(b"end\rexit\r")
-    expect(ser, rb"Press RETURN to get started\.\r\n$")
-    ser.write(b"\r\n")
-    expect(ser, rb"\r\nsw1>$")
-    ser.close()
-
-
-def test_stable_link_path(backend: FakePorts, tmp_path) -> None:
-    link = tmp_path / "sha-sw1.console"
-    con = PtyConsole(switch_session_factory("sw1", "cisco_ios", PORTS, backend), link=link)
-    try:
-        assert os.readlink(link) == con.path
-        ser = serial.Serial(str(link), timeout=0.05)
-        ser.write(b"\r")
-        expect(ser, rb"sw1>$")
-        ser.close()
-    finally:
-        con.close()
-    assert not link.exists()
-
-
-@pytest.mark.skipif(not os.access("/dev", os.W_OK), reason="needs a writable /dev for the ttyUSB link")
-def test_netmiko_serial_driver_through_a_ttyusb_link(backend: FakePorts) -> None:
-    """netmiko's *_serial drivers only open ports that pyserial's comports() lists; that list globs
-    /dev/ttyUSB* without looking at sysfs, so the keeper can expose a console under such a name."""
-    link = f"/dev/ttyUSB-hiltest-{os.getpid()}"
-    con = PtyConsole(
-        switch_session_factory("sw1", "cisco_ios", PORTS, backend, enable_secret="en"), link=link
-    )
-    try:
-        conn = ConnectHandler(
-            device_type="cisco_ios_serial", serial_settings={"port": link, "timeout": 0.1}, secret="en"
-        )
-        conn.enable()
-        conn.send_config_set(["interface Gi0/4", "shutdown"])
-        assert backend.admin["Gi0/4"] is False
-        assert re.search(r"Gi0/4\s+disabled", conn.send_command("show interfaces status"))
-        conn.disconnect()
-    finally:
-        con.close()
-    assert not os.path.lexists(link)
-
-
-def test_console_login(backend: FakePorts) -> None:
-    con = PtyConsole(
-        switch_session_factory("sw1", "huawei", ["GigabitEthernet0/0/1"], backend), users={"ops": "pw"}
-    )
-    try:
-        ser = serial.Serial(con.path, timeout=0.05)
-        ser.write(b"\r")
-        expect(ser, rb"Username: $")
-        ser.write(b"ops\rbad\r")
-        expect(ser, rb"% Login invalid\r\n\r\nUsername: $")
-        ser.write(b"ops\rpw\r")
-        out = expect(ser, rb"<sw1>$")
-        assert b"pw" not in out.split(b"Password:")[-1]
-        ser.write(b"system-view\rinterface GigabitEthernet0/0/1\rshutdown\rreturn\r")
-        expect(ser, rb"return\r\n<sw1>$")
-        assert backend.admin["GigabitEthernet0/0/1"] is False
-        ser.close()
-    finally:
-        con.close()
-
-
-def test_pager_on_the_console() -> None:
-    ports = [f"Gi1/0/{i}" for i in range(1, 41)]
-    con = PtyConsole(switch_session_factory("sw1", "cisco_ios", ports, FakePorts(ports)))
-    try:
-        ser = serial.Serial(con.path, timeout=0.05)
-        ser.write(b"show interfaces status\r")
-        expect(ser, rb" --More-- $")
-        ser.write(b" ")
-        assert b"Gi1/0/40" in expect(ser, rb"sw1>$")
-        ser.close()
-    finally:
-        con.close()
+def test_the_page_model_of_a_ul_without_ramps() -> None:
+    sites = [SiteEndpoints("sha", "http://u"), SiteEndpoints("ntg", "http://v")]
+    config = ConsoleConfig("sha", sites, SECRET, Accounts(), key=b"k" * 32, directory=directory())
+    health = {"peer": "up", "reconciled": True, "sessions": 1}
+    ul = Part(True, {"health": health, "sessions": [{"agent": "a00001", "site": "sha"}], "rules": [],
+                     "ramps": {"ramps": [{"id": "r1", "percent": 10}]}, "campaigns": None})  # fmt: skip
+    cti = Part(True, {"sessions": [{"agent": "a00003", "state": "ready"}]})
+    off = Part(False, error="not configured", configured=False)
+    down = Part(False, error="connection refused")
+    parts = {"sha": {"ul": ul, "cti": cti, "pbx": off}, "ntg": {"ul": down, "cti": off, "pbx": off}}
+    trouble = {"sha": {}, "ntg": {"ul": (3600.0, "connection refused")}}
+    view = page_view(config, parts, trouble, {"sha": {}, "ntg": {}}, 1.0)
+    sha, ntg = view["sites"]
+    assert sha["ramps"] == {"available": True, "rows": [{"id": "r1", "percent": 10}]}
+    assert sha["campaigns"] == {"available": False, "reason": "not available on this UL"}
+    rows = {r["group"]: r for r in sha["agents"]["rows"]}
+    assert rows["domestic"]["states"] == {"ready": 1, "ul only": 1}  # a00001: at the UL, not at the CTI
+    assert ntg["blind"] and ntg["notes"] == ["cannot see site ntg since 01:00:00 UTC: UL: connection refused"]
+    assert ntg["ramps"]["reason"] == "the UL cannot be read"
