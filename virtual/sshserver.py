@@ -1,9 +1,12 @@
 """A small paramiko SSH server for the emulated switches and lab hosts.
 
-Why: the product's real drivers (netmiko over an interactive shell, paramiko ``exec_command``) must
-log in to something that speaks real SSH. The keeper creates the listening socket inside the
+Why: the product's real drivers (netmiko over an interactive shell, paramiko ``exec_command``, SFTP)
+must log in to something that speaks real SSH. The keeper creates the listening socket inside the
 device's network namespace and hands it over; this module never binds. Each connection runs in its
-own threads, so a client that stalls or vanishes disturbs nobody else.
+own threads, so a client that stalls or vanishes disturbs nobody else. A caller host adds what a
+physical lab's caller host offers the harness (``CallerHost``): its test caller program, run in the
+host's namespace with the password on stdin, ``kill`` of the callers it started, and SFTP to fetch
+their result files (``sftp_root``: the host's own filesystem).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import hmac
 import logging
 import os
 import select
+import shlex
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -178,8 +184,10 @@ class SSHServer:
         *,
         name: str = "ssh",
         login_grace: float = 30.0,
+        sftp_root: str | os.PathLike[str] | None = None,
     ) -> None:
         self.listen_sock = listen_sock
+        self.sftp_root = Path(sftp_root) if sftp_root is not None else None
         self.login_grace = login_grace
         self.host_key = host_key
         self.users = dict(users)
@@ -254,6 +262,8 @@ class SSHServer:
             transport.name = f"ssh-{self.name}-transport"
             transport.set_log_channel(_transport_log.name)
             transport.add_server_key(self.host_key)
+            if self.sftp_root is not None:
+                transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _RootedSFTP, root=self.sftp_root)
             with self._lock:
                 if self._waker.stopped:
                     raise EOFError("server closing")
@@ -304,7 +314,9 @@ class SSHServer:
         """Run one exec request (paramiko exec_command) and return its output and exit status."""
         try:
             session = self.session_factory(username)
-            if isinstance(session, ExecSession):
+            if isinstance(session, CallerHost) and session.reads_stdin(command):
+                code, out, err = session.run_input(command, _read_to_eof(chan))
+            elif isinstance(session, ExecSession):
                 code, out, err = session.run(command)
             else:
                 code, out, err = 127, "", "exec requests are not supported here\n"
@@ -328,3 +340,154 @@ class SSHServer:
         transport.wait_replies(chan.remote_chanid, reply)
         chan.send_exit_status(code)
         chan.shutdown_write()
+
+
+def _read_to_eof(chan: paramiko.Channel, limit: int = 65536, timeout: float = 10.0) -> bytes:
+    """A command's stdin, up to the client's EOF (a password line: small, sent at once)."""
+    chan.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(socket.timeout):
+        while len(data) < limit:
+            chunk = chan.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    chan.settimeout(None)
+    return data
+
+
+class CallerHost:
+    """A caller host's exec endpoint: its test caller program, `kill` of the callers it started, and the
+    host's own CLI (``fallback``) for everything else (systemctl, cat, ...).
+
+    ``program`` is the topology's ``caller_command`` (e.g. ``python3 -m harness.drivers.caller``): a
+    command starting with it runs ``python -m harness.drivers.caller`` with the rest of its arguments,
+    inside the host's namespace (``netns_argv``); its absolute file arguments (``--out``, ``--pid-file``)
+    are paths of the host's filesystem, ``root`` here, where SFTP finds them.
+    """
+
+    _PATH_OPTIONS = ("--out", "--pid-file")
+
+    def __init__(
+        self, fallback: Any, program: str, root: Path, netns_argv: list[str],
+        started: dict[int, subprocess.Popen[bytes]], timeout: float = 120.0,
+        program_argv: list[str] | None = None,
+    ) -> None:  # fmt: skip
+        self.program_argv = program_argv or [sys.executable, "-m", "harness.drivers.caller"]
+        self.fallback, self.program, self.root = fallback, shlex.split(program), Path(root)
+        self.netns_argv, self.timeout = list(netns_argv), timeout
+        self._started = started  # the host's callers, shared by its sessions: a stop comes on another
+
+    def reads_stdin(self, command: str) -> bool:
+        return self._caller_args(command) is not None
+
+    def _caller_args(self, command: str) -> list[str] | None:
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return None
+        n = len(self.program)
+        return words[n:] if words[:n] == self.program else None
+
+    def host_path(self, path: str) -> Path:
+        """A path of the emulated host, under ``root`` (never outside it)."""
+        target = (self.root / path.lstrip("/")).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{path}: outside the host's filesystem")
+        return target
+
+    def run_input(self, command: str, stdin: bytes) -> tuple[int, str, str]:
+        args = self._caller_args(command) or []
+        try:
+            for i, word in enumerate(args[:-1]):
+                if word in self._PATH_OPTIONS:
+                    target = self.host_path(args[i + 1])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    args[i + 1] = str(target)
+        except ValueError as e:
+            return 2, "", f"{e}\n"
+        argv = [*self.netns_argv, *self.program_argv, *args]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._started[proc.pid] = proc
+        try:
+            out, err = proc.communicate(stdin, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        finally:
+            self._started.pop(proc.pid, None)
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        words = command.split()
+        if len(words) == 2 and words[0] == "kill" and words[1].isdigit():
+            proc = self._started.get(int(words[1]))
+            if proc is None:
+                return 1, "", f"kill: ({words[1]}) - No such process\n"
+            proc.terminate()
+            return 0, "", ""
+        if self.reads_stdin(command):
+            return self.run_input(command, b"")
+        return self.fallback.run(command)
+
+    def __getattr__(self, name: str) -> Any:  # the interactive shell and the rest: the host's own CLI
+        return getattr(self.fallback, name)
+
+
+def caller_host_factory(
+    fallback: SessionFactory, program: str, root: Path, netns_argv: list[str],
+    program_argv: list[str] | None = None,
+) -> SessionFactory:  # fmt: skip
+    """A session_factory for a caller host's SSHServer (give it ``sftp_root=root`` as well)."""
+
+    started: dict[int, subprocess.Popen[bytes]] = {}
+
+    def factory(username: str = "root") -> CallerHost:
+        return CallerHost(fallback(username), program, root, netns_argv, started, program_argv=program_argv)
+
+    return factory
+
+
+class _RootedSFTP(paramiko.SFTPServerInterface):
+    """SFTP over one directory, as a host's whole filesystem: enough to fetch and remove result files."""
+
+    def __init__(self, server: Any, *args: Any, root: Path, **kwargs: Any) -> None:
+        super().__init__(server, *args, **kwargs)
+        self.root = Path(root).resolve()
+
+    def _path(self, path: str) -> Path:
+        target = (self.root / path.lstrip("/")).resolve()
+        if not target.is_relative_to(self.root):
+            raise PermissionError(path)
+        return target
+
+    def _attrs(self, path: str) -> Any:
+        try:
+            return paramiko.SFTPAttributes.from_stat(os.stat(self._path(path)))
+        except OSError as e:
+            return paramiko.SFTPServer.convert_errno(e.errno or 13)
+
+    def stat(self, path: str) -> Any:
+        return self._attrs(path)
+
+    def lstat(self, path: str) -> Any:
+        return self._attrs(path)
+
+    def open(self, path: str, flags: int, attr: Any) -> Any:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            return paramiko.SFTP_PERMISSION_DENIED  # the harness only fetches
+        try:
+            f = open(self._path(path), "rb")  # noqa: SIM115 - owned by the handle, closed by paramiko
+        except OSError as e:
+            return paramiko.SFTPServer.convert_errno(e.errno or 13)
+        handle = paramiko.SFTPHandle(flags)
+        handle.readfile = f
+        handle.filename = str(path)
+        return handle
+
+    def remove(self, path: str) -> int:
+        try:
+            os.remove(self._path(path))
+        except OSError as e:
+            return paramiko.SFTPServer.convert_errno(e.errno or 13)
+        return paramiko.SFTP_OK

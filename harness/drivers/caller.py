@@ -1,9 +1,12 @@
 """Test caller (pyVoIP): register at a PBX, call an extension, report answered / busy / no answer / failed.
 
 Why: "a customer call reaches an agent after failover" is proved by placing a real call. pyVoIP is UDP-only
-and threaded, so each call runs in a subprocess started inside the caller host's network namespace
-(`nsenter`): its SIP and RTP sockets are in the lab, as a softphone on that host would be. The subprocess is
-this module (`python -m harness.drivers.caller ...`); it prints one JSON line with the outcome and timings.
+and threaded, so each call runs in a process of its own on the caller host, where a physical lab has it:
+on the virtual lab a subprocess in the host's network namespace (`nsenter`); on a physical lab (and on the
+twin driven as one) the program named by the host's `caller_command`, started over SSH (the password on its
+stdin, never on a command line), stopped with `kill` over SSH when it overruns, its result file fetched over
+SFTP. The program is this module (`python -m harness.drivers.caller ...`): it prints one JSON line with the
+outcome and timings, and writes it to `--out` when given.
 
 pyVoIP 1.6 registers fine against kamailio but leaves gaps in the calling side that a real PBX exposes, so
 the subprocess fills them on top of pyVoIP's client (not instead of it): INVITE proxy authentication
@@ -21,6 +24,7 @@ import os
 import re
 import secrets
 import select
+import shlex
 import subprocess
 import sys
 import threading
@@ -28,7 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.drivers.base import DeviceUnreachable, Driver, Steps
+from harness.drivers import driver_for
+from harness.drivers.base import DeviceError, DeviceUnreachable, Driver, Steps
 from sipcore.digest import authorization, parse_challenge
 from sipcore.message import parse as parse_sip
 
@@ -109,19 +114,107 @@ class CallerDriver(Driver):
             return CallResult(**json.loads(lines[-1]))
 
 
+class RemoteCallerDriver(CallerDriver):
+    """The test caller on a caller host reached over SSH (a physical lab, or the twin driven as one).
+
+    `ssh` is the host's HostDriver (paramiko, host keys strictly checked). One exec channel runs the
+    caller program to its end; its result and PID files live in the host's `workdir` and come back over
+    SFTP, then are removed. A call that overruns is stopped (`kill PID`) and reported unreachable."""
+
+    def __init__(
+        self, name: str, address: str, pbx: tuple[str, int], extension: str, password: str, ssh: Any,
+        command: str, workdir: str, steps: Steps | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(name, address, pbx, extension, password, None, steps)
+        self.ssh, self.command, self.workdir = ssh, command, workdir.rstrip("/") or "/"
+        self.grace = 20.0  # seconds past ring timeout and hold before an unfinished caller is stopped
+
+    def call(self, to: str, ring_timeout: float = 8.0, hold: float = 0.5, sip_port: int = 5062) -> CallResult:
+        pbx = f"{self.pbx[0]}:{self.pbx[1]}"
+        tag = secrets.token_hex(6)
+        out, pid = f"{self.workdir}/hil-call-{tag}.json", f"{self.workdir}/hil-call-{tag}.pid"
+        args = ["--pbx", pbx, "--extension", self.extension, "--my-ip", self.address, "--sip-port",
+                str(sip_port), "--to", to, "--ring-timeout", str(ring_timeout), "--hold", str(hold),
+                "--out", out, "--pid-file", pid, "--password-stdin"]  # fmt: skip
+        command = f"{self.command} {shlex.join(args)}"
+        with self.step("call", [f"ssh {self.name}: {command}", f"sftp {self.name}: get {out}"]):
+            if self.dry_run:
+                return CallResult("dry_run", to, pbx)
+            try:
+                client = self.ssh.client
+                chan = client.get_transport().open_session()
+                chan.exec_command(command)
+                chan.sendall((self._password + "\n").encode())
+                chan.shutdown_write()
+                finished = chan.status_event.wait(ring_timeout + hold + self.grace)
+                code = chan.recv_exit_status() if finished else None
+                err = (
+                    chan.recv_stderr(4096).decode(errors="replace").strip()
+                    if chan.recv_stderr_ready()
+                    else ""
+                )
+                chan.close()
+                sftp = client.open_sftp()
+            except (OSError, EOFError) as e:
+                raise DeviceUnreachable(self.name, "call", e) from None
+            try:
+                if not finished:
+                    self._stop(sftp, pid)
+                    raise DeviceUnreachable(self.name, "call", f"the caller did not finish; stopped ({pid})")
+                try:
+                    with sftp.open(out, "r") as f:
+                        text = f.read().decode(errors="replace")
+                except OSError as e:
+                    raise DeviceError(
+                        f"{self.name}: sftp {out}: {e} (caller exit {code}: {err[-300:]})"
+                    ) from None
+                lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+                if not lines:
+                    raise DeviceError(
+                        f"{self.name}: {out} holds no result (caller exit {code}: {err[-300:]})"
+                    )
+                return CallResult(**json.loads(lines[-1]))
+            finally:
+                for path in (out, pid):
+                    try:
+                        sftp.remove(path)
+                    except OSError:
+                        pass
+                sftp.close()
+
+    def _stop(self, sftp: Any, pid_file: str) -> None:
+        """Stop an overrunning caller by its own PID (from its PID file), never by name."""
+        try:
+            with sftp.open(pid_file, "r") as f:
+                pid = int(f.read().decode().strip())
+        except (OSError, ValueError):
+            return
+        self.ssh.run(f"kill {pid}", action="caller_stop")
+
+
 def caller_for(
     lab: Any, host: str, pbx: str, extension: str | None = None, steps: Steps | None = None
 ) -> CallerDriver:
     """A caller on `host` registering `extension` (default: the host's own, from the topology; its
-    password from the lab's SIP secret) at `pbx`."""
+    password from the lab's SIP secret) at `pbx`: in the host's namespace on the virtual lab, over SSH on
+    a physical one."""
     h, p = lab.topology.device(host), lab.topology.device(pbx)
     extension = extension or getattr(h.spec, "extension", None)
     if not extension:
         raise ValueError(f"{lab.topology.file}: {h.path}.extension is needed for a test caller on {host}")
+    target = (str(p.spec.address), p.spec.sip_port)
+    if not lab.virtual:
+        ssh = driver_for(lab, host, steps)
+        command = getattr(h.spec, "caller_command", "python3 -m harness.drivers.caller")
+        workdir = getattr(h.spec, "workdir", "/tmp")
+        return RemoteCallerDriver(
+            host, str(h.spec.address), target, extension, lab.sip_password(extension), ssh, command,
+            workdir, steps,
+        )  # fmt: skip
     return CallerDriver(
         host,
         str(h.spec.address),
-        (str(p.spec.address), p.spec.sip_port),
+        target,
         extension,
         lab.sip_password(extension),
         lab.ns_path(host),
@@ -357,9 +450,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to", required=True, help="extension to call")
     ap.add_argument("--ring-timeout", type=float, default=8.0)
     ap.add_argument("--hold", type=float, default=0.5)
+    ap.add_argument("--out", help="also write the result line to this file (fetched over SFTP)")
+    ap.add_argument("--pid-file", help="write this process's PID here (a remote stop kills it by PID)")
+    ap.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
     args = ap.parse_args(argv)
+    if args.password_stdin:
+        os.environ[PASSWORD_ENV] = sys.stdin.readline().rstrip("\n")
+    if args.pid_file:
+        with open(args.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
     res = _run(args)
-    print(json.dumps(res), flush=True)
+    line = json.dumps(res)
+    if args.out:
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w") as f:
+            f.write(line + "\n")
+        os.replace(tmp, args.out)
+    print(line, flush=True)
     os._exit(0)  # pyVoIP leaves non-daemon timer threads behind; the result is out
 
 
