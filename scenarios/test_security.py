@@ -25,7 +25,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,23 +67,34 @@ def _signed_admin(msg: dict[str, Any]) -> str:
     return json.dumps(body)
 
 
-def _probe(sc: Scenario, host: str, f: str, probe: dict[str, Any], ok: Any) -> dict[str, Any]:
-    """Run one probe as ``host`` and record it as an operation: ``ok(result)`` is the error code it was
-    refused with (the op fails with it) or None (the op is ok). Planned, not sent, in a dry run."""
+Attack = tuple[str, dict[str, Any], Callable[[Mapping[str, Any]], str | None]]  # (f, probe, judge)
+
+
+def _attack(sc: Scenario, host: str, attacks: Sequence[Attack]) -> dict[str, dict[str, Any]]:
+    """Run ``attacks`` in order as ``host`` (one probe process) and record each as an operation of its
+    own: ``judge(result)`` is the code it was refused with (the op fails with it), or None (served, ok).
+    Planned, not sent, in a dry run. Returns each attack's result by its ``f``."""
     if sc.dry_run:
-        sc.plan.append({"device": host, "action": f, "commands": [json.dumps(probe)[:200]]})
+        for f, probe, _ in attacks:
+            sc.plan.append({"device": host, "action": f, "commands": [json.dumps(probe)[:200]]})
         return {}
     assert sc.history is not None
-    sc.history.invoke(
-        f"attacker:{host}", f, {"probe": probe.get("op"), "at": f"{probe['host']}:{probe['port']}"}
-    )
-    result = run_as_host(sc.lab, host, "harness.tools.probe", [probe])[0]
-    err = ok(result)
-    if err:
-        sc.history.fail(f"attacker:{host}", f, result, error=err)
-    else:
-        sc.history.ok(f"attacker:{host}", f, result)
-    return result
+    for f, probe, _ in attacks:  # one history process per attack: each op's invoke pairs with its end
+        sc.history.invoke(
+            f"attacker:{host}:{f}", f, {"probe": probe["op"], "at": f"{probe['host']}:{probe['port']}"}
+        )
+    results = run_as_host(sc.lab, host, "harness.tools.probe", [p for _, p, _ in attacks])
+    for (f, _, judge), result in zip(attacks, results, strict=True):
+        err = judge(result)
+        if err:
+            sc.history.fail(f"attacker:{host}:{f}", f, result, error=err)
+        else:
+            sc.history.ok(f"attacker:{host}:{f}", f, result)
+    return {f: r for (f, _, _), r in zip(attacks, results, strict=True)}
+
+
+def _login(agent: str, token: str) -> str:
+    return json.dumps({"type": "login", "id": 1, "agent": agent, "token": token})
 
 
 def _codes(result: Mapping[str, Any]) -> str | None:
@@ -156,41 +167,34 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
     agent = next(a for a in topo.agents() if a.home == SITE)
     other = next(a for a in topo.agents() if a.home == SITE and a.id != agent.id)
     cti, pbx = topo.device(f"{SITE}-cti1"), topo.device(f"{SITE}-pbx1")
-    at = {"host": str(cti.spec.address), "port": cti.spec.port}
     forged = observe.forged_token(agent.id, SITE, agent.extension)
     admin = _signed_admin(
         {"type": "admin", "op": "switch_order", "agents": [], "target": REMOTE, "rule": "k3"}
     )
-    ports: list[tuple[str, int, str]] = []
+    exchange = {"op": "exchange", "host": str(cti.spec.address), "port": cti.spec.port}
+    rpc = {"op": "rpc", "port": pbx.spec.rpc_port, "method": "core.version"}
+    attacks: list[Attack] = [
+        ("attack.cti_login_forged", {**exchange, "lines": [_login(agent.id, forged)]}, _codes),
+        (
+            "attack.cti_login_altered",
+            {**exchange, "lines": [_login(agent.id, _altered(forged, other.id))]},
+            _codes,
+        ),
+        ("attack.cti_admin_original", {**exchange, "lines": [admin]}, _codes),
+        ("attack.cti_admin_replayed", {**exchange, "lines": [admin]}, _codes),  # the same bytes again
+        ("attack.pbx_rpc_data", {**rpc, "host": str(pbx.spec.address)}, _rpc_refused),
+        ("attack.pbx_rpc_mgmt", {**rpc, "host": str(pbx.spec.mgmt)}, _rpc_refused),
+    ]
     with scenario.phase("apply: attacks from the agents host"):
-        for f, token in (
-            ("attack.cti_login_forged", forged),
-            ("attack.cti_login_altered", _altered(forged, other.id)),
-        ):
-            login = json.dumps({"type": "login", "id": 1, "agent": agent.id, "token": token})
-            r = _probe(scenario, ATTACKER, f, {"op": "exchange", **at, "lines": [login]}, _codes)
-            ports.append((f, r.get("local_port", 0), "token_invalid"))
-        r = _probe(
-            scenario,
-            ATTACKER,
-            "attack.cti_admin_original",
-            {"op": "exchange", **at, "lines": [admin]},
-            _codes,
-        )
-        ports.append(("attack.cti_admin_original", r.get("local_port", 0), "admin_ok"))
-        r = _probe(
-            scenario,
-            ATTACKER,
-            "attack.cti_admin_replayed",
-            {"op": "exchange", **at, "lines": [admin]},
-            _codes,
-        )
-        ports.append(("attack.cti_admin_replayed", r.get("local_port", 0), "forbidden:replayed"))
-        for f, addr in (("attack.pbx_rpc_data", pbx.spec.address), ("attack.pbx_rpc_mgmt", pbx.spec.mgmt)):
-            rpc = {"op": "rpc", "host": str(addr), "port": pbx.spec.rpc_port, "method": "core.version"}
-            _probe(scenario, ATTACKER, f, rpc, _rpc_refused)
-        rpc = {"op": "rpc", "host": str(pbx.spec.mgmt), "port": pbx.spec.rpc_port, "method": "core.version"}
-        _probe(scenario, cti.name, "cti_host.pbx_rpc", rpc, _rpc_refused)
+        got = _attack(scenario, ATTACKER, attacks)
+        _attack(scenario, cti.name, [("cti_host.pbx_rpc", {**rpc, "host": str(pbx.spec.mgmt)}, _rpc_refused)])
+    wanted = {
+        "attack.cti_login_forged": "token_invalid",
+        "attack.cti_login_altered": "token_invalid",
+        "attack.cti_admin_original": "admin_ok",
+        "attack.cti_admin_replayed": "forbidden:replayed",
+    }
+    ports = [(f, int(got.get(f, {}).get("local_port") or 0), want) for f, want in wanted.items()]
     with scenario.phase("verify: refused, nobody disturbed"):
         scenario.hold(scenario.expect(), "every agent stays logged in at home", 2.0, states=("ready",))
     with scenario.phase("verify-revert"):
@@ -259,9 +263,11 @@ def _capture_judged_without_flood(
     clean: dict[str, dict[str, Any]] = {}
     for res in sc.capture.results if sc.capture else []:
         if res.pcap_path.exists() and res.pcap_path.stat().st_size > 24:
-            dec = decode_pcap(
-                _without_flood(res.pcap_path, attacker_ip), sip_ports=sip_ports, cti_ports=cti_ports
-            )
+            filtered = _without_flood(res.pcap_path, attacker_ip)
+            try:
+                dec = decode_pcap(filtered, sip_ports=sip_ports, cti_ports=cti_ports)
+            finally:
+                filtered.unlink(missing_ok=True)  # a copy of a raw capture: secrets, and no further use
             clean[res.name] = dec.stats_dict()
     out: list[Any] = []
     totals: dict[str, Any] = {}
