@@ -107,7 +107,7 @@ class SiteReader:
         payload = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
         async with self.http.post(self.site.pbx, json=payload, timeout=self._http_timeout) as r:
             if r.status == 403:
-                raise Refused("the PBX's RPC refused this host (HTTP 403: not among its management clients)")
+                raise Refused("refused by the PBX RPC (HTTP 403): this host is not among its clients")
             reply = await r.json(content_type=None)
         if not isinstance(reply, dict) or "result" not in reply:
             err = reply.get("error") if isinstance(reply, dict) else None
@@ -116,12 +116,14 @@ class SiteReader:
 
     async def read_pbx(self) -> Part:
         """Alive when its RPC answers ``core.uptime``; registered users from ``stats.get_statistics``
-        (Kamailio's own count: one cheap call whatever the size of the location table)."""
+        (Kamailio's own count: one cheap call whatever the size of the location table; asked by the bare
+        name, which Kamailio 5.6 answers ``["usrloc:registered_users = N"]``, where the qualified name
+        answers ``[]``)."""
         if self.site.pbx is None:
             return Part(False, error="not configured", configured=False)
         try:
             uptime, stats = await asyncio.gather(
-                self._rpc("core.uptime"), self._rpc("stats.get_statistics", "usrloc:registered_users")
+                self._rpc("core.uptime"), self._rpc("stats.get_statistics", "registered_users")
             )
         except (*_UNREACHABLE, Refused) as err:
             return Part(False, error=reason(err))
