@@ -113,6 +113,19 @@ def set_not_ready(lab: Lab, site: str, agent_ids: list[str]) -> None:
         list(ex.map(one, agent_ids))
 
 
+def ul_admission(lab: Lab, site: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The admission control's view from a site's UL health (limit, latency, deferrals, and the logins per
+    second it admitted while some waited: its measured capacity at saturation); None if it has none."""
+    host, spec = mgmt(lab, "ul", site)
+    try:
+        with urllib.request.urlopen(f"http://{host}:{spec.port}/v1/health", timeout=timeout) as r:
+            health = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    view = health.get("admission") if isinstance(health, dict) else None
+    return view if isinstance(view, dict) else None
+
+
 # ---- capture -------------------------------------------------------------------------------------------
 
 

@@ -10,12 +10,15 @@ Why this shape:
   ``WindowedLimit``): one sample per login is too noisy on a shared machine. A second latency, the site's
   CTI's answer to a status probe (:meth:`Admission.observe_downstream`), joins the same estimate: where the
   CTI is the bottleneck it is its queue that shrinks the limit.
-- A login over the limit is deferred, never failed: it gets a ticket (a number in the site's queue) and a
-  ``retry_after`` that says when its number will be called. Numbers are called at the rate the site takes,
-  Little's law over the current limit and latency (``limit / rtt``), so the deferred come back spread at
-  that rate and in the order they came: a deferred agent keeps its place, and a newcomer does not pass
-  anyone already waiting. A ticket is the agent's (keyed by agent id): a client that comes back before its
-  number is called is deferred again to the same number, so storming gains nothing.
+- A login over the limit is deferred, never failed: it gets a ticket (its place in the site's queue) and a
+  slot to come back at (``retry_after``, to the millisecond). Slots are handed out at the rate the site
+  takes, Little's law over the limit and the latency (``limit / rtt``), as a GCRA schedule (the next free
+  slot advances ``1 / rate`` per ticket), so the deferred come back spread at that rate and in the order
+  they came: a deferred agent keeps its place, and a newcomer does not pass anyone already waiting. A
+  ticket is the agent's (keyed by agent id): a client that comes back before its slot is deferred again
+  to the same slot, so storming gains nothing. A ticket that comes at its slot is admitted even over the
+  limit (up to ``overbook`` times it): the schedule paces them already, and refusing one would cost a
+  round trip and its place's time; only a site far behind defers it again, by one login's latency.
 - Nothing here does I/O or sleeps: the clock is injected, so the unit tests drive bursts without waiting.
 """
 
@@ -98,7 +101,7 @@ class _Window:
 
 
 class Admission:
-    """Admits logins while the site keeps up, defers the rest with a ticket and a retry-after."""
+    """Admits logins while the site keeps up, defers the rest with a ticket and a slot to come back at."""
 
     def __init__(
         self,
@@ -108,28 +111,36 @@ class Admission:
         window: float = 0.1,
         window_samples: int = 10,
         min_retry: float = 0.05,
-        max_retry: float = 10.0,
+        max_retry: float = 30.0,
         grace: float = 5.0,
+        early: float = 0.005,
+        overbook: float = 2.0,
     ) -> None:
         self.vegas = limit or VegasLimit()
         self.clock = clock
         self.window_s, self.window_samples = window, window_samples
         self.min_retry, self.max_retry = min_retry, max_retry
-        # A ticket whose agent did not come back ``grace`` seconds after it was told to is dropped: its
-        # client gave up or went elsewhere, and it must not hold back everyone behind it.
+        # A ticket whose agent did not come back ``grace`` seconds after its slot is dropped: its client
+        # gave up or went elsewhere, and it must not hold back everyone behind it.
         self.grace = grace
+        self.early = early  # how early a ticket may come for its slot (clocks and timers are not exact)
+        # A ticket that comes at its slot is admitted up to ``overbook`` x the limit in flight: the slots
+        # pace the queue already, and a slot refused would cost another round trip and its place's time.
+        self.overbook = overbook
         self.inflight = 0
+        self._started_sum = 0.0  # the sum of the in-flight logins' start times: their mean age
         self.rtt = 0.0  # smoothed login RTT (s): with the limit, the rate the site takes (Little's law)
-        self.downstream = (0.0, 0.0)  # (latest, least) RTT of the site's CTI probe
-        self.waiting: OrderedDict[str, Ticket] = OrderedDict()  # by agent, in ticket order
+        self.downstream = (0.0, 0.0)  # (smoothed, least) RTT of the site's CTI, where it is probed
+        self.waiting: OrderedDict[str, Ticket] = OrderedDict()  # by agent, in ticket (= slot) order
         self.issued = 0  # the last ticket number given
-        self.called = 0.0  # numbers up to this are called (advances at the site's rate)
-        self._called_at = clock()
+        self.tat = clock()  # the next free slot (GCRA's theoretical arrival time) at the site's rate
+        self.plan: tuple[int, float, float] | None = None  # (ticket, when, rate): the queue planned again
         self._win = _Window(clock())
-        self.stats = {"admitted": 0, "deferred": 0, "early": 0, "expired": 0, "max_queue": 0}
-        self.saturated_s = 0.0  # time with someone waiting, and the admissions meanwhile: the capacity
-        self.saturated_admitted = 0
-        self._saturated_since: float | None = None
+        self.stats = {"admitted": 0, "deferred": 0, "early": 0, "full": 0, "expired": 0, "max_queue": 0}
+        # The site's capacity: logins completed per second over the windows in which some waited.
+        self.saturated_s = 0.0
+        self.saturated_done = 0
+        self.measured = 0.0  # the same, as a moving average over the recent such windows
 
     # ---- the rate and the queue -------------------------------------------------------------------
 
@@ -137,75 +148,77 @@ class Admission:
     def limit(self) -> int:
         return int(self.vegas.limit)
 
-    def rate(self) -> float:
-        """Logins per second the site takes now: the limit over the login latency (Little's law)."""
-        rtt = self.rtt or self.vegas.rtt_noload or 0.05
-        return max(1.0, self.vegas.limit / max(rtt, 1e-3))
+    def rate(self, now: float) -> float:
+        """Logins per second the site takes now: the limit over the login latency (Little's law), or what
+        it completed per second while some waited, if more (slots admitted over the limit count). The
+        smoothed RTT lags a storm's first moments (it still says the idle latency), while the in-flight
+        logins' mean age is half their latency as soon as they queue: the larger of the two is used."""
+        age = now - self._started_sum / self.inflight if self.inflight else 0.0
+        rtt = max(self.rtt, 2 * age, self.vegas.rtt_noload, 1e-3)
+        return max(1.0, self.vegas.limit / rtt, self.measured)
 
-    def _advance(self, now: float) -> None:
-        """Call numbers at the site's rate since the last look; never past the last number given."""
-        self.called = min(float(self.issued), self.called + (now - self._called_at) * self.rate())
-        self._called_at = now
+    def _slot(self, t: Ticket) -> float:
+        """When ``t`` may come in: its slot, or later if the queue was planned again from a ticket ahead."""
+        if self.plan is None or t.number <= self.plan[0]:
+            return t.due
+        base, when, rate = self.plan
+        return max(t.due, when + (t.number - base) / rate)
+
+    def _expire(self, now: float) -> None:
         while self.waiting:
             first = next(iter(self.waiting.values()))
-            if first.number > self.called or now <= first.due + self.grace:
+            if now <= first.due + self.grace:
                 break
             self.waiting.popitem(last=False)
             self.stats["expired"] += 1
-        self._saturation(now)
-
-    def _saturation(self, now: float) -> None:
-        if self.waiting and self._saturated_since is None:
-            self._saturated_since = now
-        elif not self.waiting and self._saturated_since is not None:
-            self.saturated_s += now - self._saturated_since
-            self._saturated_since = None
-
-    def _retry_after(self, number: int) -> float:
-        ahead = max(0.0, number - self.called)
-        return min(self.max_retry, max(self.min_retry, ahead / self.rate()))
 
     # ---- decisions ----------------------------------------------------------------------------------
 
     def admit(self, agent: str) -> Decision:
         """Admit the login of ``agent`` now, or defer it (a ticket: its place in the queue)."""
         now = self.clock()
-        self._advance(now)
+        self._expire(now)
         t = self.waiting.get(agent)
         if t is not None:
-            if t.number > self.called:  # back before its number was called: same place, same number
+            slot = self._slot(t)
+            if now < slot - self.early:  # back before its slot: the same slot, so storming gains nothing
                 self.stats["early"] += 1
-                return self._defer(t, now)
-            if self.inflight < self.limit:
+                return self._defer(t, now, slot)
+            if self.inflight < self.overbook * self.limit:
                 del self.waiting[agent]
                 return self._admitted(now, now - t.issued)
-            return self._defer(t, now)  # called, but the site is full: first in line at the next look
-        if self.inflight < self.limit and not self._anyone_ahead():
+            # Its slot came but the site is far behind: the rate the slots were given at was too high (as in
+            # a storm's first moments, before any latency was measured). It comes back after one login's
+            # latency, and everyone behind it is planned again from there at the rate now: each comes
+            # back once more, told its new slot, and the order stays (:meth:`_slot`).
+            self.stats["full"] += 1
+            back = now + max(self.min_retry, self.rtt)
+            rate = self.rate(now)
+            self.plan = (t.number, back, rate)
+            self.tat = max(self.tat, back + (self.issued - t.number + 1) / rate)
+            return self._defer(t, now, back)
+        if self.inflight < self.limit and not self.waiting and self.tat <= now:
             return self._admitted(now, 0.0)
         self.issued += 1
-        t = Ticket(self.issued, agent, now, 0)
+        t = Ticket(self.issued, agent, now)
         self.waiting[agent] = t
         self.stats["max_queue"] = max(self.stats["max_queue"], len(self.waiting))
-        self._saturation(now)
-        return self._defer(t, now)
+        slot = max(self.tat, now + self.min_retry)
+        self.tat = slot + 1.0 / self.rate(now)
+        return self._defer(t, now, slot)
 
-    def _anyone_ahead(self) -> bool:
-        """Someone holds a ticket: a newcomer must not pass them (their number is called or will be)."""
-        return bool(self.waiting)
-
-    def _defer(self, t: Ticket, now: float) -> Decision:
+    def _defer(self, t: Ticket, now: float, slot: float) -> Decision:
         t.deferrals += 1
+        t.due = min(slot, now + self.max_retry)
         self.stats["deferred"] += 1
-        pos = max(0, t.number - int(self.called))
-        after = self._retry_after(t.number)
-        t.due = now + after
-        return Decision(False, now, after, t.number, pos)
+        head = next(iter(self.waiting.values()))
+        pos = t.number - head.number + 1
+        return Decision(False, now, round(t.due - now, 3), t.number, pos)
 
     def _admitted(self, now: float, waited: float) -> Decision:
         self.inflight += 1
+        self._started_sum += now
         self.stats["admitted"] += 1
-        if self._saturated_since is not None or waited > 0:
-            self.saturated_admitted += 1
         self._win.inflight_max = max(self._win.inflight_max, self.inflight)
         return Decision(True, now, waited=round(waited, 3))
 
@@ -214,6 +227,7 @@ class Admission:
         login): counted in flight and timed, never deferred."""
         now = self.clock()
         self.inflight += 1
+        self._started_sum += now
         self._win.inflight_max = max(self._win.inflight_max, self.inflight)
         return Decision(True, now)
 
@@ -221,11 +235,19 @@ class Admission:
         """An admitted login ended (any outcome): its latency feeds the limit."""
         now = self.clock()
         self.inflight = max(0, self.inflight - 1)
+        self._started_sum = self._started_sum - decision.started if self.inflight else 0.0
         rtt = max(0.0, now - decision.started)
         self.rtt = rtt if self.rtt <= 0 else 0.9 * self.rtt + 0.1 * rtt
         w = self._win
         w.rtts.append(rtt)
         if len(w.rtts) >= self.window_samples and now - w.began >= self.window_s:
+            if self.waiting:  # some wait: what the site completed is what it takes
+                self.saturated_s += now - w.began
+                self.saturated_done += len(w.rtts)
+                done = len(w.rtts) / (now - w.began)
+                self.measured = done if self.measured <= 0 else 0.7 * self.measured + 0.3 * done
+            else:
+                self.measured = 0.0  # nobody waits: the next storm is measured afresh
             self.vegas.update(sum(w.rtts) / len(w.rtts), w.inflight_max, self._downstream_queue())
             self._win = _Window(now)
 
@@ -243,18 +265,18 @@ class Admission:
 
     def view(self) -> dict[str, Any]:
         now = self.clock()
-        self._advance(now)
-        busy = self.saturated_s + (now - self._saturated_since if self._saturated_since is not None else 0.0)
+        self._expire(now)
+        busy = self.saturated_s
         return {
             "algorithm": "vegas",
             "limit": self.limit,
             "inflight": self.inflight,
             "rtt_ms": round(self.rtt * 1000, 2),
             "rtt_noload_ms": round(self.vegas.rtt_noload * 1000, 2),
-            "rate_per_s": round(self.rate(), 1),
+            "rate_per_s": round(self.rate(now), 1),
             "waiting": len(self.waiting),
             "saturated_s": round(busy, 3),
-            "saturated_admitted": self.saturated_admitted,
-            "capacity_per_s": round(self.saturated_admitted / busy, 1) if busy > 0 else None,
+            "saturated_done": self.saturated_done,
+            "capacity_per_s": round(self.saturated_done / busy, 1) if busy > 0 else None,
             **self.stats,
         }
