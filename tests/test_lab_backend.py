@@ -44,6 +44,11 @@ class _FakeDriver:
     def service_active(self, unit: str) -> bool:
         return f"{self.name}:{unit}" not in self.inactive
 
+    def fetch_log(self, unit: str, lines: int = 500) -> str:
+        if self.name in self.down:
+            raise DeviceUnreachable(self.name, "connect", "no route to host")
+        return f"{self.name} {unit} journal, last {lines} lines\n"
+
     def run(self, command: str, action: str = "run", check: bool = False) -> None:
         self.ran.append(command)
 
@@ -113,7 +118,7 @@ def test_physical_backend_has_no_twin_shortcuts(topo: topology.Topology, tmp_pat
     assert not lab.virtual
     assert lab.ns_path("sha-pbx1") is None
     assert b.tap("sha-sw1", "Gi1/0/1") is None and b.console_url("sha-con1") is None
-    assert b.logs_dir() is None and b.environment() == {}
+    assert b.environment() == {}
     assert lab.state_dir() == tmp_path / topo.name and lab.state_dir().is_dir()
 
 
@@ -149,3 +154,15 @@ def test_preflight_passes_when_every_device_answers(
         assert {d.name for d in topo.of_kind(kind)} <= read, kind
     assert {d.name for d in topo.of_kind("host") if d.spec.mgmt} <= read
     assert set(asked) == read
+
+
+def test_device_logs_come_over_ssh_into_the_state_dir(
+    topo: topology.Topology, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No run directory to read logs from: each service's journal is fetched from its host; a host that
+    does not answer gets a log saying so (a report never fails on a log)."""
+    _use(monkeypatch, lambda n: _FakeDriver(n, {"sha-pbx1"}, set()))
+    logs = PhysicalBackend(topo, state_root=tmp_path).logs_dir()
+    assert logs is not None and logs.is_relative_to(tmp_path)
+    assert (logs / "ntg-cti1-hil-cti.log").read_text() == "ntg-cti1 hil-cti journal, last 500 lines\n"
+    assert (logs / "sha-pbx1-kamailio.log").read_text().startswith("not fetched: ssh 10.40.0.11:22: ")

@@ -24,6 +24,7 @@ __all__ = ["LabUnusable", "PhysicalBackend", "interface_of"]
 
 _READ_ERRORS = (DeviceError, DeviceUnreachable, SecretMissing, OSError, ValueError)
 _WORKERS = 8  # devices read at once: a lab of 20 devices answers in about one login's time
+LOG_LINES = 500  # journal lines of each service kept with a scenario's report
 
 
 class LabUnusable(Exception):
@@ -199,7 +200,25 @@ class PhysicalBackend:
         return None
 
     def logs_dir(self) -> Path | None:
-        return None
+        """Each service's journal, fetched over SSH (`journalctl -u UNIT`) into the state directory, for the
+        report. A host that cannot be read gets a log saying why: a report never fails on a log."""
+        lab = Lab(self.topology, self)
+        out = self.state_dir() / "logs"
+        out.mkdir(parents=True, exist_ok=True)
+        hosts = [d for d in self._hosts() if getattr(d.spec, "service", None) and d.spec.mgmt is not None]
+
+        def fetch(dev: Device) -> None:
+            unit = dev.spec.service
+            try:
+                with driver_for(lab, dev.name) as drv:
+                    text = drv.fetch_log(unit, LOG_LINES)
+            except _READ_ERRORS as e:
+                text = f"not fetched: {interface_of(dev, self.topology)}: {_why(dev.name, e)}\n"
+            (out / f"{dev.name}-{unit}.log").write_text(text)
+
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="lab-logs") as pool:
+            list(pool.map(fetch, hosts))
+        return out
 
     def environment(self) -> dict[str, str]:
         return {}
