@@ -1,5 +1,6 @@
 """``python -m stack.login --site sha --bind ADDR:PORT --db PATH --topology FILE --peer URL --cti HOST:PORT
---pbx HOST:PORT --secret-env VAR --agent-secret-env VAR [--sip-secret-env VAR]``.
+--pbx HOST:PORT --secret-env VAR --agent-secret-env VAR [--sip-secret-env VAR] [--max-connections N]
+[--max-connections-per-source N] [--request-timeout S] [--idle-timeout S] [--max-header BYTES]``.
 
 Both secrets are required: a UL without one refuses to start (exit 2, one line naming it)."""
 
@@ -8,11 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aiohttp import web
-
 from stack.common import auth, directory
 from stack.common.addr import hostport
-from stack.common.daemon import secret_from_env, serve, site_service_parser, until_signalled
+from stack.common.daemon import (
+    add_connection_caps,
+    secret_from_env,
+    serve,
+    site_service_parser,
+    until_signalled,
+)
+from stack.common.httpguard import HttpLimits
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
 
@@ -43,6 +49,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lease", type=float, default=2.5, help="the CTIs' session lease (seconds)")
     ap.add_argument(
         "--lease-margin", type=float, default=1.0, help="added to the lease for an unconfirmed fence"
+    )
+    d = HttpLimits()
+    add_connection_caps(ap, total=d.max_connections, per_source=d.max_per_source)
+    ap.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout,
+        help="seconds from a request's first byte to its last before it is answered 408 and closed (0: none)",
+    )
+    ap.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=d.idle_timeout,
+        help="seconds a kept-alive connection may wait between requests (above the clients' own, 15 s)",
+    )
+    ap.add_argument(
+        "--max-header", type=int, default=d.max_header, help="bytes of the request line and of one header"
     )
     return ap.parse_args(argv)
 
@@ -78,11 +101,18 @@ async def run(args: argparse.Namespace, stack_secret: str, agent_secret: str) ->
         peer_interval=args.peer_interval,
         lease=args.lease,
         lease_margin=args.lease_margin,
+        limits=HttpLimits(
+            max_connections=args.max_connections,
+            max_per_source=args.max_connections_per_source,
+            request_timeout=args.request_timeout,
+            idle_timeout=args.idle_timeout,
+            max_header=args.max_header,
+        ),
     )
-    runner = web.AppRunner(ul.app(), access_log=None)
+    runner = ul.runner()
     await runner.setup()
     for addr in [args.bind[0], *args.also_listen]:
-        await web.TCPSite(runner, addr, args.bind[1], backlog=1024).start()
+        await ul.listener(runner, addr, args.bind[1]).start()
     await until_signalled(f"READY ul {args.site} {args.bind[0]}:{args.bind[1]}")
     await runner.cleanup()
     ul.store.close()

@@ -11,6 +11,9 @@ Why it is built this way:
   to the peer, and each UL orders its own CTI to switch the online agents a new rule moves away.
 - The HTTP API is stack/login/routes.py; UL-to-UL and admin (rule-changing) requests are HMAC-signed with
   the lab secret; reads are open.
+- It listens on the data network, beside every agent's desktop: connections are capped per source and in
+  total, a request must arrive whole within a deadline, heads and bodies are bounded, and what is refused
+  is counted in the health counters (stack/common/httpguard.py; serve the app with :meth:`listener`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from aiohttp import web
 
 from stack.common import auth
 from stack.common.directory import Agent, Directory
+from stack.common.httpguard import GuardedSite, HttpGate, HttpLimits
+from stack.common.limits import Refusals
 from stack.login.ctiadmin import CtiAdmin
 from stack.login.peer import PeerSync, PeerUnavailable
 from stack.login.routes import Routes
@@ -59,6 +64,7 @@ class UnifiedLogin(Routes, PeerSync):
         lease: float = 2.5,
         lease_margin: float = 1.0,
         clock_skew: float = 1.0,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.site = site
         self.secret = secret
@@ -87,6 +93,23 @@ class UnifiedLogin(Routes, PeerSync):
         self._tasks: list[asyncio.Task[None]] = []
         kinds = ("login", "local", "remote", "fallback", "fenced", "refused", "late")
         self.counters = dict.fromkeys(kinds, 0)
+        # connection caps, request deadline, body and head limits; refusals counted with the others
+        self.gate = HttpGate(limits or HttpLimits(), Refusals(log, f"ul {site}", self.counters))
+
+    def app(self) -> web.Application:
+        """The HTTP API (stack/login/routes.py) behind the gate's middleware, which reads each body first,
+        under the request's deadline (stack/common/httpguard.py)."""
+        app = super().app()
+        app.middlewares.insert(0, self.gate.middleware())
+        return app
+
+    def runner(self) -> web.AppRunner:
+        """The application's runner, with aiohttp's own head limits and idle timeout from the gate."""
+        return web.AppRunner(self.app(), access_log=None, **self.gate.runner_kwargs())
+
+    def listener(self, runner: web.BaseRunner, host: str, port: int) -> GuardedSite:
+        """Where to serve it: a TCP site whose every connection passes the gate (its caps)."""
+        return GuardedSite(runner, host, port, self.gate, backlog=1024)
 
     # ---- life cycle ------------------------------------------------------------------------------------
 
