@@ -257,3 +257,26 @@ def test_raw_captures_go_to_a_private_raw_dir_and_the_report_gets_the_redacted_c
     assert keep_raw_pcaps("physical")
     monkeypatch.setenv("HIL_KEEP_RAW_PCAPS", "0")
     assert not keep_raw_pcaps("virtual")
+
+
+def test_secrets_in_a_capture_and_leaks_of_them_in_a_runs_files(tmp_path: Path) -> None:
+    from harness.gate.inputs import secret_leaks
+    from harness.report.redact import secrets_in
+
+    at = LOGIN.index(TOKEN.encode())
+    pkts = [
+        *tcp_stream(LOGIN, [at + 9]),  # split: found whole all the same
+        Ether() / IP(src=AGENT, dst=PBX) / UDP(sport=5062, dport=5060) / REGISTER,
+    ]
+    raw = write(tmp_path, pkts)
+    assert secrets_in(raw.read_bytes()) == {s.encode() for s in SECRETS}
+    run = tmp_path / "run"
+    (run / "pcap" / "raw").mkdir(parents=True)
+    (run / "pcap" / "raw" / "x.pcap").write_bytes(raw.read_bytes())  # by design: not a leak
+    (run / "histories").mkdir()
+    (run / "histories" / "a.jsonl").write_text(f'{{"note": "{RESPONSE}"}}\n')
+    (run / "verdicts.json").write_text("{}")
+    found = secret_leaks(run, [s.encode() for s in SECRETS], skip=[run / "pcap" / "raw"])
+    leak = (str(run / "histories" / "a.jsonl"), "", "holds a secret of the run (299b..., 32 bytes)")
+    assert found == [leak]
+    assert secret_leaks(run, []) == []

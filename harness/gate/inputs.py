@@ -5,13 +5,22 @@ wrong, so a release manager sees `error: FILE: FIELD: problem`, never a tracebac
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness import textfile
 
-__all__ = ["GateInputError", "Problem", "problem_line", "read_json_object", "read_text", "where"]
+__all__ = [
+    "GateInputError",
+    "Problem",
+    "problem_line",
+    "read_json_object",
+    "read_text",
+    "secret_leaks",
+    "where",
+]
 
 Problem = tuple[str, str, str]  # (file, field, what is wrong)
 
@@ -84,3 +93,28 @@ def read_json_object(path: Path, what: str, problems: list[Problem]) -> Mapping[
         problems.append((str(path), "", f"must be a JSON object, got {type(obj).__name__}"))
         return None
     return obj
+
+
+def secret_leaks(root: Path, secrets: Iterable[bytes], skip: Iterable[Path] = ()) -> list[Problem]:
+    """Each file under ``root`` (but those under ``skip``: the raw captures, which hold the secrets by
+    design) that holds one of ``secrets``, as bytes: (file, "", what leaked, its first 4 characters only).
+    One pass per file over all the secrets; a file that cannot be read is a problem too (it was not
+    checked)."""
+    wanted = sorted({s for s in secrets if s}, key=len, reverse=True)
+    if not wanted:
+        return []
+    pattern = re.compile(b"|".join(re.escape(s) for s in wanted))
+    skipped = [Path(p).resolve() for p in skip]
+    out: list[Problem] = []
+    for f in sorted(Path(root).rglob("*")):
+        if not f.is_file() or f.is_symlink() or any(d in f.resolve().parents for d in skipped):
+            continue
+        try:
+            hits = {m.group(0) for m in pattern.finditer(f.read_bytes())}
+        except OSError as e:
+            out.append((str(f), "", f"not checked for the run's secrets: {e}"))
+            continue
+        for h in sorted(hits):
+            shown = h[:4].decode(errors="replace")
+            out.append((str(f), "", f"holds a secret of the run ({shown}..., {len(h)} bytes)"))
+    return out

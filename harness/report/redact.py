@@ -43,7 +43,7 @@ from harness.decode import (
     iter_frames,
 )
 
-__all__ = ["FILL", "Redaction", "redact_buffer", "redact_pcap", "secret_spans"]
+__all__ = ["FILL", "Redaction", "redact_buffer", "redact_pcap", "secret_spans", "secrets_in"]
 
 FILL = ord("x")
 
@@ -148,7 +148,12 @@ class _Redactor:
         self.where: dict[int, _Where] = {}
         self.flows: dict[tuple[bytes, bytes, int, int], _Flow] = {}
         self.changed: set[int] = set()
+        self.found: set[bytes] | None = None  # the secret values themselves, when asked (``secrets_in``)
         self.whole = len(buf)  # where the last whole frame or block ends: what follows is never written
+
+    def keep(self, value: bytes | bytearray) -> None:
+        if self.found is not None and len(value) >= 8:
+            self.found.add(bytes(value))
 
     def blank(self, frame: int, start: int, end: int) -> None:
         """Overwrite buf[start:end] (file offsets inside one frame's payload)."""
@@ -232,8 +237,10 @@ class _Redactor:
         if proto == 17 and l4 + 8 <= end:
             self.where[n] = (l3, ver, proto, l4, end, full)
             p0 = l4 + 8
-            for a, b in secret_spans(bytes(buf[p0:end])):
+            payload = bytes(buf[p0:end])
+            for a, b in secret_spans(payload):
                 self.stats.secrets += 1
+                self.keep(payload[a:b])
                 self.blank(n, p0 + a, p0 + b)
         elif proto == 6 and l4 + 20 <= end:
             sport, dport, seq = struct.unpack_from(">HHI", buf, l4)
@@ -282,6 +289,8 @@ class _Redactor:
                     chunk[a : a + s.length] = data
                 filled = max(filled, s.start + s.length)
             spans = secret_spans(bytes(chunk))
+            for a, b in spans:
+                self.keep(chunk[a:b])
             clean_start = flow.syn_seq is not None and c0 == flow.syn_seq
             if not clean_start and not _MESSAGE_START.match(chunk):
                 nl = chunk.find(b"\n")
@@ -290,8 +299,10 @@ class _Redactor:
             for a, b in spans:
                 self.blank_stream(segs[i:j], c0 + a, c0 + b)
             for s in alone:
-                for a, b in secret_spans(bytes(self.buf[s.off : s.off + s.length])):
+                data = bytes(self.buf[s.off : s.off + s.length])
+                for a, b in secret_spans(data):
                     self.stats.secrets += 1
+                    self.keep(data[a:b])
                     self.blank(s.frame, s.off + a, s.off + b)
             i = j
 
@@ -365,9 +376,7 @@ def redact_buffer(data: bytes | bytearray) -> tuple[bytearray, Redaction]:
     buf = bytearray(data)
     red = _Redactor(buf)
     stats = red.run()
-    if red.whole < len(
-        buf
-    ):  # a partial record (tcpdump killed) or bytes past a lying length: unread, dropped
+    if red.whole < len(buf):  # a partial record (tcpdump killed), or past a length that lies: dropped
         stats.dropped_bytes = len(buf) - red.whole
         del buf[red.whole :]
     return buf, stats
@@ -384,3 +393,12 @@ def redact_pcap(src: str | Path, dst: str | Path, mode: int = 0o644) -> Redactio
         f.write(buf)
     os.replace(tmp, out)
     return stats
+
+
+def secrets_in(data: bytes | bytearray) -> set[bytes]:
+    """The secret values (8 bytes or more) a capture holds, whole as the redactor finds them (TCP streams
+    reassembled): what a check of a run's other artifacts looks for (harness/gate/inputs.py)."""
+    red = _Redactor(bytearray(data))
+    red.found = set()
+    red.run()
+    return red.found
