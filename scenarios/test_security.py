@@ -67,6 +67,15 @@ def _signed_admin(msg: dict[str, Any]) -> str:
     return json.dumps(body)
 
 
+def _attacker_runs_here(sc: Scenario) -> None:
+    """The attacker is a process run as the agents host: only the virtual lab can (a physical lab's
+    agents desktop is not the controller's to run things on), so elsewhere the scenario is skipped."""
+    if not sc.lab.virtual:
+        pytest.skip(
+            f"{sc.lab.topology.name}: the attacker runs as a lab host, which only a virtual lab allows"
+        )
+
+
 Attack = tuple[str, dict[str, Any], Callable[[Mapping[str, Any]], str | None]]  # (f, probe, judge)
 
 
@@ -163,6 +172,7 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
     byte is refused (forbidden: replayed) after the original was accepted once; the PBX's RPC refuses
     the desktop (its data address does not serve it, its management address answers 403) and answers
     the CTI's host. Nobody is disturbed."""
+    _attacker_runs_here(scenario)
     topo = scenario.lab.topology
     agent = next(a for a in topo.agents() if a.home == SITE)
     other = next(a for a in topo.agents() if a.home == SITE and a.id != agent.id)
@@ -306,6 +316,7 @@ def test_failover_under_flood(scenario: Scenario) -> None:
     killed. Promise, as without the flood: every agent of the site ends registered and logged in once at
     the other site, in its earlier state, within the usual bound (test_unplanned's); nobody is active at
     both; the faults are healed."""
+    _attacker_runs_here(scenario)
     attacker_ip = str(scenario.lab.topology.device(ATTACKER).spec.address)
     moved = scenario.expect(moved_from=SITE, to=REMOTE)
     with scenario.fault("flood", ATTACKER, at=VICTIMS, **FLOOD) as flood:
