@@ -157,7 +157,7 @@ class Lab:
         self.sha, self.ntg = Site("sha", root), Site("ntg", root)
         self.config = ConsoleConfig("sha", [self.sha.endpoints, self.ntg.endpoints], SECRET,
                                     Accounts.from_env(USERS), key=b"k" * 32, directory=directory(),
-                                    interval=0.2, timeout=0.5)  # fmt: skip
+                                    interval=0.2, timeout=5.0)  # fmt: skip
         self.clients: list[aiohttp.ClientSession] = []
 
     @property
@@ -221,6 +221,8 @@ def test_log_in_is_required(tmp_path: Path) -> None:
         anon = await lab.browser()
         async with anon.get(lab.base + "/", allow_redirects=False) as r:
             assert r.status == 302 and r.headers["Location"] == "/console/login"
+        async with anon.get(lab.base, allow_redirects=False) as r:  # /console: to /console/
+            assert r.status == 302 and r.headers["Location"] == "/console/"
         async with anon.get(lab.base + "/events") as r:
             assert r.status == 401
         async with anon.post(lab.base + "/rules", data={"scope": "system", "value": "air"}) as r:

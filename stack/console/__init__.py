@@ -73,5 +73,11 @@ def console_app(config: ConsoleConfig, prefix: str = "/console") -> web.Applicat
 
 
 def add_console(app: web.Application, config: ConsoleConfig, prefix: str = "/console") -> None:
-    """Mount the console on a UL's application (before it starts): ``/console/`` on the UL's port."""
+    """Mount the console on a UL's application (before it starts): ``/console/`` on the UL's port (and
+    ``/console`` redirected there)."""
+
+    async def to_console(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(prefix + "/")
+
+    app.router.add_get(prefix, to_console)  # before the sub-app, which would otherwise take it (404)
     app.add_subapp(prefix, console_app(config, prefix))

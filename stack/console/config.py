@@ -54,7 +54,7 @@ class ConsoleConfig:
     key: bytes = field(repr=False, default=b"")
     directory: Directory | None = None  # agents' skill groups; without it agents count as "unknown"
     interval: float = 1.0  # seconds between two reads of every site while someone watches
-    timeout: float = 1.0  # seconds one read of one part may take
+    timeout: float = 2.0  # seconds one read of one part may take (a loaded site answers late, not never)
     max_age: int = 8 * 3600  # seconds a log-in lasts
 
     def __post_init__(self) -> None:
