@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,10 +111,10 @@ class Admission:
         window: float = 0.1,
         window_samples: int = 10,
         min_retry: float = 0.05,
-        max_retry: float = 30.0,
+        max_retry: float = 2.0,
         grace: float = 5.0,
         early: float = 0.005,
-        overbook: float = 2.0,
+        overbook: float = 3.0,
     ) -> None:
         self.vegas = limit or VegasLimit()
         self.clock = clock
@@ -128,7 +128,8 @@ class Admission:
         # pace the queue already, and a slot refused would cost another round trip and its place's time.
         self.overbook = overbook
         self.inflight = 0
-        self._started_sum = 0.0  # the sum of the in-flight logins' start times: their mean age
+        self.recent: deque[float] = deque(maxlen=16)  # the last logins' RTTs
+        self._last_done: float | None = None
         self.rtt = 0.0  # smoothed login RTT (s): with the limit, the rate the site takes (Little's law)
         self.downstream = (0.0, 0.0)  # (smoothed, least) RTT of the site's CTI, where it is probed
         self.waiting: OrderedDict[str, Ticket] = OrderedDict()  # by agent, in ticket (= slot) order
@@ -136,7 +137,8 @@ class Admission:
         self.tat = clock()  # the next free slot (GCRA's theoretical arrival time) at the site's rate
         self.plan: tuple[int, float, float] | None = None  # (ticket, when, rate): the queue planned again
         self._win = _Window(clock())
-        self.stats = {"admitted": 0, "deferred": 0, "early": 0, "full": 0, "expired": 0, "max_queue": 0}
+        kinds = ("admitted", "deferred", "early", "full", "replanned", "expired", "max_queue")
+        self.stats = dict.fromkeys(kinds, 0)
         # The site's capacity: logins completed per second over the windows in which some waited.
         self.saturated_s = 0.0
         self.saturated_done = 0
@@ -151,10 +153,11 @@ class Admission:
     def rate(self, now: float) -> float:
         """Logins per second the site takes now: the limit over the login latency (Little's law), or what
         it completed per second while some waited, if more (slots admitted over the limit count). The
-        smoothed RTT lags a storm's first moments (it still says the idle latency), while the in-flight
-        logins' mean age is half their latency as soon as they queue: the larger of the two is used."""
-        age = now - self._started_sum / self.inflight if self.inflight else 0.0
-        rtt = max(self.rtt, 2 * age, self.vegas.rtt_noload, 1e-3)
+        smoothed RTT lags a storm's first moments (it still says the idle latency): the median of the last
+        few logins' RTTs is taken when larger (a median, so one login stuck on a timeout does not count)."""
+        recent = sorted(self.recent)
+        median = recent[len(recent) // 2] if recent else 0.0
+        rtt = max(self.rtt, median, self.vegas.rtt_noload, 1e-3)
         return max(1.0, self.vegas.limit / rtt, self.measured)
 
     def _slot(self, t: Ticket) -> float:
@@ -162,7 +165,7 @@ class Admission:
         if self.plan is None or t.number <= self.plan[0]:
             return t.due
         base, when, rate = self.plan
-        return max(t.due, when + (t.number - base) / rate)
+        return when + (t.number - base) / rate
 
     def _expire(self, now: float) -> None:
         while self.waiting:
@@ -181,6 +184,13 @@ class Admission:
         t = self.waiting.get(agent)
         if t is not None:
             slot = self._slot(t)
+            if now < slot - self.early and now >= t.due - self.early and self.inflight * 2 < self.limit:
+                # Back when told, but the queue was planned slower than the site now goes (it has room to
+                # spare): the plan is brought forward from the head of the queue, order unchanged.
+                head = next(iter(self.waiting.values()))
+                self.plan = (head.number, now, self.rate(now))
+                self.stats["replanned"] += 1
+                slot = self._slot(t)
             if now < slot - self.early:  # back before its slot: the same slot, so storming gains nothing
                 self.stats["early"] += 1
                 return self._defer(t, now, slot)
@@ -193,7 +203,7 @@ class Admission:
             # back once more, told its new slot, and the order stays (:meth:`_slot`).
             self.stats["full"] += 1
             back = now + max(self.min_retry, self.rtt)
-            rate = self.rate(now)
+            rate = max(self.rate(now), self.measured)
             self.plan = (t.number, back, rate)
             self.tat = max(self.tat, back + (self.issued - t.number + 1) / rate)
             return self._defer(t, now, back)
@@ -217,7 +227,6 @@ class Admission:
 
     def _admitted(self, now: float, waited: float) -> Decision:
         self.inflight += 1
-        self._started_sum += now
         self.stats["admitted"] += 1
         self._win.inflight_max = max(self._win.inflight_max, self.inflight)
         return Decision(True, now, waited=round(waited, 3))
@@ -227,7 +236,6 @@ class Admission:
         login): counted in flight and timed, never deferred."""
         now = self.clock()
         self.inflight += 1
-        self._started_sum += now
         self._win.inflight_max = max(self._win.inflight_max, self.inflight)
         return Decision(True, now)
 
@@ -235,15 +243,17 @@ class Admission:
         """An admitted login ended (any outcome): its latency feeds the limit."""
         now = self.clock()
         self.inflight = max(0, self.inflight - 1)
-        self._started_sum = self._started_sum - decision.started if self.inflight else 0.0
         rtt = max(0.0, now - decision.started)
         self.rtt = rtt if self.rtt <= 0 else 0.9 * self.rtt + 0.1 * rtt
+        self.recent.append(rtt)
+        if self.waiting and self._last_done is not None:  # the gaps between completions while some wait
+            self.saturated_s += now - self._last_done
+            self.saturated_done += 1
+        self._last_done = now
         w = self._win
         w.rtts.append(rtt)
         if len(w.rtts) >= self.window_samples and now - w.began >= self.window_s:
-            if self.waiting:  # some wait: what the site completed is what it takes
-                self.saturated_s += now - w.began
-                self.saturated_done += len(w.rtts)
+            if self.waiting and now - w.began < 1.0:  # some wait: what the site completed is what it takes
                 done = len(w.rtts) / (now - w.began)
                 self.measured = done if self.measured <= 0 else 0.7 * self.measured + 0.3 * done
             else:
