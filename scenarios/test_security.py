@@ -39,6 +39,7 @@ from harness.decode import decode_pcap
 from harness.faults.flood import FLOOD_PORTS, run_as_host
 from harness.history import Obs, pair_ops
 from harness.scenario import Scenario
+from harness.ulapi import sign_request
 
 FEATURE = "security"
 SITE, REMOTE = "sha", "ntg"
@@ -120,6 +121,29 @@ def _codes(result: Mapping[str, Any]) -> str | None:
     return ",".join(errs) or None
 
 
+def _signed_ul_request(ul: Any, rule_id: str) -> str:
+    """A signed ``DELETE /v1/rules/<id>`` as the harness's UL client sends it (X-Hil-Time, X-Hil-Sig), for a
+    rule that does not exist: served, it removes nothing (404 after the signature is accepted), so the
+    lab is not changed outside the injector; replayed, the same bytes must be refused (403 replayed)."""
+    path = f"/v1/rules/{rule_id}"
+    headers = sign_request(os.environ[STACK_SECRET_VAR], "DELETE", path)
+    lines = [f"DELETE {path} HTTP/1.1", f"Host: {ul.spec.address}:{ul.spec.port}", "Content-Length: 0"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return "\r\n".join([*lines, "Connection: close", "", ""])
+
+
+def _http_refused(result: Mapping[str, Any]) -> str | None:
+    """``http_403:replayed`` when the UL refused the request (status and the reason it gave), None when it
+    was served (any answer past the signature check: a 404 for the absent rule counts as served)."""
+    status, body = result.get("status"), result.get("body")
+    if result.get("outcome") != "answered":
+        return str(result.get("outcome") or result.get("error"))
+    if status in (401, 403):
+        reason = body.get("reason") if isinstance(body, dict) else None
+        return f"http_{status}:{reason}" if reason else f"http_{status}"
+    return None
+
+
 def _rpc_refused(result: Mapping[str, Any]) -> str | None:
     """The RPC did not serve the attacker: connection refused, no answer, or an HTTP 4xx."""
     if result.get("outcome") == "answered" and isinstance(result.get("status"), int):
@@ -168,15 +192,18 @@ def check_wire_answers(sc: Scenario, attacker_ip: str, wanted: Sequence[tuple[st
 @pytest.mark.severity("critical")
 def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
     """From an agent's desktop: a login with a forged token and one with an altered token are refused
-    (token_invalid) while the real agent stays logged in; a signed CTI admin message replayed byte for
-    byte is refused (forbidden: replayed) after the original was accepted once; the PBX's RPC refuses
+    (token_invalid) while the real agent stays logged in; a signed CTI admin message and a signed UL
+    admin request, each replayed byte for byte, are refused (forbidden / 403: replayed) after the
+    original was served once; the PBX's RPC refuses
     the desktop (its data address does not serve it, its management address answers 403) and answers
     the CTI's host. Nobody is disturbed."""
     _attacker_runs_here(scenario)
     topo = scenario.lab.topology
     agent = next(a for a in topo.agents() if a.home == SITE)
     other = next(a for a in topo.agents() if a.home == SITE and a.id != agent.id)
-    cti, pbx = topo.device(f"{SITE}-cti1"), topo.device(f"{SITE}-pbx1")
+    cti, pbx, ul = topo.device(f"{SITE}-cti1"), topo.device(f"{SITE}-pbx1"), topo.device(f"{SITE}-ul1")
+    ul_req = {"op": "http", "host": str(ul.spec.address), "port": ul.spec.port}
+    ul_delete = _signed_ul_request(ul, f"k3-absent-{secrets.token_hex(4)}")
     forged = observe.forged_token(agent.id, SITE, agent.extension)
     admin = _signed_admin(
         {"type": "admin", "op": "switch_order", "agents": [], "target": REMOTE, "rule": "k3"}
@@ -192,6 +219,8 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
         ),
         ("attack.cti_admin_original", {**exchange, "lines": [admin]}, _codes),
         ("attack.cti_admin_replayed", {**exchange, "lines": [admin]}, _codes),  # the same bytes again
+        ("attack.ul_admin_original", {**ul_req, "request": ul_delete}, _http_refused),
+        ("attack.ul_admin_replayed", {**ul_req, "request": ul_delete}, _http_refused),  # the same bytes
         ("attack.pbx_rpc_data", {**rpc, "host": str(pbx.spec.address)}, _rpc_refused),
         ("attack.pbx_rpc_mgmt", {**rpc, "host": str(pbx.spec.mgmt)}, _rpc_refused),
     ]
@@ -216,6 +245,8 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
             check_refused(ev, "attack.cti_login_forged", ["token_invalid"]),
             check_refused(ev, "attack.cti_login_altered", ["token_invalid"]),
             check_refused(ev, "attack.cti_admin_replayed", ["forbidden:replayed"]),
+            check_refused(ev, "attack.ul_admin_replayed", ["http_403:replayed"]),
+            _accepted(ev, "attack.ul_admin_original"),
             check_refused(ev, "attack.pbx_rpc_data", ["refused", "timeout", "unreachable", "http_4"]),
             check_refused(ev, "attack.pbx_rpc_mgmt", ["refused", "timeout", "unreachable", "http_4"]),
             _accepted(ev, "attack.cti_admin_original"),

@@ -9,7 +9,8 @@ results on stdout, in the same order.
 - ``{"op": "exchange", "host", "port", "lines": [text, ...]}``: send the lines on one TCP connection and
   read until it goes quiet or closes: ``{"replies": [object or text, ...], "closed": bool}``;
 - ``{"op": "rpc", "host", "port", "method"}``: POST a JSON-RPC request to ``/RPC``: ``{"outcome":
-  "answered", "status": 200, "body": ...}`` or ``{"outcome": "refused" | "timeout" | "unreachable"}``.
+  "answered", "status": 200, "body": ...}`` or ``{"outcome": "refused" | "timeout" | "unreachable"}``;
+- ``{"op": "http", "host", "port", "request"}``: one raw HTTP request, its bytes as given (a replay).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import socket
 import sys
 from typing import Any
 
-__all__ = ["exchange", "main", "rpc", "run"]
+__all__ = ["exchange", "http", "main", "rpc", "run"]
 
 TIMEOUT = 2.0
 
@@ -61,16 +62,22 @@ def exchange(host: str, port: int, lines: list[str], timeout: float = TIMEOUT) -
 
 def rpc(host: str, port: int, method: str, timeout: float = TIMEOUT) -> dict[str, Any]:
     """A JSON-RPC request over HTTP, as a curl from the desktop would send it."""
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1}).encode()
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1})
     req = (
         f"POST /RPC HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + body
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    )
+    return http(host, port, req, timeout)
+
+
+def http(host: str, port: int, request: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Send one raw HTTP request (the same bytes each time: a replay is exactly that) and read the
+    answer: ``{"outcome": "answered", "status", "body"}``, or refused / timeout / unreachable."""
     buf = b""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(req)
+            s.sendall(request.encode())
             while len(buf) < 65536 and not _whole(buf):
                 chunk = s.recv(65536)
                 if not chunk:
@@ -113,6 +120,8 @@ def run(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
             if p["op"] == "exchange":
                 out.append(exchange(p["host"], int(p["port"]), list(p["lines"])))
+            elif p["op"] == "http":
+                out.append(http(p["host"], int(p["port"]), str(p["request"])))
             elif p["op"] == "rpc":
                 out.append(rpc(p["host"], int(p["port"]), str(p.get("method", "core.version"))))
             else:
