@@ -24,8 +24,19 @@ LINGER_MAX = 256
 
 
 def total_cap(wanted: int) -> int:
-    """``wanted``, or less when the open-file limit would stop the process from accepting that many."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """``wanted``, or less when the open-file limit would stop the process from accepting that many.
+
+    The soft limit is raised toward the hard one first, as far as ``wanted`` needs (a shell's or
+    systemd's default soft limit is 1,024: a CTI would refuse the agents of a 1,000-agent failover)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
     if soft == resource.RLIM_INFINITY:
         return wanted
     return max(1, min(wanted, soft - FD_RESERVE))

@@ -145,7 +145,9 @@ class CtiServer(Handlers, SessionTable, PbxWatch):
             self._tasks.append(asyncio.create_task(self._epoch_loop()))
         if self.lease > 0:
             self._tasks.append(asyncio.create_task(self._lease_loop()))
-        log.info("cti %s listening on %s:%s", self.site, host, port)
+        caps = self.caps
+        log.info("cti %s listening on %s:%s (connections: at most %d per source, %d in total)",
+                 self.site, host, port, caps.per_source, caps.total)  # fmt: skip
 
     @property
     def port(self) -> int:
