@@ -73,6 +73,7 @@ class Site:
     def __init__(self, code: str, root: Path) -> None:
         self.code, self.root = code, root
         self.socks = {p: listener() for p in ("ul", "cti", "pbx")}
+        self.ports = {p: int(s.getsockname()[1]) for p, s in self.socks.items()}
         self.cti_sessions: list[dict[str, Any]] = []
         self.cti_clients: set[asyncio.StreamWriter] = set()
         self.runners: dict[str, web.AppRunner] = {}
@@ -80,7 +81,7 @@ class Site:
         self.ul: UnifiedLogin | None = None
 
     def port(self, part: str) -> int:
-        return int(self.socks[part].getsockname()[1])
+        return self.ports[part]
 
     @property
     def endpoints(self) -> SiteEndpoints:
@@ -89,6 +90,8 @@ class Site:
                              f"{local}:{self.port('pbx')}/RPC")  # fmt: skip
 
     async def start_ul(self, peer: Site, console: ConsoleConfig | None = None) -> None:
+        """The UL served as ``python -m stack.login`` serves it (its runner's limits, its gated listener),
+        the console mounted as the daemon mounts it."""
         self.ul = UnifiedLogin(
             self.code, SECRET, directory(), Store(self.root / f"{self.code}.sqlite"),
             cti=("127.0.0.1", self.port("cti")), pbx=("127.0.0.1", 5060), peer_url=peer.endpoints.ul,
@@ -98,7 +101,11 @@ class Site:
         app = self.ul.app()
         if console is not None:
             add_console(app, console)
-        await self._serve("ul", app)
+        runner = web.AppRunner(app, access_log=None, **self.ul.gate.runner_kwargs())
+        await runner.setup()
+        self.socks["ul"].close()  # its port was only reserved: the gate's listener binds it (reuse_address)
+        await self.ul.listener(runner, "127.0.0.1", self.port("ul")).start()
+        self.runners["ul"] = runner
 
     async def _serve(self, part: str, app: web.Application) -> None:
         runner = web.AppRunner(app)
