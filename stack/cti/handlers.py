@@ -19,6 +19,7 @@ from typing import Any
 from stack.common import auth
 from stack.cti import protocol as P
 from stack.cti.connection import Connection
+from stack.cti.dial import Dialer
 from stack.cti.epochs import EpochBatcher
 from stack.cti.pbxlink import PbxLink, PbxUnreachable
 from stack.cti.sessions import Session
@@ -26,7 +27,7 @@ from stack.cti.sessions import Session
 log = logging.getLogger("stack.cti")
 
 
-class Handlers:
+class Handlers(Dialer):
     """The message handlers of a site's CTI; mixed into CtiServer, whose ``__init__`` sets the state below
     (the lease sweep and ``fence`` come from stack/cti/sessions.py, the phone and link states from
     stack/cti/pbxwatch.py)."""
@@ -107,6 +108,8 @@ class Handlers:
             return None
         if kind == "admin":
             return self._admin(req)
+        if kind == "dial":
+            return self._dial(conn, req)
         return P.error("unknown_type", req)
 
     async def _login(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:

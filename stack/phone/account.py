@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stack.phone")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER"
 USER_AGENT = "hil-phone/1.0"
 
 

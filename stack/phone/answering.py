@@ -1,5 +1,6 @@
-"""The answering side of a phone: incoming INVITE (100, 180, then 200 with SDP or 486), ACK, BYE, CANCEL
-and OPTIONS, and the 2xx retransmission until the ACK (RFC 3261 section 13.3.1.4).
+"""The answering side of a phone: incoming INVITE (100, 180, then 200 with SDP or 486), ACK, BYE, CANCEL,
+OPTIONS and REFER (click-to-dial: stack/phone/refer.py), and the 2xx retransmission until the ACK (RFC 3261
+section 13.3.1.4).
 
 Answers to a retransmitted INVITE repeat the last response (the To tag is derived from the Call-ID, so a
 stateless answer is stable); an INVITE already refused gets its 487/603 again.
@@ -11,10 +12,11 @@ from sipcore.message import SipMessage, build_response
 from sipcore.timers import next_interval
 from sipcore.uri import tag_of, uri_of, user_of
 from stack.phone.account import ALLOW
-from stack.phone.calls import Call, CallingAccount
+from stack.phone.calls import Call
+from stack.phone.refer import ReferAccount
 
 
-class AnsweringAccount(CallingAccount):
+class AnsweringAccount(ReferAccount):
     """The answering half of :class:`~stack.phone.ua.Phone`."""
 
     __slots__ = ()
@@ -29,6 +31,8 @@ class AnsweringAccount(CallingAccount):
             self._on_bye(msg, addr)
         elif m == "CANCEL":
             self._on_cancel(msg, addr)
+        elif m == "REFER":
+            self._on_refer(msg, addr)
         elif m == "OPTIONS":
             extra = f"Allow: {ALLOW}\r\nAccept: application/sdp\r\n{self._contact_hdr()}"
             self._send(
