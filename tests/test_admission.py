@@ -70,7 +70,7 @@ def storm(
 def test_burst_admits_up_to_the_limit_and_defers_the_rest_in_order() -> None:
     clock = Clock()
     adm = Admission(limit=VegasLimit(initial=20, lowest=4, highest=200), clock=clock)
-    adm.rtt = 0.02  # a login takes 20 ms here: the site takes 20 / 0.02 = 1,000 a second
+    adm.vegas.rtt_noload = 0.02  # a login takes 20 ms here: the site takes 20 / 0.02 = 1,000 a second
     agents = [f"a{k:05d}" for k in range(300)]
     first = [adm.admit(a) for a in agents]
     assert sum(d.admitted for d in first) == 20  # the limit, no more

@@ -111,7 +111,7 @@ class Admission:
         window: float = 0.1,
         window_samples: int = 10,
         min_retry: float = 0.05,
-        max_retry: float = 2.0,
+        max_retry: float = 5.0,
         grace: float = 5.0,
         early: float = 0.005,
         overbook: float = 3.0,
@@ -128,7 +128,8 @@ class Admission:
         # pace the queue already, and a slot refused would cost another round trip and its place's time.
         self.overbook = overbook
         self.inflight = 0
-        self.recent: deque[float] = deque(maxlen=16)  # the last logins' RTTs
+        self.recent: deque[tuple[float, float]] = deque(maxlen=32)  # (when, RTT) of the last logins
+        self.recent_s = 2.0
         self._last_done: float | None = None
         self.rtt = 0.0  # smoothed login RTT (s): with the limit, the rate the site takes (Little's law)
         self.downstream = (0.0, 0.0)  # (smoothed, least) RTT of the site's CTI, where it is probed
@@ -137,7 +138,7 @@ class Admission:
         self.tat = clock()  # the next free slot (GCRA's theoretical arrival time) at the site's rate
         self.plan: tuple[int, float, float] | None = None  # (ticket, when, rate): the queue planned again
         self._win = _Window(clock())
-        kinds = ("admitted", "deferred", "early", "full", "replanned", "expired", "max_queue")
+        kinds = ("admitted", "deferred", "early", "full", "expired", "max_queue")
         self.stats = dict.fromkeys(kinds, 0)
         # The site's capacity: logins completed per second over the windows in which some waited.
         self.saturated_s = 0.0
@@ -153,12 +154,16 @@ class Admission:
     def rate(self, now: float) -> float:
         """Logins per second the site takes now: the limit over the login latency (Little's law), or what
         it completed per second while some waited, if more (slots admitted over the limit count). The
-        smoothed RTT lags a storm's first moments (it still says the idle latency): the median of the last
-        few logins' RTTs is taken when larger (a median, so one login stuck on a timeout does not count)."""
-        recent = sorted(self.recent)
-        median = recent[len(recent) // 2] if recent else 0.0
-        rtt = max(self.rtt, median, self.vegas.rtt_noload, 1e-3)
-        return max(1.0, self.vegas.limit / rtt, self.measured)
+        latency is the median of the logins of the last ``recent_s`` seconds (a median: one login stuck
+        on a timeout does not count), else the no-load latency: an estimate left over from an earlier
+        storm (lab start-up: 0.8 s a login) paced the next one at 20 a second while the site stood idle,
+        and one that is too high costs a round trip (:meth:`admit` plans again), too low a site idle."""
+        recent = sorted(r for t, r in self.recent if t > now - self.recent_s)
+        rtt = recent[len(recent) // 2] if recent else self.vegas.rtt_noload
+        return max(1.0, self.vegas.limit / max(rtt, 1e-3), self.measured)
+
+    def _head(self) -> Ticket:
+        return next(iter(self.waiting.values()))
 
     def _slot(self, t: Ticket) -> float:
         """When ``t`` may come in: its slot, or later if the queue was planned again from a ticket ahead."""
@@ -184,13 +189,6 @@ class Admission:
         t = self.waiting.get(agent)
         if t is not None:
             slot = self._slot(t)
-            if now < slot - self.early and now >= t.due - self.early and self.inflight * 2 < self.limit:
-                # Back when told, but the queue was planned slower than the site now goes (it has room to
-                # spare): the plan is brought forward from the head of the queue, order unchanged.
-                head = next(iter(self.waiting.values()))
-                self.plan = (head.number, now, self.rate(now))
-                self.stats["replanned"] += 1
-                slot = self._slot(t)
             if now < slot - self.early:  # back before its slot: the same slot, so storming gains nothing
                 self.stats["early"] += 1
                 return self._defer(t, now, slot)
@@ -207,7 +205,9 @@ class Admission:
             self.plan = (t.number, back, rate)
             self.tat = max(self.tat, back + (self.issued - t.number + 1) / rate)
             return self._defer(t, now, back)
-        if self.inflight < self.limit and not self.waiting and self.tat <= now:
+        if self.inflight < self.limit and (not self.waiting or self._slot(self._head()) > now + self.early):
+            # Room the schedule leaves idle (nobody's slot is now): a newcomer takes it, and no slot is
+            # taken from anyone waiting. Work-conserving: a plan slower than the site wastes no capacity.
             return self._admitted(now, 0.0)
         self.issued += 1
         t = Ticket(self.issued, agent, now)
@@ -245,7 +245,7 @@ class Admission:
         self.inflight = max(0, self.inflight - 1)
         rtt = max(0.0, now - decision.started)
         self.rtt = rtt if self.rtt <= 0 else 0.9 * self.rtt + 0.1 * rtt
-        self.recent.append(rtt)
+        self.recent.append((now, rtt))
         if self.waiting and self._last_done is not None:  # the gaps between completions while some wait
             self.saturated_s += now - self._last_done
             self.saturated_done += 1
