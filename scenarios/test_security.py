@@ -278,6 +278,8 @@ def _accepted(ev: Sequence[Any], f: str) -> Verdict:
 
 FLOOD = {"slow": 100, "every": 3.0, "rate": 200.0}  # per target: 100 slow clients; 200 garbage/s in all
 FLOOD_ALONE_S = 4.0  # seconds flooded before the failure: every slow client has sent a byte or two
+CUT_KINDS = ("http", "cti")  # servers with a deadline for a request (UL) or a login (CTI): 10 s each
+CUT_DEADLINE_S = 30.0  # after the flood began: three times those deadlines, for a busy machine
 VICTIMS = [f"{REMOTE}-ul1", f"{REMOTE}-cti1", f"{REMOTE}-pbx1"]  # where the failed site's agents go
 
 
@@ -356,6 +358,8 @@ def test_failover_under_flood(scenario: Scenario) -> None:
         with scenario.fault("service_kill", f"{SITE}-pbx1", service="kamailio") as kill:
             with scenario.phase("verify: failed over under the flood"):
                 scenario.wait_placement(moved, f"agents of {SITE} at {REMOTE}, under the flood")
+        with scenario.phase("verify: the UL and the CTI cut the slow clients"):
+            _wait_cut(scenario, flood)
     with scenario.phase("verify-revert"):
         scenario.finish()
     verdicts: list[Verdict] = []
@@ -371,6 +375,7 @@ def test_failover_under_flood(scenario: Scenario) -> None:
             checks.check_capture_complete(ev),
             checks.check_expectations(ev),
             _flood_ran(flood.summary, excluded),
+            _slow_clients_cut(flood.summary, _wire_codes(scenario, attacker_ip, "login_timeout")),
         ]
     overall = scenario.conclude(verdicts)
     assert overall.valid, scenario.failure_message()
@@ -393,3 +398,61 @@ def _flood_ran(summary: Mapping[str, Any] | None, excluded: Mapping[str, Any]) -
     if idle:
         return Verdict(name, "unknown", f"the flood never reached {', '.join(idle)}", [], figures)
     return Verdict(name, "valid", f"slow clients and garbage at all {len(per)} targets", [], figures)
+
+
+def _cut(counters: Mapping[str, Any]) -> dict[str, int]:
+    """Per target of a server with a deadline: how many slow connections it has cut so far (all of the
+    first ``slow`` at least once is the promise)."""
+    return {
+        t: int(c.get("slow_closed_by_server", 0))
+        for t, c in counters.items()
+        if t.split("=", 1)[0] in CUT_KINDS
+    }
+
+
+def _wait_cut(sc: Scenario, flood: Any) -> None:
+    """Poll the flood's counters until the UL and the CTI have cut each of its first slow clients (their
+    request and login deadlines), or CUT_DEADLINE_S after the flood began; what was seen is recorded."""
+    if sc.dry_run or sc.history is None:
+        return
+    slow = int(FLOOD["slow"])
+    deadline = time.monotonic() + CUT_DEADLINE_S
+    cut = _cut(flood.counters())
+    while time.monotonic() < deadline and not (cut and all(n >= slow for n in cut.values())):
+        time.sleep(0.2)
+        cut = _cut(flood.counters())
+    sc.history.info("scenario", "flood.slow_clients_cut", {"cut": cut, "slow": slow})
+
+
+def _wire_codes(sc: Scenario, attacker_ip: str, code: str) -> int:
+    """How many CTI error lines with ``code`` the capture shows toward the flood's own connections."""
+    lo, hi = FLOOD_PORTS
+    return sum(
+        1
+        for d in sc.decoded.values()
+        for e in d.events
+        if e.protocol == "cti"
+        and e.dst_ip == attacker_ip
+        and lo <= e.dst_port <= hi
+        and isinstance(e.body, dict)
+        and e.body.get("code") == code
+    )
+
+
+def _slow_clients_cut(summary: Mapping[str, Any] | None, cti_timeouts_on_wire: int) -> Verdict:
+    """The UL and the CTI cut every one of the flood's first slow clients (a request that never ends, a
+    login that never comes), and the CTI said why on the wire (``login_timeout``). A PBX keeps an idle
+    TCP connection as long as its configuration says (kamailio: tcp_connection_lifetime): not judged."""
+    name = "slow_clients_cut"
+    per = (summary or {}).get("summary") or {}
+    slow = int(FLOOD["slow"])
+    cut = _cut(per)
+    figures = {"cut": cut, "slow": slow, "cti_login_timeout_lines_on_wire": cti_timeouts_on_wire}
+    if len(cut) < len(CUT_KINDS):
+        return Verdict(name, "unknown", "the flood left no counters for the UL and the CTI", [], figures)
+    bad = [{"target": t, "cut": n, "slow": slow} for t, n in cut.items() if n < slow]
+    if not cti_timeouts_on_wire:
+        bad.append({"target": "cti", "problem": "no login_timeout line to the flood on the wire"})
+    if bad:
+        return Verdict(name, "invalid", f"slow clients left open: {bad}", bad, figures)
+    return Verdict(name, "valid", f"every slow client cut by the UL and the CTI ({cut})", [], figures)

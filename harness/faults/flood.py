@@ -97,6 +97,15 @@ class Flood(Fault):
         """The flood's own counters per target (sent, closed by the server, ...), once it has ended."""
         return next((ln for ln in self.lines if "summary" in ln), None) or self.notes.get("summary")
 
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The flood's latest counters per target (its last progress line, or its summary): what a scenario
+        polls while the flood runs."""
+        for ln in reversed(self.lines):
+            per = ln.get("summary") or ln.get("progress")
+            if isinstance(per, dict):
+                return per
+        return {}
+
     def argv(self) -> list[str]:
         p = self.params
         argv = [sys.executable, "-m", "harness.tools.flood"]

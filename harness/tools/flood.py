@@ -4,7 +4,8 @@ Why a process of its own: the flood must come from the attacker's host (its netw
 address), last exactly as long as the fault that started it, and be stopped by PID, so the harness's
 `flood` fault (harness/faults/flood.py) starts this module inside the host with ``nsenter`` and SIGTERMs
 it at the heal. It imports nothing of the harness and prints JSON lines: ``{"ready": ...}`` once every
-slow client has tried its first connection, and ``{"summary": ...}`` (counters per target) when it ends.
+slow client has tried its first connection, ``{"progress": ...}`` (counters per target) every
+``--progress`` seconds, and ``{"summary": ...}`` (the same counters) when it ends.
 
 Two floods at once, against every ``--target KIND=HOST:PORT`` (KIND: http, cti, sip):
 
@@ -315,7 +316,10 @@ class Flood:
             await asyncio.wait(firsts, timeout=CONNECT_TIMEOUT + 1)
         opened = sum(s["slow_open"] for s in self.stats.values())
         _emit({"ready": True, "pid": os.getpid(), "slow_open": opened})
-        await self._pause(self.args.max_seconds)
+        end = t0 + self.args.max_seconds
+        while not self.stop.is_set() and time.monotonic() < end:
+            await self._pause(min(self.args.progress, end - time.monotonic()))
+            _emit({"progress": self.stats, "seconds": round(time.monotonic() - t0, 3)})
         self.stop.set()
         for task in tasks:
             task.cancel()
@@ -357,6 +361,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ports", type=parse_ports, default=DEFAULT_PORTS, help="source ports LO-HI")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=120.0, help="end by itself after this long")
+    p.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines")
     return p.parse_args(argv)
 
 
