@@ -234,6 +234,8 @@ def test_the_flood_runs_reports_ready_and_a_summary_on_sigterm(line_server: tupl
         "21000-21999",
         "--max-seconds",
         "60",
+        "--progress",
+        "0.1",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
@@ -241,11 +243,14 @@ def test_the_flood_runs_reports_ready_and_a_summary_on_sigterm(line_server: tupl
         ready = json.loads(proc.stdout.readline())
         assert ready["ready"] and ready["slow_open"] == 5
         assert _until(lambda: len(got) > 20)
+        assert "progress" in json.loads(proc.stdout.readline())
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    counters = json.loads(out)["summary"][f"cti=127.0.0.1:{port}"]
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    assert lines[:-1] and all("progress" in ln for ln in lines[:-1])  # counters while it runs
+    counters = lines[-1]["summary"][f"cti=127.0.0.1:{port}"]
     assert counters["slow_opened"] >= 5 and counters["garbage_sent"] > 0 and counters["garbage_replies"] > 0
 
 
