@@ -21,10 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 import yaml
 
+from harness import topology
+from harness.drivers import driver_for
+from harness.drivers.caller import RemoteCallerDriver, caller_for
+from harness.lab import Lab
 from harness.lab import virtual as virtual_backend
+from harness.lab.physical import PhysicalBackend
 from harness.topology import DEFAULT_TOPOLOGY, REPO_ROOT
 from virtual.lab import run_base
 
@@ -149,6 +155,26 @@ def test_bad_input_is_one_line_per_device_and_exit_2(twin: dict[str, Any]) -> No
     r = _hil("lab", "status", "--topology", str(twin["file"]), env={**twin["env"], "LAB_HOST_PASSWORD": "x"})
     assert r.returncode == 2
     assert "error: sha-pbx1: ssh 198.19.0.11:22: authentication failed for labops@198.19.0.11" in r.stderr
+
+
+def test_a_test_call_runs_on_the_caller_host(twin: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller started over SSH on sha-caller1, its result fetched over SFTP: a real call through
+    sha-pbx1 to an agent of sha, answered."""
+    for k, v in twin["env"].items():
+        monkeypatch.setenv(k, v)
+    topo = topology.load(twin["file"])
+    lab = Lab(topo, PhysicalBackend(topo))
+    with driver_for(lab, "sha-caller1") as ssh:
+        try:
+            ssh.client.open_sftp().close()
+        except paramiko.SSHException:
+            pytest.skip("the twin's caller host serves no SFTP yet (virtual/keeper.py: caller_host_factory)")
+    agent = next(a for a in topo.agents() if a.home == "sha")
+    caller = caller_for(lab, "sha-caller1", "sha-pbx1")
+    assert isinstance(caller, RemoteCallerDriver)
+    res = caller.call(agent.extension, ring_timeout=8.0, hold=0.3, sip_port=5064)
+    assert res.answered, res
+    caller.ssh.close()
 
 
 def test_a_scenario_runs_through_management_interfaces_only(twin: dict[str, Any], tmp_path: Path) -> None:
