@@ -31,6 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# The least RTT a login is taken to have: the UL's work (SQLite, a token, a reply) takes longer than this,
+# and a window of cheaper replies (seen: 0.06 ms) would make every real login look queued.
+NOLOAD_FLOOR = 0.001
+
 
 def _log10(x: float) -> float:
     return max(1.0, math.log10(max(1.0, x)))
@@ -39,9 +43,15 @@ def _log10(x: float) -> float:
 class VegasLimit:
     """The concurrency limit (TCP Vegas as concurrency-limits' ``VegasLimit``), fed window averages."""
 
-    def __init__(self, initial: float = 40.0, lowest: float = 8.0, highest: float = 2000.0) -> None:
+    def __init__(
+        self, initial: float = 40.0, lowest: float = 8.0, highest: float = 2000.0, probe: int = 200
+    ) -> None:
         self.limit, self.lowest, self.highest = initial, lowest, highest
         self.rtt_noload = 0.0  # the least window-average RTT seen: the RTT with no queue
+        # Every ``probe`` windows the no-load RTT is measured afresh (concurrency-limits' probe): a least
+        # RTT from long ago (an idle moment, a cheaper path) would read every later window as a queue
+        # and hold the limit at its floor for good.
+        self.probe, self._windows = probe, 0
 
     def queue(self, rtt: float) -> float:
         """How many of ``limit`` logins wait in a queue, by how much ``rtt`` exceeds the no-load RTT."""
@@ -53,7 +63,9 @@ class VegasLimit:
         """One window: average login ``rtt``, the most logins in flight in it, and a downstream queue."""
         if rtt <= 0:
             return
-        if self.rtt_noload <= 0 or rtt < self.rtt_noload:
+        rtt = max(rtt, NOLOAD_FLOOR)
+        self._windows += 1
+        if self.rtt_noload <= 0 or rtt < self.rtt_noload or self._windows % self.probe == 0:
             self.rtt_noload = rtt
             return
         if inflight_max * 2 < self.limit and extra_queue <= 0:
