@@ -9,9 +9,10 @@ binding registered under the AOR ``pstn``; this program registers that binding (
 host's own SIP account, Contact user ``pstn``) at its site's PBX, as a carrier gateway does, and answers
 every number that arrives on it, any number of calls at once (a campaign dials many).
 
-What a number does (its last three digits): ``486`` busy (486 at once), ``480`` rings until the caller
-gives up (CANCEL), anything else rings ``--answer-after`` s, is answered, and is hung up by the callee
-after ``--hold`` s (0: only the caller hangs up).
+What a number does (its last digits): ``486`` busy (486 at once), ``480`` rings until the caller gives up
+(CANCEL), ``77HH`` is answered and held ``HH`` seconds (a scenario's call that must outlast something);
+anything else rings ``--answer-after`` s, is answered, and is hung up by the callee after ``--hold`` s
+(0: only the caller hangs up).
 
 The record (``--record``, JSON lines, flushed per line, the file 0600): an ``invite`` line when a call
 arrives and a ``call`` line when it ends: ``call_id`` (the same as in the capture at the agent's PBX),
@@ -27,6 +28,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ log = logging.getLogger("stack.callee")
 TRUNK_USER = "pstn"  # the Contact user that makes a registration the site's trunk (kamailio.cfg.tmpl)
 CONTACT_USER = "callee"  # this program's dialog Contact: no phone of the endpoint, so it reaches us
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+HOLD_RE = re.compile(r"77(\d\d)$")  # a number ending in 77HH: held HH seconds
 
 
 @dataclass
@@ -103,8 +106,10 @@ class Callee:
             if leg is not None and leg.answered and not leg.confirmed:
                 leg.confirmed = True
                 leg.cancel_timers()
-                if self.hold > 0:
-                    leg.timers.append(self.ep.loop.call_later(self.hold, self._hang_up, leg))
+                held = HOLD_RE.search(leg.number)
+                hold = int(held.group(1)) if held else self.hold
+                if hold > 0:
+                    leg.timers.append(self.ep.loop.call_later(hold, self._hang_up, leg))
         elif m == "BYE":
             leg = self.legs.get(msg.call_id)
             self.ep.send(build_response(msg, 200 if leg else 481, "OK" if leg else "No Such Call"), addr)
