@@ -60,8 +60,14 @@ def controller(journal: Path, body: str) -> subprocess.Popen[str]:
 
 
 def hil_restore(journal: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "harness.cli", "lab", "restore", "--journal", str(journal)]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    """``hil lab restore --journal J`` through the console script's entry point in this process, as a
+    finished process would report it: the controller it restores after is another, killed process, which
+    is what these tests are about (tests/test_faults.py runs `hil lab restore` as its own process; an
+    interpreter start per restore here cost 2-5 s each on a loaded machine)."""
+    args = ["lab", "restore", "--journal", str(journal)]
+    r = CliRunner().invoke(hil_main, args)
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exc_info
+    return subprocess.CompletedProcess(["hil", *args], r.exit_code, r.stdout, r.stderr)
 
 
 def eventually(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
