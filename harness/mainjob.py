@@ -36,6 +36,7 @@ from typing import Any
 
 from harness import faults, gate, report
 from harness import topology as topology_mod
+from harness.gate import secretscan
 from harness.lab import virtual as virtual_backend
 from harness.lab.session import LabError, open_lab
 from harness.report import gateresult, runs, trend
@@ -104,6 +105,8 @@ class JobResult:
     interrupted: bool = False
     exit_code: int = 0
     plan: str = ""
+    secrets: set[bytes] = field(default_factory=set)  # the labs' own, looked for in the kept run
+    cti_ports: set[int] = field(default_factory=set)
 
 
 def _junit_counts(path: Path) -> dict[str, int]:
@@ -298,6 +301,14 @@ def _judge(
     except Exception as e:  # a broken gate must not hide the suite's own result
         out(f"gate: {type(e).__name__}: {e}")
     res.report = _report(out_dir, results, out)
+    raw = out_dir / "pcap" / "raw"  # the one place that holds them, by design (docs/reports.md)
+    found = secretscan.leaks(
+        out_dir, res.secrets | secretscan.capture_secrets(raw.rglob("*.pcap"), res.cti_ports), raw
+    )
+    for line in found:
+        out(f"secrets: {line}")
+    if found:
+        res.gate_exit = max(res.gate_exit or 0, 1)  # evidence that leaks a secret is not fit to ship
     suite_failed = any(s.returncode not in (0,) for s in res.sessions)
     res.exit_code = res.gate_exit if res.gate_exit is not None else (1 if suite_failed else 0)
 
@@ -381,6 +392,8 @@ def _run_sessions(
         handle, owned = (None, False) if dry_run else _bring_up(stopo, out)
         try:
             if not dry_run:
+                res.secrets |= secretscan.lab_secrets(stopo, handle.environment() if handle else None)
+                res.cti_ports |= {d.spec.port for d in stopo.of_kind("cti")}
                 _heal_leftovers(stopo, out)  # a killed earlier run may have left a fault in place
             for k in range(1, repeat + 1):
                 if repeat > 1:

@@ -9,54 +9,22 @@ finding no secret at all.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from harness.decode import decode_pcap
 from harness.gate.inputs import problem_line, secret_leaks
+from harness.gate.secretscan import run_secrets
 from harness.lab import Lab
 from harness.observe.lab_capture import RAW_DIR, SECRETS_README
-from harness.report.redact import secrets_in
 from harness.topology import REPO_ROOT
 
 pytestmark = pytest.mark.lab
 
 SCENARIO = "scenarios/test_login.py::test_login_local"
-DIGEST = re.compile(rb'(?i)\b(?:response|nonce|cnonce)="([^"\r\n]{8,})"')
-JSON_SECRET = re.compile(rb'"(?:token|sig|password|secret)"\s*:\s*"([^"\\]{8,})"')
-
-
-def derived(secret: str, names: Iterable[str]) -> set[bytes]:
-    """The lab's per-name passwords: HMAC-SHA256(secret, name), first 16 hex digits (harness.credentials)."""
-    return {hmac.new(secret.encode(), n.encode(), hashlib.sha256).hexdigest()[:16].encode() for n in names}
-
-
-def secrets_of_run(lab: Lab, raw_pcaps: list[Path]) -> set[bytes]:
-    """Every secret the run had or put on the wire, as bytes."""
-    env = lab.backend.environment()  # the virtual lab's secrets.env: what its daemons were started with
-    out = {v.encode() for v in env.values() if len(v) >= 8}
-    if "LAB_AGENT_PASSWORD" in env:
-        out |= derived(env["LAB_AGENT_PASSWORD"], [a.id for a in lab.topology.agents()])
-    if "LAB_SIP_SECRET" in env:
-        out |= derived(env["LAB_SIP_SECRET"], lab.topology.extensions())
-    cti_ports = sorted({d.spec.port for d in lab.topology.of_kind("cti")})
-    for p in raw_pcaps:
-        data = p.read_bytes()
-        out |= secrets_in(data)  # what the redactor knows as secrets, and, found apart from it:
-        out |= {m.group(1) for m in DIGEST.finditer(data)}
-        out |= {m.group(1) for m in JSON_SECRET.finditer(data)}
-        for ev in decode_pcap(p, cti_ports=cti_ports).events:  # tokens split over segments too
-            body = ev.body if isinstance(ev.body, dict) else {}
-            out |= {str(body[k]).encode() for k in ("token", "sig") if len(str(body.get(k) or "")) >= 8}
-    return out
 
 
 def test_no_secret_of_a_run_in_its_evidence(lab: Lab, tmp_path: Path) -> None:
@@ -75,7 +43,7 @@ def test_no_secret_of_a_run_in_its_evidence(lab: Lab, tmp_path: Path) -> None:
     assert all((p.stat().st_mode & 0o077) == 0 for p in raw_pcaps)
     shown = sorted(p for p in (out / "pcap").rglob("*.pcap") if RAW_DIR not in p.relative_to(out).parts)
     assert [p.name for p in shown] == [p.name for p in raw_pcaps]  # a redacted copy of each
-    secrets = secrets_of_run(lab, raw_pcaps)
+    secrets = run_secrets(lab.topology, lab.backend.environment(), raw_pcaps)
     tokens = [s for s in secrets if s.startswith(b"eyJ")]
     assert len(tokens) >= 10 and len(secrets) > len(tokens) + 50, len(secrets)  # the run had them
     assert list(out.glob("allure-results/*-attachment.pcap"))  # the report's pcaps are among what is grepped

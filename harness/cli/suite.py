@@ -8,6 +8,7 @@ partial or corrupt, and a retention value that is not a positive number, are inp
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,11 +62,15 @@ def _results_of(run_ref: str | None, results: str | None, default: str) -> str:
     "--keep-size", default=None, metavar="SIZE",
     help=f"bytes they may hold: 500M, 20G (default ${runs.KEEP_SIZE_ENV}, else {runs.DEFAULT_KEEP_SIZE})",
 )  # fmt: skip
+@click.option(
+    "--keep-raw-pcaps/--no-keep-raw-pcaps", default=None,
+    help="keep the unredacted captures in pcap/raw/ (default: a virtual lab yes, a physical lab no)",
+)  # fmt: skip
 @_friendly
 def run(
     topology_file: str | None, dry_run: bool, policy: str | None, no_scale: bool, keyword: str | None,
     markers: str | None, last_failed: bool, failed_of: str | None, repeat: str, keep_runs: str | None,
-    keep_size: str | None,
+    keep_size: str | None, keep_raw_pcaps: bool | None,
 ) -> None:  # fmt: skip
     """The main job: virtual lab up, the scenario suite, the Allure report, the gate verdict, lab down.
 
@@ -77,6 +82,8 @@ def run(
     interrupted.
     """
 
+    if keep_raw_pcaps is not None:  # read by the scenarios' sessions (harness/report/attachments.py)
+        os.environ[report.KEEP_RAW_ENV] = "1" if keep_raw_pcaps else "0"
     t0 = time.monotonic()
     try:
         keep = runs.retention(keep_runs, keep_size)

@@ -22,11 +22,14 @@ from a plain script too; without an Allure-enabled pytest session the attach and
 
 from harness.report.attachments import (
     HISTOGRAM_NAME,
+    KEEP_RAW_ENV,
     LADDER_NAME,
     PCAP_MIME,
     TIMELINE_NAME,
     TOPOLOGY_NAME,
     attach_run,
+    keep_raw_pcaps,
+    publish_pcap,
 )
 from harness.report.build import REPO_ROOT, ReportError, ReportInputError, allure_cli, build_report
 from harness.report.categories import CATEGORIES, write_categories
@@ -77,6 +80,9 @@ from harness.report.verdictfile import (
 )
 
 __all__ = [
+    "KEEP_RAW_ENV",
+    "keep_raw_pcaps",
+    "publish_pcap",
     "CATEGORIES",
     "CATEGORY_RANK",
     "DEFECT",

@@ -71,6 +71,20 @@ class InputError(Exception):
         return list(self.problems)
 
 
+def _publish(results: Iterable[Any], keep_raw: bool) -> None:
+    """A redacted copy of each capture beside the evidence, as a scenario's attachments get (the raw one
+    stays under pcap/raw/, or goes on a physical lab); a capture that cannot be redacted is logged, never
+    published raw, and never stops the exploration."""
+    for r in results:
+        path = Path(r.pcap_path)
+        if not path.exists():
+            continue
+        try:
+            report.publish_pcap(path, keep_raw)
+        except Exception as e:  # noqa: BLE001 - evidence is a courtesy here; the verdict is already made
+            log.warning("capture %s not published: %s", path, e)
+
+
 @dataclass
 class Inputs:
     """Everything a run needs from files, loaded and checked before the lab is touched."""
@@ -243,6 +257,7 @@ class Explorer:
         finally:
             if capture is not None:
                 capture.stop()
+                _publish(capture.results, report.keep_raw_pcaps(self.lab.topology.kind))
         return ScheduleResult(
             name,
             schedule,
