@@ -16,6 +16,8 @@ from pathlib import Path
 from harness.topology import Secret, SecretMissing, Topology
 
 STACK_SECRET_VAR = "LAB_STACK_SECRET"  # signs UL tokens and UL/CTI admin requests; not a device credential
+# The management console's (docs/console.md): the lab's two users' passwords and its session cookie key.
+CONSOLE_VARS = ("HIL_CONSOLE_PASSWORD_OPERATOR", "HIL_CONSOLE_PASSWORD_VIEWER", "HIL_CONSOLE_KEY")
 
 
 def sip_password(sip_secret: str, extension: str) -> str:
@@ -37,7 +39,7 @@ def referenced(topo: Topology) -> dict[str, Secret]:
 
 def generate(topo: Topology) -> dict[str, str]:
     """Fresh values for a virtual lab: every referenced variable gets a random token, and the stack's own."""
-    return {var: secrets.token_urlsafe(12) for var in [*referenced(topo), STACK_SECRET_VAR]}
+    return {var: secrets.token_urlsafe(12) for var in [*referenced(topo), STACK_SECRET_VAR, *CONSOLE_VARS]}
 
 
 def write_env(path: Path, values: dict[str, str]) -> None:
@@ -72,7 +74,7 @@ def redact(text: str, values: list[str] | None = None) -> str:
     return text
 
 
-_KNOWN: set[str] = {STACK_SECRET_VAR}  # variables whose values redact() removes
+_KNOWN: set[str] = {STACK_SECRET_VAR, *CONSOLE_VARS}  # variables whose values redact() removes
 
 
 def register(topo: Topology) -> None:

@@ -80,6 +80,23 @@ def rpc_clients(topo: Topology) -> list[str]:
     hosts, agents' desktops included, share the management network only for the lab's own SSH)."""
     out = [str(topo.model.management.controller)]
     out += [str(c.spec.mgmt) for c in topo.of_kind("cti") if c.spec.mgmt]
+    out += [str(u.spec.mgmt) for u in topo.of_kind("ul") if u.spec.mgmt]  # the console (docs/console.md)
+    return out
+
+
+def console_sites(topo: Topology) -> list[str]:
+    """``--console-site`` options for a UL: every site's UL and CTI (data addresses), PBX RPC (management)."""
+    out = []
+    for code in topo.sites:
+        parts = [code]
+        ul, cti, pbx = (_only(topo, k, code) for k in ("ul", "cti", "pbx"))
+        if ul is not None:
+            parts.append(f"ul=http://{ul.spec.address}:{ul.spec.port}")
+        if cti is not None:
+            parts.append(f"cti={cti.spec.address}:{cti.spec.port}")
+        if pbx is not None:
+            parts.append(f"pbx=http://{pbx_rpc_host(topo, pbx) or pbx.spec.address}:{pbx.spec.rpc_port}/RPC")
+        out += ["--console-site", ",".join(parts)]
     return out
 
 
@@ -106,7 +123,9 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
                 argv += ["--peer", f"http://{peer_ul.spec.address}:{peer_ul.spec.port}"]
             if s.mgmt:
                 argv += ["--also-listen", str(s.mgmt)]
-            out.append(Planned(ul.name, s.service, argv, {}, (str(s.address), s.port)))
+            argv += console_sites(topo)
+            env = {"HIL_CONSOLE_USERS": "operator:operator,viewer:viewer"}  # passwords: secrets.env
+            out.append(Planned(ul.name, s.service, argv, env, (str(s.address), s.port)))
         if cti is not None and pbx is not None:
             s = cti.spec
             argv = _py("stack.cti") + [

@@ -87,6 +87,7 @@ class Handlers(Dialer):
                 "pbx_link": self.link_state(),
                 "lease": self.lease,
                 "expired": self.expired,
+                "refused": dict(self.refusals.counts),
                 "sessions": [s.view() for s in self.sessions.values()],
                 **rid,
             }

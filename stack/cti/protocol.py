@@ -37,6 +37,8 @@ ERRORS = {
     "forbidden": "an admin message whose signature does not verify",
     "not_yet": "the token is not valid yet (nbf): the old site's lease has not surely expired; retry_after",
     "superseded": "a later login of this agent (same token) holds the session; this one was sent before it",
+    "too_many_connections": "beyond a connection cap (per source or in total); the connection is closed",
+    "login_timeout": "no login within the login timeout (silence before a login); the connection is closed",
 }
 
 

@@ -19,6 +19,7 @@ from stack.common.daemon import (
     until_signalled,
 )
 from stack.common.httpguard import HttpLimits
+from stack.console import add_console_args, console_config
 from stack.login.server import UnifiedLogin
 from stack.login.store import Store
 
@@ -67,6 +68,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--max-header", type=int, default=d.max_header, help="bytes of the request line and of one header"
     )
+    add_console_args(ap)
     return ap.parse_args(argv)
 
 
@@ -109,7 +111,12 @@ async def run(args: argparse.Namespace, stack_secret: str, agent_secret: str) ->
             max_header=args.max_header,
         ),
     )
-    runner = ul.runner()
+    try:
+        console = console_config(args, stack_secret, ul.directory)
+    except ValueError as err:  # HIL_CONSOLE_USERS malformed: one line, exit 2, as a missing secret
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    runner = ul.runner(console)
     await runner.setup()
     for addr in [args.bind[0], *args.also_listen]:
         await ul.listener(runner, addr, args.bind[1]).start()

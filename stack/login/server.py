@@ -31,6 +31,7 @@ from stack.common import auth
 from stack.common.directory import Agent, Directory
 from stack.common.httpguard import GuardedSite, HttpGate, HttpLimits
 from stack.common.limits import Refusals
+from stack.console import ConsoleConfig, add_console
 from stack.login.ctiadmin import CtiAdmin
 from stack.login.peer import PeerSync, PeerUnavailable
 from stack.login.routes import Routes
@@ -103,9 +104,13 @@ class UnifiedLogin(Routes, PeerSync):
         app.middlewares.insert(0, self.gate.middleware())
         return app
 
-    def runner(self) -> web.AppRunner:
-        """The application's runner, with aiohttp's own head limits and idle timeout from the gate."""
-        return web.AppRunner(self.app(), access_log=None, **self.gate.runner_kwargs())
+    def runner(self, console: ConsoleConfig | None = None) -> web.AppRunner:
+        """The application's runner, with aiohttp's own head limits and idle timeout from the gate; with
+        ``console``, the management console mounted at /console/ (stack/console)."""
+        app = self.app()
+        if console is not None:
+            add_console(app, console)
+        return web.AppRunner(app, access_log=None, **self.gate.runner_kwargs())
 
     def listener(self, runner: web.BaseRunner, host: str, port: int) -> GuardedSite:
         """Where to serve it: a TCP site whose every connection passes the gate (its caps)."""
