@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from harness.cli import main as hil_main
 from harness.faults import Journal, JournalError
 from harness.faults.journal import owner, owner_alive
 from harness.topology import REPO_ROOT
@@ -124,11 +126,20 @@ def _hil(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
 
 
+def _hil_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``hil ARGS`` through the console script's entry point in this process, as a finished process would
+    report it (an interpreter start costs seconds on a loaded machine; the missing journal below still runs
+    `hil` as its own process). An exception that escaped the command fails here at once."""
+    r = CliRunner().invoke(hil_main, list(args))
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exc_info
+    return subprocess.CompletedProcess(["hil", *args], r.exit_code, r.stdout, r.stderr)
+
+
 @pytest.mark.parametrize("content", [b"\x00\x01\x02\xff\xfe binary", b"hello: world\n"])
 def test_hil_lab_restore_on_a_file_that_is_not_a_journal(tmp_path: Path, content: bytes) -> None:
     f = tmp_path / "j.jsonl"
     f.write_bytes(content)
-    r = _hil("lab", "restore", "--journal", str(f))
+    r = _hil_in_process("lab", "restore", "--journal", str(f))
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1 and str(f) in r.stderr and "not a fault journal" in r.stderr
     assert "Traceback" not in r.stderr
