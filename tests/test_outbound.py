@@ -166,7 +166,8 @@ def test_a_phone_with_a_call_refuses_the_refer_and_the_dial_fails(pbx: PbxSpec) 
 def _refer(call_id: str, sub: str | None = "false") -> bytes:
     extra = f"Refer-Sub: {sub}\r\n" if sub else ""
     return (
-        f"REFER sip:19002@{HOST}:{PHONE} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:9;branch=z9hG4bK{call_id}\r\n"
+        f"REFER sip:19002@{HOST}:{PHONE} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {HOST}:9;rport;branch=z9hG4bK{call_id}\r\n"
         f"From: <sip:cti@lab>;tag=1\r\nTo: <sip:19002@lab>\r\nCall-ID: {call_id}\r\nCSeq: 1 REFER\r\n"
         f"Contact: <sip:cti@{HOST}>\r\nRefer-To: <sip:02155500001@lab>\r\n{extra}Content-Length: 0\r\n\r\n"
     ).encode()
@@ -214,3 +215,15 @@ def test_refer_rules_of_the_phone(pbx: PbxSpec) -> None:
                 e.close()
 
     asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_the_pbx_refuses_a_refer_from_a_client(pbx: PbxSpec) -> None:
+    """Only the PBX itself (on the CTI's RPC) REFERs a phone: a REFER sent to the PBX, credentials or not,
+    would make another account's phone dial, and is refused."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    try:
+        s.sendto(_refer("x9").replace(f"{HOST}:{PHONE}".encode(), f"{HOST}:{SIP}".encode()), (HOST, SIP))
+        assert s.recv(4096).split(b"\r\n", 1)[0] == b"SIP/2.0 403 Forbidden"
+    finally:
+        s.close()

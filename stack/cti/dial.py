@@ -42,7 +42,8 @@ log = logging.getLogger("stack.cti.dial")
 
 NUMBER_RE = re.compile(r"^\+?[0-9]{3,20}$")
 ORDER = ("dialing", "ringing", "answered", "ended", "failed")
-RPC_ERRORS = (RpcError, TimeoutError, aiohttp.ClientError, OSError, ValueError, AttributeError)
+# RuntimeError: the HTTP session was closed under a call still followed (the CTI is stopping).
+RPC_ERRORS = (RpcError, TimeoutError, aiohttp.ClientError, OSError, ValueError, AttributeError, RuntimeError)
 REFER_TIMEOUT = aiohttp.ClientTimeout(total=6.0)  # tm gives up on a silent phone after fr_timer (4 s)
 
 
@@ -144,6 +145,9 @@ class Dialer:
     async def _dial_loop(self) -> None:
         """Read the PBX's dialogs while any referred call is followed; end when none is."""
         while any(d.referred is not None for d in self.dials.values()):
+            server = self.__dict__.get("_server")
+            if server is not None and not server.is_serving():
+                return  # the CTI stopped: nobody is left to tell
             t0 = time.monotonic()
             try:
                 dialogs = await self.pbx._rpc("dlg.list")
