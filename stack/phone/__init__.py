@@ -1,8 +1,9 @@
 """The emulated IP phone of the system under test: an asyncio SIP UA, vendor management APIs, control.
 
 - :mod:`stack.phone.ua`: :class:`Phone`, one account, put together from :mod:`~stack.phone.account`
-  (state and status), :mod:`~stack.phone.registration`, :mod:`~stack.phone.calls` (dialling, hang-up)
-  and :mod:`~stack.phone.answering` (incoming requests).
+  (state and status), :mod:`~stack.phone.registration`, :mod:`~stack.phone.calls` (dialling, hang-up),
+  :mod:`~stack.phone.answering` (incoming requests) and :mod:`~stack.phone.refer` (click-to-dial: a
+  REFER from the registrar makes the phone call a number).
 - :mod:`stack.phone.endpoint`: :class:`SipEndpoint`, one UDP socket for many phones;
   :mod:`stack.phone.transaction`: client transactions and :class:`SipTimers`.
 - :mod:`stack.phone.control`: :class:`PhoneControl`, what an agent client may do to its phone,

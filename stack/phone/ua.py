@@ -11,7 +11,8 @@ PBX. So this is a small RFC 3261 UA of its own, on :mod:`sipcore`'s message mode
   qop=auth with nc/cnonce, nonce re-used on refresh), refreshes at 50-80 % of the granted expiry and
   re-registers with backoff after timeouts and 5xx; :mod:`stack.phone.answering` answers INVITE (100,
   180, then 200 with a minimal SDP after ``auto_answer`` seconds, or 486 when busy), BYE, CANCEL and
-  OPTIONS; :mod:`stack.phone.calls` places a call and hangs up.
+  OPTIONS; :mod:`stack.phone.calls` places a call and hangs up; :mod:`stack.phone.refer` places one when
+  its registrar REFERs it (click-to-dial).
 - Idle phones own no task: a phone's refresh/retry timer is one ``loop.call_later`` handle, transaction
   timers share a 10 ms timer wheel, and a task exists only while a REGISTER or call is in flight.
 
