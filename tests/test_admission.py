@@ -182,6 +182,28 @@ def test_ticket_of_an_agent_that_never_came_back_expires() -> None:
     assert adm.stats["expired"] == 1
 
 
+def test_held_logins_get_freed_places_in_order_the_rest_a_slot() -> None:
+    async def go() -> None:
+        adm = Admission(limit=VegasLimit(initial=4, lowest=4, highest=4))
+        first = [adm.admit(f"in{k}") for k in range(4)]
+        assert all(d.admitted for d in first)
+        held = [asyncio.ensure_future(adm.wait_turn(f"h{k}", 5.0)) for k in range(3)]
+        late = asyncio.ensure_future(adm.wait_turn("late", 0.05))
+        await asyncio.sleep(0)
+        assert adm.view()["held"] == 4 and not any(h.done() for h in held)
+        newcomer = adm.admit("new")  # places free only go to the held: a newcomer does not pass them
+        assert not newcomer.admitted
+        d = await late  # held past its hold: deferred with its ticket, not failed
+        assert not d.admitted and d.ticket == 4 and d.retry_after and d.retry_after > 0
+        for k, dec in enumerate(first[:3]):
+            adm.done(dec)  # each freed place to the longest held
+            got = await asyncio.wait_for(held[k], 1.0)
+            assert got.admitted and all(not h.done() for h in held[k + 1 :])
+        assert adm.view()["held"] == 0 and adm.inflight == 4
+
+    asyncio.run(asyncio.wait_for(go(), 10))
+
+
 @pytest.mark.parametrize(
     ("body", "header", "want", "warns"),
     [

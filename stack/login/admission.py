@@ -24,6 +24,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict, deque
@@ -127,6 +128,7 @@ class Admission:
         grace: float = 5.0,
         early: float = 0.005,
         overbook: float = 3.0,
+        max_held: int = 2000,
     ) -> None:
         self.vegas = limit or VegasLimit()
         self.clock = clock
@@ -149,6 +151,8 @@ class Admission:
         self.issued = 0  # the last ticket number given
         self.tat = clock()  # the next free slot (GCRA's theoretical arrival time) at the site's rate
         self.plan: tuple[int, float, float] | None = None  # (ticket, when, rate): the queue planned again
+        self._held: OrderedDict[str, asyncio.Future[Decision]] = OrderedDict()  # waiting in the UL
+        self.max_held = max_held
         self._win = _Window(clock())
         kinds = ("admitted", "deferred", "early", "full", "expired", "max_queue")
         self.stats = dict.fromkeys(kinds, 0)
@@ -217,7 +221,11 @@ class Admission:
             self.plan = (t.number, back, rate)
             self.tat = max(self.tat, back + (self.issued - t.number + 1) / rate)
             return self._defer(t, now, back)
-        if self.inflight < self.limit and (not self.waiting or self._slot(self._head()) > now + self.early):
+        if (
+            self.inflight < self.limit
+            and not self._held
+            and (not self.waiting or self._slot(self._head()) > now + self.early)
+        ):
             # Room the schedule leaves idle (nobody's slot is now): a newcomer takes it, and no slot is
             # taken from anyone waiting. Work-conserving: a plan slower than the site wastes no capacity.
             return self._admitted(now, 0.0)
@@ -228,6 +236,43 @@ class Admission:
         slot = max(self.tat, now + self.min_retry)
         self.tat = slot + 1.0 / self.rate(now)
         return self._defer(t, now, slot)
+
+    async def wait_turn(self, agent: str, hold: float) -> Decision:
+        """:meth:`admit`, but a login that would be deferred first waits here up to ``hold`` seconds for a
+        place to free (in ticket order: :meth:`done` hands each freed place to the longest held). Only one
+        not let in by then gets its slot to come back at. A held login costs no round trip and leaves
+        no place idle while it waits: a slot schedule alone, planned from a latency measured in a storm's
+        first moments, left the UL idle while hundreds waited for their slots."""
+        d = self.admit(agent)
+        if d.admitted or hold <= 0 or len(self._held) >= self.max_held:
+            return d
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._held[agent] = fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), hold)
+        except TimeoutError:
+            if fut.done():  # let in at the very moment the hold ran out
+                return fut.result()
+            self._held.pop(agent, None)
+            now = self.clock()
+            t = self.waiting.get(agent)
+            if t is None:  # expired meanwhile: a new ticket at the end
+                return self.admit(agent)
+            return self._defer(t, now, max(self._slot(t), now + self.min_retry))
+        finally:
+            if not fut.done():
+                fut.cancel()
+            self._held.pop(agent, None)
+
+    def _let_held_in(self) -> None:
+        """Hand the places free to the held logins, in the order they came."""
+        while self._held and self.inflight < self.limit:
+            agent, fut = self._held.popitem(last=False)
+            if fut.done():
+                continue
+            t = self.waiting.pop(agent, None)
+            now = self.clock()
+            fut.set_result(self._admitted(now, now - t.issued if t is not None else 0.0))
 
     def _defer(self, t: Ticket, now: float, slot: float) -> Decision:
         t.deferrals += 1
@@ -255,10 +300,12 @@ class Admission:
         """An admitted login ended (any outcome): its latency feeds the limit."""
         now = self.clock()
         self.inflight = max(0, self.inflight - 1)
+        self._let_held_in()
         rtt = max(0.0, now - decision.started)
         self.rtt = rtt if self.rtt <= 0 else 0.9 * self.rtt + 0.1 * rtt
         self.recent.append((now, rtt))
-        if self.waiting and self._last_done is not None:  # the gaps between completions while some wait
+        if self.waiting and self._last_done is not None and now - self._last_done < 1.0:
+            # the gaps between completions while some wait (not the quiet before a storm)
             self.saturated_s += now - self._last_done
             self.saturated_done += 1
         self._last_done = now
@@ -297,6 +344,7 @@ class Admission:
             "rtt_noload_ms": round(self.vegas.rtt_noload * 1000, 2),
             "rate_per_s": round(self.rate(now), 1),
             "waiting": len(self.waiting),
+            "held": len(self._held),
             "saturated_s": round(busy, 3),
             "saturated_done": self.saturated_done,
             "capacity_per_s": round(self.saturated_done / busy, 1) if busy > 0 else None,

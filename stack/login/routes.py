@@ -29,6 +29,9 @@ log = logging.getLogger("stack.login")
 # What parsing or reading a hostile body can raise: JSON errors and UnicodeDecodeError are ValueErrors, a
 # body nested a thousand deep is a RecursionError, a Content-Type charset nobody knows is a LookupError.
 _BAD_BODY = (ValueError, RecursionError, LookupError)
+# How long a login over the admission limit may wait in the UL for a place before it is deferred (429), and
+# what it must leave of its client's deadline for the login itself.
+HOLD_S, HOLD_MARGIN_S = 1.0, 1.5
 
 
 class Routes:
@@ -136,7 +139,13 @@ class Routes:
             raise _bad("avoid must be a list of site codes")
         if self._too_late(body, agent.id):
             return web.json_response({"error": "deadline_passed"}, status=408)
-        decision = self.admission.admit(agent.id)
+        # A login over the limit waits in the UL for a place up to HOLD_S (and never past its client's
+        # deadline less the time a login takes), then is deferred with a slot (stack/login/admission.py).
+        deadline = body.get("deadline")
+        hold = HOLD_S
+        if isinstance(deadline, int | float) and not isinstance(deadline, bool):
+            hold = min(hold, float(deadline) - time.time() - HOLD_MARGIN_S)
+        decision = await self.admission.wait_turn(agent.id, hold)
         if not decision.admitted:
             return self._deferred(decision)
         quiet = body.get("left")
