@@ -163,7 +163,8 @@ def agent_figures(
         else None,
         "s",
         how="fault -> each faulted agent's first POST /v1/login at ntg's UL (capture); max_unpaced: the "
-        f"last of the first {int(burst)} (the pacer's burst), which no pacing delayed",
+        f"last of the first {int(burst)} (the swarm's optional pacer's burst; every agent without one: the "
+        "UL's admission control defers only after the first POST), which no pacing delayed",
     )
     figures["false_moves"] = fig(
         len(moved), "agents", sample=moved[:10], of=len(stayed),
