@@ -35,7 +35,7 @@ from virtual.host_cli import host_session_factory
 from virtual.netplan import CORE_MGMT_IF, MGMT_BRIDGE, plan
 from virtual.pdu import PowerBackend, pdu_session_factory
 from virtual.services import Service, ServiceError, ServiceSupervisor
-from virtual.sshserver import SSHServer, load_or_create_host_key
+from virtual.sshserver import SSHServer, caller_host_factory, load_or_create_host_key
 from virtual.switch_cli import switch_session_factory
 from virtual.switchports import VethPorts
 
@@ -219,7 +219,13 @@ class Keeper:
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
             lsock = netns.listener_in(ns_path(d.name), str(d.spec.mgmt), d.spec.ssh_port)
             factory = host_session_factory(d.name, sup, netns_argv=netns.nsenter_argv(ns_path(d.name)))
-            server = SSHServer(lsock, key, {host_user: host_pass}, factory, name=d.name)
+            sftp_root = None
+            if d.kind == "host" and d.spec.role == "caller":  # its test caller over SSH, results over SFTP
+                sftp_root = self.run_dir / d.name
+                sftp_root.mkdir(exist_ok=True)
+                argv = netns.nsenter_argv(ns_path(d.name))
+                factory = caller_host_factory(factory, d.spec.caller_command, sftp_root, argv)
+            server = SSHServer(lsock, key, {host_user: host_pass}, factory, name=d.name, sftp_root=sftp_root)
             server.start()
             self.servers.append(server)
             known.append(_known_line(str(d.spec.mgmt), d.spec.ssh_port, key))

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from harness.lab.session import LabError
+from harness.lab.session import LabError, LabUnusable
 from harness.topology import SecretMissing, TopologyError
 
 EXIT_FAIL = 1
@@ -34,6 +34,10 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_USAGE)
         except SecretMissing as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_USAGE)
+        except LabUnusable as e:  # a physical lab's device that cannot be reached or read: one line each
+            for line in e.lines():
+                click.echo(f"error: {line}", err=True)
             sys.exit(EXIT_USAGE)
         except LabError as e:
             click.echo(f"error: {e}", err=True)

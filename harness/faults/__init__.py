@@ -33,6 +33,7 @@ for those marked change):
 | span_session (change) | a switch | session=1, sources= (PBX/CTI ports) | monitor session; heal: remove it |
 | process (change) | what it is | pid=, start=, role= | by track_process; heal: SIGTERM if still the same |
 | agent_session (change) | an agent | verb= logout/login | signed POST to its swarm; logout healed by login |
+| flood | attacker host | at=, slow=, every=, rate=, seed= | harness/tools/flood.py as the host; stop by PID |
 
 History records (docs/history.md): each change's apply and heal as `fault.inject` / `fault.heal` (or
 `change.apply` / `change.revert`), invoke value `history_value()` (`id`, `fault` or `change` = the kind,
@@ -58,6 +59,7 @@ from harness.faults.base import (
     FaultRefused,
 )
 from harness.faults.changes import PlannedSwitch, SpanSession, SwarmService, TrackedProcess, span_sources
+from harness.faults.flood import Flood
 from harness.faults.host import HostFault, ServiceFault, ServiceKill, ServicePause, ServiceStop
 from harness.faults.injector import Injector
 from harness.faults.journal import Journal, JournalError, JournalRead, default_journal
@@ -82,6 +84,7 @@ __all__ = [
     "FaultHealFailed",
     "FaultNotEffective",
     "FaultRefused",
+    "Flood",
     "HostFault",
     "Injector",
     "Journal",

@@ -7,18 +7,20 @@ from contextlib import contextmanager
 
 from harness import credentials
 from harness.lab.base import Lab
-from harness.lab.physical import PhysicalBackend
+from harness.lab.physical import LabUnusable, PhysicalBackend
 from harness.lab.virtual import LabError, attach
 from harness.topology import Topology
 
-__all__ = ["LabError", "close_lab", "lab_session", "open_lab"]
+__all__ = ["LabError", "LabUnusable", "close_lab", "lab_session", "open_lab"]
 
 
 def open_lab(topo: Topology, bring_up: bool = True) -> Lab:
     """Attach to the lab: bring a virtual one up if it is not, and load its secrets into the environment."""
     credentials.register(topo)
     if topo.kind != "virtual":
-        return Lab(topo, PhysicalBackend(topo))
+        backend = PhysicalBackend(topo)
+        backend.preflight()  # a lab that cannot be judged is refused before any fault (LabUnusable)
+        return Lab(topo, backend)
     backend = attach(topo, bring_up)
     return Lab(topo, backend, backend.owned)
 
