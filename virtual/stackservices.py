@@ -23,6 +23,8 @@ SWARM_SIP_PORT = 5060
 PHONE_SIP_PORT = 5060
 # UDP port of each CTI where its site's PBX pushes registration events (SIP MESSAGE, see virtual/pbx.py).
 CTI_EVENT_PORT = 5090
+# UDP port of the test callee (stack/callee.py) on each caller host: its site's trunk.
+CALLEE_SIP_PORT = 5070
 
 
 @dataclass
@@ -158,6 +160,16 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
             env = {"PHONE_SIP_PASSWORD": credentials.sip_password(sip_secret, s.extension)}
             out.append(Planned(ph.name, "hil-phone", argv, env, (api, s.api_port)))
         for host in topo.of_kind("host", code):
+            if host.spec.role == "caller" and host.spec.extension and pbx is not None:
+                s = host.spec
+                argv = _py("stack.callee") + [
+                    "--extension", s.extension, "--password-env", "CALLEE_SIP_PASSWORD",
+                    "--registrar", f"{pbx.spec.address}:{pbx.spec.sip_port}",
+                    "--sip-bind", f"{s.address}:{CALLEE_SIP_PORT}",
+                    "--record", str(run_dir / host.name / "callee.jsonl"),
+                ]  # fmt: skip
+                env = {"CALLEE_SIP_PASSWORD": credentials.sip_password(sip_secret, s.extension)}
+                out.append(Planned(host.name, "hil-callee", argv, env, None))
             if host.spec.role != "agents":
                 continue
             s = host.spec

@@ -26,6 +26,7 @@ from harness.checks.expectations import check_expectations, expectation_outcome
 from harness.checks.healed import check_faults_healed
 from harness.checks.logins import check_logins_at
 from harness.checks.moves import check_moves, final_sites, site_sequences
+from harness.checks.outbound import CALL_DIAL, CALLEE_CALL, check_outbound_calls
 from harness.checks.placement import check_placement_between
 from harness.checks.recovery import check_recovery_time, percentile
 from harness.checks.refusals import check_refused
@@ -36,6 +37,9 @@ from harness.checks.split_brain import check_no_split_brain
 from harness.checks.verdict import Checker, Result, Verdict, compose, renamed
 
 __all__ = [
+    "CALLEE_CALL",
+    "CALL_DIAL",
+    "check_outbound_calls",
     "CAPTURE_KINDS",
     "ENDED_STATES",
     "EXPECTATION",
