@@ -49,12 +49,20 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Capture", "CaptureError", "CaptureResult", "sip_cti_filter", "netns_prefix"]
+__all__ = [
+    "Capture",
+    "CaptureError",
+    "CaptureResult",
+    "TcpdumpOutput",
+    "capture_result",
+    "netns_prefix",
+    "sip_cti_filter",
+]
 
 DEFAULT_SNAPLEN = 262144
 DEFAULT_BUFFER_KIB = 65536
@@ -129,6 +137,93 @@ def _port(port: int) -> int:
     return port
 
 
+class TcpdumpOutput:
+    """tcpdump's stderr, line by line, wherever tcpdump runs (here, or on a capture host over SSH): whether
+    it is capturing yet, its answers to info requests (SIGUSR1), and at the end its exit counters."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.listening = threading.Event()
+        self._info = threading.Condition()
+        self._infos: list[tuple[int, int]] = []  # (captured, received) of each answer to SIGUSR1
+
+    def feed(self, line: str) -> None:
+        self.lines.append(line)
+        if "listening on" in line:
+            self.listening.set()
+        m = _INFO.search(line)
+        if m:
+            with self._info:
+                self._infos.append((int(m.group(1)), int(m.group(2))))
+                self._info.notify_all()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def ask(self, request: Callable[[], bool], timeout: float) -> tuple[int, int] | None:
+        """Send an info request (``request()`` False: tcpdump is gone) and wait up to ``timeout`` for
+        tcpdump's (captured, received by filter)."""
+        with self._info:
+            seen = len(self._infos)
+            if not request():
+                return None
+            if not self._info.wait_for(lambda: len(self._infos) > seen, timeout):
+                return None
+            return self._infos[-1]
+
+    def drain(self, request: Callable[[], bool], alive: Callable[[], bool], seconds: float) -> None:
+        """Wait until tcpdump has taken every packet the kernel had received for it at the first answer
+        (the last ring block is handed over when full or after its timeout), for at most ``seconds``."""
+        deadline = time.monotonic() + seconds
+        target: int | None = None
+        while alive() and (left := deadline - time.monotonic()) > 0:
+            info = self.ask(request, min(left, 0.5))
+            if info is None:
+                continue
+            captured, received = info
+            target = received if target is None else target
+            if captured >= target:
+                return
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # poll: the block timeout is 1 s
+
+
+def capture_result(
+    name: str, pcap_path: Path, lines: Sequence[str], returncode: int | None, clean: bool
+) -> CaptureResult:
+    """What tcpdump's exit counters say: ``complete`` only if it ended cleanly, reported its counters,
+    dropped nothing (kernel or interface) and the pcap is where the controller reads it."""
+    counters: dict[str, int] = {}
+    for line in lines:
+        m = _COUNTER.match(line.strip())
+        if m:
+            counters[m.group(2)] = int(m.group(1))
+    captured = counters.get("captured")
+    received = counters.get("received by filter")
+    kernel = counters.get("dropped by kernel")
+    iface = counters.get("dropped by interface")
+    if iface is None and kernel is not None:
+        iface = 0  # tcpdump prints this line only when the count is not zero
+    complete = (
+        clean
+        and returncode == 0
+        and None not in (captured, received, kernel)
+        and kernel == 0
+        and iface == 0
+        and pcap_path.exists()
+    )
+    return CaptureResult(
+        name=name,
+        pcap_path=pcap_path,
+        packets_captured=captured,
+        packets_received_by_filter=received,
+        packets_dropped_by_kernel=kernel,
+        packets_dropped_by_interface=iface,
+        complete=complete,
+        returncode=returncode,
+        stderr="\n".join(lines),
+    )
+
+
 def netns_prefix(netns: str | os.PathLike[str] | Sequence[str] | None) -> list[str]:
     """Argv prefix that runs a command in a network namespace.
 
@@ -192,10 +287,8 @@ class Capture:
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
-        self._lines: list[str] = []
-        self._listening = threading.Event()
-        self._info = threading.Condition()
-        self._infos: list[tuple[int, int]] = []  # (captured, received) of each answer to SIGUSR1
+        self._out = TcpdumpOutput()
+        self._lines = self._out.lines  # tcpdump's stderr so far (tests read it)
         self._result: CaptureResult | None = None
         self.tracker = tracker
         self._track_id: str | None = None
@@ -254,7 +347,7 @@ class Capture:
             self._abort()
             raise CaptureError(f"capture {self.name}: could not be journaled, so not started: {e}") from e
         deadline = time.monotonic() + self.start_timeout
-        while not self._listening.wait(0.05):
+        while not self._out.listening.wait(0.05):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._reader.join(1.0)
                 rc = self._proc.poll()
@@ -282,18 +375,10 @@ class Capture:
     def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for raw in self._proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self._lines.append(line)
-            if "listening on" in line:
-                self._listening.set()
-            m = _INFO.search(line)
-            if m:
-                with self._info:
-                    self._infos.append((int(m.group(1)), int(m.group(2))))
-                    self._info.notify_all()
+            self._out.feed(raw.decode("utf-8", "replace").rstrip("\n"))
 
     def _stderr(self) -> str:
-        return "\n".join(self._lines)
+        return self._out.text()
 
     def _signal(self, sig: int) -> None:
         """Signal the process group we created for tcpdump (it may sit under a netns prefix)."""
@@ -335,65 +420,20 @@ class Capture:
         self._result = self._parse_result(proc.returncode, clean)
         return self._result
 
-    def _ask_info(self, timeout: float) -> tuple[int, int] | None:
-        """tcpdump's (captured, received by filter) now; None if it does not answer within `timeout`."""
+    def _info_request(self) -> bool:
+        """SIGUSR1 to the process itself (a netns prefix execs tcpdump); False if it is gone."""
         assert self._proc is not None
-        with self._info:
-            seen = len(self._infos)
-            try:
-                os.kill(self._proc.pid, signal.SIGUSR1)  # the process itself: a prefix execs tcpdump
-            except ProcessLookupError:
-                return None
-            if not self._info.wait_for(lambda: len(self._infos) > seen, timeout):
-                return None
-            return self._infos[-1]
+        try:
+            os.kill(self._proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return False
+        return True
 
     def _drain(self, proc: subprocess.Popen[bytes]) -> None:
-        """Wait until tcpdump has taken every packet the kernel had received for it when stop() was called
-        (the last ring block is handed over when full or after its timeout), for at most `drain` s."""
-        deadline = time.monotonic() + self.drain
-        target: int | None = None
-        while proc.poll() is None and (left := deadline - time.monotonic()) > 0:
-            info = self._ask_info(min(left, 0.5))
-            if info is None:
-                continue
-            captured, received = info
-            target = received if target is None else target
-            if captured >= target:
-                return
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # poll: the block timeout is 1 s
+        self._out.drain(self._info_request, lambda: proc.poll() is None, self.drain)
 
     def _parse_result(self, returncode: int | None, clean: bool) -> CaptureResult:
-        counters: dict[str, int] = {}
-        for line in self._lines:
-            m = _COUNTER.match(line.strip())
-            if m:
-                counters[m.group(2)] = int(m.group(1))
-        captured = counters.get("captured")
-        received = counters.get("received by filter")
-        kernel = counters.get("dropped by kernel")
-        iface = counters.get("dropped by interface")
-        if iface is None and kernel is not None:
-            iface = 0  # tcpdump prints this line only when the count is not zero
-        complete = (
-            clean
-            and returncode == 0
-            and None not in (captured, received, kernel)
-            and kernel == 0
-            and iface == 0
-            and self.pcap_path.exists()
-        )
-        return CaptureResult(
-            name=self.name,
-            pcap_path=self.pcap_path,
-            packets_captured=captured,
-            packets_received_by_filter=received,
-            packets_dropped_by_kernel=kernel,
-            packets_dropped_by_interface=iface,
-            complete=complete,
-            returncode=returncode,
-            stderr=self._stderr(),
-        )
+        return capture_result(self.name, self.pcap_path, self._lines, returncode, clean)
 
     def __enter__(self) -> Capture:
         return self.start()
