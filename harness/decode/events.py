@@ -116,6 +116,11 @@ class DecodeStats:
     # Streams whose connection died inside a message (the peer never acknowledged the rest, so it was
     # never delivered): what was on the wire was all seen, so not a loss.
     ended_mid_message: int = 0
+    # Garbage (harness/decode/garbage.py): streams and UDP flows of bytes that never became a message, on
+    # connections whose server accepted nothing (refusals only, or silence). An attacker's, not loss.
+    garbage_streams: int = 0
+    garbage_messages: int = 0  # their malformed messages (not in malformed_sip / malformed_cti)
+    garbage_bytes: int = 0
 
     @property
     def lossless(self) -> bool:

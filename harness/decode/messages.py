@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 from harness.decode.events import DecodeStats, Event, new_event
+from harness.decode.garbage import UdpFlows
 from sipcore.scan import parse_sip_tuple
 
 __all__ = ["MAX_BUFFER", "MAX_DEPTH", "Messages", "StreamKey"]
@@ -56,6 +57,7 @@ class Messages:
         self.events: list[Event] = []
         self.ip4_names: dict[bytes, str] = {}  # the packet walker's fast path reads this cache directly
         self._ip6_names: dict[bytes, str] = {}
+        self.udp = UdpFlows()  # malformed datagrams per flow, settled at the end (garbage or loss)
 
     # -- addresses -------------------------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ class Messages:
         if h is None:
             if payload.strip(b"\r\n\0"):
                 self.stats.malformed_sip += 1
+                self.udp.malformed((src, sport, dst, dport), len(payload))
             # else: a keep-alive (RFC 5626 CRLF, or a NUL byte), not a message
             return
         self.sip_event(h, n, ts, "udp", src, sport, dst, dport)

@@ -97,6 +97,7 @@ class _Decoder:
             general(n, ts, lt, buf, off, end)
         stats.frames = n
         self.tcp.finish()
+        self.messages.udp.settle(self.messages.events, stats)
         stats.fragments_unreassembled += len(self.fragments)
 
     def corrupt(self, _offset: int, _reason: str) -> None:

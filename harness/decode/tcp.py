@@ -7,6 +7,10 @@ message boundary, so one lost segment costs one message, not the rest of the str
 A stream that ends inside a message is capture loss only if the peer acknowledged bytes we never saw; when
 its acknowledgements stop within the partial message (a cut port, a killed process), the rest was never
 delivered: the connection died mid-message, which is counted apart and is not a gap in the evidence.
+
+A stream's unread bytes (malformed messages, a message never finished) on a connection whose server
+accepted nothing are an attacker's garbage, counted apart too (harness/decode/garbage.py); so each
+connection is settled as a whole, both directions at once, when it ends or its ports are reused.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.decode.events import DecodeStats
+from harness.decode.garbage import accepts, connection_accepted, count_garbage, role
 from harness.decode.messages import Messages, StreamKey
 from sipcore.scan import SIP_PREFIXES
 
@@ -28,7 +33,10 @@ _TCP = struct.Struct(">HHIIH")
 class Stream:
     """One direction of a TCP connection: bytes in sequence order, framed into messages."""
 
-    __slots__ = ("next_seq", "buf", "pending", "kind", "resync", "acked", "fin", "reset")
+    __slots__ = (
+        "next_seq", "buf", "pending", "kind", "resync", "acked", "fin", "reset", "opened", "msgs", "good",
+        "bad", "nbytes",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
@@ -41,6 +49,11 @@ class Stream:
         )
         self.fin: int | None = None  # sequence number of this direction's FIN
         self.reset = False  # this direction sent a RST: the connection was aborted
+        self.opened = False  # this direction sent the first SYN: the client's
+        self.msgs = 0  # messages read from this direction
+        self.good = 0  # messages that accept the peer's traffic (garbage.accepts)
+        self.bad = 0  # malformed messages read from this direction
+        self.nbytes = 0  # bytes read into the stream
 
 
 def _seq_delta(a: int, b: int) -> int:
@@ -73,10 +86,11 @@ class TcpStreams:
         st = self.streams.get(key)
         if flags & 0x02:  # SYN: a new connection on these ports, the data starts at seq + 1
             if st is not None and st.next_seq != (seq + 1) & 0xFFFFFFFF:  # not a retransmitted SYN
-                self._account(st, key)
+                self._end(key)
             if st is None or st.next_seq != (seq + 1) & 0xFFFFFFFF:
                 st = self.streams[key] = Stream()
                 st.next_seq = (seq + 1) & 0xFFFFFFFF
+                st.opened = not flags & 0x10
             return
         if st is None:
             st = self.streams[key] = Stream()
@@ -113,7 +127,8 @@ class TcpStreams:
             while st.pending:  # nothing more will arrive: the bytes before the held segments are lost
                 n, ts = self._skip_hole(st)
                 self._frame(st, key, len(key[0]) == 16, n, ts)
-            self._account(st, key)
+        while self.streams:
+            self._end(next(iter(self.streams)))
 
     def _classify(self, sport: int, dport: int, payload: bytes) -> str:
         if sport in self.sip_ports or dport in self.sip_ports:
@@ -130,6 +145,7 @@ class TcpStreams:
     @staticmethod
     def _append(st: Stream, data: bytes) -> None:
         st.buf += data
+        st.nbytes += len(data)
         st.next_seq = (st.next_seq + len(data)) & 0xFFFFFFFF  # type: ignore[operator]
 
     def _hold(self, st: Stream, seq: int, payload: bytes, n: int, ts: float) -> None:
@@ -178,28 +194,54 @@ class TcpStreams:
         return last
 
     def _frame(self, st: Stream, key: StreamKey, v6: bool, n: int, ts: float) -> None:
-        """Cut complete messages off the front of the stream buffer and turn them into events."""
+        """Cut complete messages off the front of the stream buffer and turn them into events; note on the
+        stream how many were malformed and how many accept the peer's traffic."""
+        stats, events = self.stats, self.messages.events
+        bad, first = stats.malformed_cti + stats.malformed_sip, len(events)
         if st.kind == "cti":
             st.resync = self.messages.frame_cti(st.buf, st.resync, key, v6, n, ts)
         else:
             st.resync = self.messages.frame_sip(st.buf, st.resync, key, v6, n, ts)
+        st.bad += stats.malformed_cti + stats.malformed_sip - bad
+        st.msgs += len(events) - first
+        for i in range(first, len(events)):
+            st.good += accepts(events[i])
 
-    def _account(self, st: Stream, key: StreamKey) -> None:
-        """Count what a stream leaves unread when it ends (or its ports are reused)."""
+    def _end(self, key: StreamKey) -> None:
+        """Settle the connection of stream ``key``: both its directions leave the table."""
+        st = self.streams.pop(key)
+        back = self.streams.pop((key[2], key[3], key[0], key[1]), None)
+        if back is None:
+            self._account(st, key, None, False)
+            return
+        server = role(key[1], key[3], st.opened, back.opened, self.sip_ports | self.cti_ports)
+        accepted = connection_accepted((st.msgs, st.good, st.bad), (back.msgs, back.good, back.bad), server)
+        self._account(st, key, back, not accepted)
+        self._account(back, (key[2], key[3], key[0], key[1]), st, not accepted)
+
+    def _account(self, st: Stream, key: StreamKey, back: Stream | None, refused: bool) -> None:
+        """Count what a stream leaves unread when it ends (or its ports are reused). ``refused``: the
+        server's side of its connection (captured) accepted nothing, so what it left unread is garbage."""
         if st.pending:
             self.stats.tcp_gaps += 1
-        if st.buf.strip():
-            if not st.pending and self._died_mid_message(st, key):
+        rest = st.buf.strip()
+        if refused and (st.bad or rest):
+            if st.kind == "cti":
+                self.stats.malformed_cti -= st.bad
+            else:
+                self.stats.malformed_sip -= st.bad
+            count_garbage(self.stats, st.bad + bool(rest), st.nbytes)
+        elif rest:
+            if not st.pending and self._died_mid_message(st, back):
                 self.stats.ended_mid_message += 1
             else:
                 self.stats.incomplete_at_end += 1
 
-    def _died_mid_message(self, st: Stream, key: StreamKey) -> bool:
+    def _died_mid_message(self, st: Stream, back: Stream | None) -> bool:
         """True when the peer's last acknowledgement lies within the partial message at the stream's end (up
         to a FIN right after it), or anywhere up to its end when the connection was reset: the rest was
         never delivered, so the capture missed nothing. Without an acknowledgement seen (a one-way capture)
         nobody can tell, and it stays capture loss."""
-        back = self.streams.get((key[2], key[3], key[0], key[1]))
         if back is None or back.acked is None or st.next_seq is None:
             return False
         start = (st.next_seq - len(st.buf)) & 0xFFFFFFFF
