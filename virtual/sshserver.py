@@ -314,7 +314,9 @@ class SSHServer:
         """Run one exec request (paramiko exec_command) and return its output and exit status."""
         try:
             session = self.session_factory(username)
-            if isinstance(session, CallerHost) and session.reads_stdin(command):
+            if callable(getattr(session, "streams", None)) and session.streams(command):  # a capture host's
+                code, out, err = session.stream(command, chan), "", ""  # tcpdump, streamed as it runs
+            elif isinstance(session, CallerHost) and session.reads_stdin(command):
                 code, out, err = session.run_input(command, _read_to_eof(chan))
             elif isinstance(session, ExecSession):
                 code, out, err = session.run(command)
