@@ -8,6 +8,7 @@ hosts, so the harness stops, kills and pauses them over SSH exactly as on a phys
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -16,11 +17,14 @@ from pathlib import Path
 
 from harness import credentials
 from harness.topology import REPO_ROOT, Device, Topology
-from virtual import netns
+from virtual import netns, netplan
 
 STACK_SECRET = credentials.STACK_SECRET_VAR
 SWARM_SIP_PORT = 5060
 PHONE_SIP_PORT = 5060
+# baresip on an agents host: its SIP port beside the swarm's, and its ctrl_tcp (loopback of that host)
+BARESIP_SIP_PORT = 5062
+BARESIP_CTRL_PORT = 4444
 # UDP port of each CTI where its site's PBX pushes registration events (SIP MESSAGE, see virtual/pbx.py).
 CTI_EVENT_PORT = 5090
 # UDP port of the test callee (stack/callee.py) on each caller host: its site's trunk.
@@ -179,8 +183,65 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
                 "--admin", f"{admin}:{s.admin_port}",
                 "--log", str(run_dir / "logs" / f"{host.name}-events.jsonl"),
             ]  # fmt: skip
+            linked = [a for a in topo.agents() if a.home == code and (a.phone or a.softphone)]
+            if linked:
+                argv = _linked_agents(topo, run_dir, host, code, argv)
+                if any(a.softphone == "baresip" for a in linked):
+                    out.append(_baresip(topo, host, run_dir))
             out.append(Planned(host.name, "hil-swarm", argv, {}, (admin, s.admin_port), wait=False))
     return out
+
+
+def _linked_agents(topo: Topology, run_dir: Path, host: Device, site: str, swarm: list[str]) -> list[str]:
+    """The agents host's unit when some of its site's agents use desk phones or softphones: their agent
+    process (stack/agent/__main__.py) with the swarm as its child, the swarm running only the other pools
+    (one unit, so a restart of ``hil-swarm`` restarts every agent client of the host)."""
+    plain = [n for n, p in topo.model.agents.pools.items() if p.home == site and not p.linked]
+    swarm = swarm + [arg for n in plain for arg in ("--pool", n)]
+    return _py("stack.agent") + [
+        "--topology", str(topo.file), "--site", site,
+        "--baresip-ctrl", f"127.0.0.1:{BARESIP_CTRL_PORT}",
+        "--log", str(run_dir / "logs" / f"{host.name}-linked-events.jsonl"), "--", *swarm,
+    ]  # fmt: skip
+
+
+BARESIP_CONFIG = """\
+# Written by the virtual lab (virtual/stackservices.py): baresip with no account; the agent client gives
+# it the agent's account over ctrl_tcp (stack/phone/baresip.py).
+poll_method\tepoll
+net_interface\t{ifname}
+sip_listen\t{sip}
+audio_player\taufile,/dev/null
+audio_source\tausine,440
+module_path\t{modules}
+module\tg711.so
+module\tausine.so
+module\taufile.so
+module_app\taccount.so
+module_app\tmenu.so
+module_app\tctrl_tcp.so
+ctrl_tcp_listen\t127.0.0.1:{ctrl}
+"""
+
+
+def _baresip(topo: Topology, host: Device, run_dir: Path) -> Planned:
+    """baresip on an agents host (Debian's ``baresip-core``): SIP and media on the host's data interface
+    (else it takes the first, the management one, into its SDP), its control on the host's loopback, where
+    only that host's agent process reaches it."""
+    exe = shutil.which("baresip")
+    if exe is None:
+        raise RuntimeError(f"{host.name}: baresip is not installed (apt-get install baresip-core)")
+    conf = run_dir / host.name / "baresip"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "accounts").write_text("")
+    modules = "/usr/lib/baresip/modules"
+    addr = str(host.spec.address)
+    sip = f"{addr}:{BARESIP_SIP_PORT}"
+    ifs = netplan.plan(topo).addresses.get(host.name, [])
+    ifname = next((i for i, cidr in ifs if cidr.split("/")[0] == addr), "eth0")
+    text = BARESIP_CONFIG.format(ifname=ifname, sip=sip, modules=modules, ctrl=BARESIP_CTRL_PORT)
+    (conf / "config").write_text(text)
+    return Planned(host.name, "hil-baresip", [exe, "-f", str(conf)], {}, ("127.0.0.1", BARESIP_CTRL_PORT))
 
 
 def ready_probe(ns_path: str, probe: tuple[str, int] | None) -> Callable[[], bool] | None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 
 from harness.topology.model import DEVICE_KINDS, Topology
-from harness.topology.schema import LAB_RANGE, NAME_RE
+from harness.topology.schema import LAB_RANGE, NAME_RE, Pool
 
 
 def cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
@@ -153,8 +153,15 @@ def cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
         width = len(pool.extensions.split("-")[0])
         for n in rng[: pool.count]:
             owner.setdefault(str(n).zfill(width), base)
+    linked: dict[str, str] = {}  # a desk phone's extension -> the pool whose agent links that phone
+    for pname, pool in m.agents.pools.items():
+        yield from _linked_pool(t, pname, pool)
+        if pool.phone in t.devices and t.devices[pool.phone].spec.extension:
+            linked[t.devices[pool.phone].spec.extension] = f"agents.pools.{pname}"
     for ph in t.of_kind("phone") + t.of_kind("host"):
         ext = ph.spec.extension
+        if ext and ext in owner and linked.get(ext) == owner[ext] and ph.kind == "phone":
+            continue  # the pool's agent uses this very phone's account
         if ext and ext in owner:
             yield f"{ph.path}.extension", f"extension {ext} is also in {owner[ext]}"
         elif ext:
@@ -162,6 +169,30 @@ def cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
     for code, site in m.sites.items():
         if not site.pbx:
             yield f"sites.{code}.pbx", "a site needs at least one PBX node"
+
+
+def _linked_pool(t: Topology, pname: str, pool: Pool) -> Iterator[tuple[str, str]]:
+    """A pool of agents on phones we did not write: its desk phone must be a phone of its home site with
+    the pool's one extension; its softphone runs on an agents host of that site."""
+    base = f"agents.pools.{pname}"
+    if pool.phone is not None and pool.softphone is not None:
+        yield base, "a pool links a desk phone or uses a softphone, not both"
+    if pool.phone is not None:
+        d = t.devices.get(pool.phone)
+        if d is None or d.kind != "phone":
+            yield f"{base}.phone", f"{pool.phone!r} is not a phone of this topology"
+        elif d.site != pool.home:
+            yield f"{base}.phone", f"{pool.phone} is at site {d.site}, the pool's home is {pool.home}"
+        elif pool.count != 1 or pool.extensions != f"{d.spec.extension}-{d.spec.extension}":
+            yield (
+                f"{base}.extensions",
+                f"a desk-phone pool is one agent on its phone's extension: count 1, "
+                f"extensions {d.spec.extension}-{d.spec.extension}",
+            )
+    if pool.softphone is not None:
+        hosts = [h for h in t.of_kind("host", pool.home) if h.spec.role == "agents"]
+        if not hosts:
+            yield f"{base}.softphone", f"site {pool.home} has no agents host to run {pool.softphone}"
 
 
 def check_names(t: Topology) -> Iterator[tuple[str, str]]:

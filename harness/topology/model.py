@@ -24,6 +24,8 @@ class Agent:
     system: str
     region: str
     skill_group: str
+    phone: str | None = None  # the desk phone it links (a `phones` device), when not the swarm's own
+    softphone: str | None = None  # the third-party softphone it uses (``baresip``), when not the swarm's
 
 
 @dataclass(frozen=True)
@@ -102,17 +104,20 @@ class Topology:
                             system=pool.system,
                             region=pool.region,
                             skill_group=pool.skill_groups[i % len(pool.skill_groups)],
+                            phone=pool.phone,
+                            softphone=pool.softphone,
                         )
                     )
             self._agents = out
         return self._agents
 
     def extensions(self) -> list[str]:
-        """Every extension a PBX must accept: all pools of all sites, and the lab's own phones."""
+        """Every extension a PBX must accept: all pools of all sites, and the lab's own phones (once each: a
+        desk-phone agent's extension is its phone's)."""
         exts = [a.extension for a in self.agents()]
         exts += [d.spec.extension for d in self.of_kind("phone") if d.spec.extension]
         exts += [d.spec.extension for d in self.of_kind("host") if d.spec.extension]
-        return exts
+        return list(dict.fromkeys(exts))
 
     def management_path(self) -> set[tuple[str, str]]:
         """Switch ports that carry the controller's management traffic: declared, or facing the controller."""

@@ -202,6 +202,16 @@ class Pool(Strict):
     system: str
     region: str
     skill_groups: list[str] = Field(min_length=1)
+    # Phones we did not write: the pool's one agent links this desk phone (a `phones` device of its home
+    # site, driven through its vendor HTTP API), or runs this third-party softphone on the site's agents
+    # host. Such pools are run by a standalone agent process beside the swarm (stack/agent/__main__.py).
+    phone: str | None = Field(None, description="a desk phone of the home site that the pool's agent links")
+    softphone: Literal["baresip"] | None = Field(None, description="a third-party softphone the agent uses")
+
+    @property
+    def linked(self) -> bool:
+        """Whether the pool's agents use a phone the swarm does not emulate in-process."""
+        return self.phone is not None or self.softphone is not None
 
     @field_validator("extensions")
     @classmethod
