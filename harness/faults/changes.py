@@ -190,7 +190,8 @@ def span_sources(lab: Lab, switch: str) -> list[str]:
 
 
 class SpanSession(Change):
-    """A switch's SPAN session mirroring `sources` to its SPAN port (cabled to the controller)."""
+    """A switch's SPAN session mirroring `sources` to its SPAN port: cabled to the controller's capture NIC,
+    or to the capture host's when the switch names one (`capture_host`, whose tcpdump runs there)."""
 
     kind = "span_session"
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from harness.capture import Capture, CaptureResult
 from harness.decode import Decoded, decode_pcap
+from harness.drivers import driver_for
 from harness.faults import Injector
 from harness.history import History
 from harness.lab import Lab
-from harness.observe.points import capture_points, configure_span
+from harness.observe.points import CapturePoint, capture_points, configure_span
+from harness.observe.remote_capture import RemoteCapture
 from harness.observe.wire import addresses, cti_observations, sip_observations
 
 __all__ = [
@@ -75,7 +77,8 @@ def _prepare_raw_dir(raw: Path) -> None:
 
 
 class LabCapture:
-    """One tcpdump per capture point, started together and stopped together.
+    """One tcpdump per capture point, started together and stopped together: on the controller, or on a
+    capture host over SSH (its pcap fetched into the same raw directory when it stops).
 
     Its changes go through an injector: the SPAN sessions it needs, and each tcpdump it starts, journaled
     by PID and start time so that `hil lab restore` stops the captures of a controller that died (and
@@ -95,10 +98,8 @@ class LabCapture:
         self.out_dir = Path(out_dir)  # the evidence: the redacted copies go here (harness.report)
         self.raw_dir = Path(raw_dir) if raw_dir is not None else raw_dir_of(self.out_dir)
         self.points = capture_points(lab)
-        self.captures = [
-            Capture(f"{prefix}{p.name}", p.iface, self.raw_dir, filter=p.bpf, netns_path=p.netns)
-            for p in self.points
-        ]
+        self.prefix = prefix
+        self.captures: list[Capture | RemoteCapture] = []  # made at start(): a capture host's needs a login
         self.results: list[CaptureResult] = []
         self.clock_offset = time.time() - time.monotonic()
         self.injector = injector
@@ -113,12 +114,14 @@ class LabCapture:
     def start(self) -> LabCapture:
         _prepare_raw_dir(self.raw_dir)
         inj = self._injector()
-        started: list[Capture] = []
+        started: list[Capture | RemoteCapture] = []
         try:
             if any(p.device in self.lab.topology.devices and p.name.endswith("-span") for p in self.points):
                 configure_span(self.lab, inj)
+            self.captures = [self._capture(p) for p in self.points]
             for c in self.captures:
-                c.tracker = inj  # journaled by the capture itself, as soon as tcpdump has a PID
+                if isinstance(c, Capture):  # journaled by the capture itself, as soon as tcpdump has a PID;
+                    c.tracker = inj  # a capture host's PID is not ours to journal: -G bounds it there
                 c.start()
                 started.append(c)
         except BaseException:
@@ -127,12 +130,26 @@ class LabCapture:
         self.clock_offset = time.time() - time.monotonic()
         return self
 
-    def _stop(self, captures: list[Capture]) -> list[CaptureResult]:
+    def _capture(self, p: CapturePoint) -> Capture | RemoteCapture:
+        name = f"{self.prefix}{p.name}"
+        if p.host is None:
+            return Capture(name, p.iface, self.raw_dir, filter=p.bpf, netns_path=p.netns)
+        host = self.lab.topology.device(p.host)
+        where = f"ssh {host.control_address}:{host.spec.ssh_port}"
+        ssh = driver_for(self.lab, p.host)
+        return RemoteCapture(
+            name, p.iface, self.raw_dir, p.bpf, host=p.host, ssh=ssh, workdir=host.spec.workdir, where=where
+        )
+
+    def _stop(self, captures: list[Capture | RemoteCapture]) -> list[CaptureResult]:
         """Stop tcpdumps in parallel (each releases its journal entry), and heal the SPAN sessions if the
         injector is this capture's own."""
         try:
             with ThreadPoolExecutor(max_workers=max(1, len(captures))) as pool:
                 results = list(pool.map(lambda c: c.stop(), captures))
+            for c in captures:
+                if isinstance(c, RemoteCapture):
+                    c.ssh.close()  # its pcap is fetched: the capture host's login is not needed any more
             for r in results:
                 try:
                     if r.pcap_path.exists():

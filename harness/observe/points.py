@@ -22,6 +22,7 @@ class CapturePoint:
     iface: str
     netns: str | None
     bpf: str
+    host: str | None = None  # a capture host (the switch's `capture_host`): tcpdump runs there, over SSH
 
 
 def span_sources(lab: Lab, sw: Any) -> dict[str, Any]:
@@ -37,9 +38,10 @@ def span_sources(lab: Lab, sw: Any) -> dict[str, Any]:
 
 
 def span_points(lab: Lab) -> list[CapturePoint]:
-    """One capture per site switch that has a SPAN port cabled to the controller (`span_port`,
-    `capture_interface`): the controller's own interface, with a filter for that site's SIP and CTI ports.
-    This is how a physical lab is captured, and the virtual lab emulates it (tc mirred)."""
+    """One capture per site switch that has a SPAN port (`span_port`, `capture_interface`), with a filter
+    for that site's SIP and CTI ports: on the controller's own interface, or on the capture host's when the
+    switch names one (`capture_host`). This is how a physical lab is captured, and the virtual lab
+    emulates it (tc mirred)."""
     out = []
     for sw in lab.topology.of_kind("switch"):
         if not (sw.spec.span_port and sw.spec.capture_interface):
@@ -52,14 +54,14 @@ def span_points(lab: Lab) -> list[CapturePoint]:
                 parts.add(f"tcp port {dev.spec.port}")
         if parts:
             bpf = " or ".join(sorted(parts))
-            out.append(
-                CapturePoint(f"{sw.name}-span", sw.name, sw.site, sw.spec.capture_interface, None, bpf)
-            )
+            iface, host = sw.spec.capture_interface, sw.spec.capture_host
+            out.append(CapturePoint(f"{sw.name}-span", sw.name, sw.site, iface, None, bpf, host))
     return out
 
 
 def configure_span(lab: Lab, injector: Injector) -> list[Change]:
-    """Point each switch's SPAN session at its capture port (sources: the ports facing the site's PBX and
+    """Point each switch's SPAN session at its SPAN port, cabled to the controller or to its capture host
+    (sources: the ports facing the site's PBX and
     CTI, both directions), as a change through ``injector``: refused if unsafe, journaled, read back, and
     removed when the injector heals it (its owner's end, or `hil lab restore` after a crash). A session the
     injector holds already is kept; in a dry run each is planned, nothing is sent."""
