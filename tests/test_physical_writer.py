@@ -16,6 +16,7 @@ import yaml
 from harness import credentials, topology
 from harness.lab import asphysical
 from harness.topology import DEFAULT_TOPOLOGY, REPO_ROOT
+from virtual.capturehost import capture_host_plans
 
 
 class _Twin:
@@ -27,6 +28,12 @@ class _Twin:
         (run_dir / "known_hosts").write_text("[198.19.0.21]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK\n")
         self.secrets = {v: f"value-of-{v.lower()}" for v in [*credentials.referenced(topo)]}
         self.secrets[credentials.STACK_SECRET_VAR] = "stack-secret-value"
+
+        self.handle = self  # the keeper's state: the capture hosts it serves
+        self.capture_hosts = [c.to_dict() for c in capture_host_plans(topo)]
+
+    def state(self) -> dict[str, Any]:
+        return {"capture_hosts": self.capture_hosts}
 
     def console_url(self, name: str) -> str | None:
         return self.consoles.get(name)
@@ -54,12 +61,18 @@ def test_the_written_file_validates_as_a_physical_lab(written: Any) -> None:
     topo, twin, w = written
     phys = topology.load(w.topology)
     assert phys.kind == "physical" and phys.name == f"{topo.name}-physical"
-    assert set(phys.devices) == set(topo.devices)
+    assert set(phys.devices) == set(topo.devices) | {"ntg-capture1"}  # a far site's SPAN goes to it
+    cap, ntg, sha = phys.device("ntg-capture1"), phys.device("ntg-sw1"), phys.device("sha-sw1")
+    assert cap.kind == "host" and cap.spec.role == "capture" and cap.spec.capture_interface == "span0"
+    assert str(cap.spec.mgmt) == twin.capture_hosts[0]["mgmt"] and cap.spec.workdir == "/tmp"
+    assert (ntg.spec.capture_host, ntg.spec.capture_interface) == ("ntg-capture1", "span0")
+    assert ntg.spec.span_port == topo.device("ntg-sw1").spec.span_port
+    assert sha.spec.capture_host is None and sha.spec.capture_interface == "hilcap-sha"  # controller NIC
     assert phys.model.ssh.known_hosts == str(w.known_hosts) and not phys.model.ssh.trust_new_host_keys
     assert w.known_hosts.read_text() == twin.known_hosts().read_text()
     for con in phys.of_kind("console"):
         assert con.spec.url == twin.consoles[con.name]  # a serial line the controller opens
-    for d in phys.devices.values():  # every management address as the twin has it
+    for d in (d for d in phys.devices.values() if d.name in topo.devices):  # every management address
         assert getattr(d.spec, "mgmt", None) == getattr(topo.device(d.name).spec, "mgmt", None)
     assert {d.name for d in phys.of_kind("host") if d.spec.role == "caller"} == {"sha-caller1", "ntg-caller1"}
     assert all(d.spec.service == "hil-swarm" for d in phys.of_kind("host") if d.spec.role == "agents")

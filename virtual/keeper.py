@@ -30,6 +30,7 @@ from harness import credentials
 from harness.topology import Topology, TopologyError, load
 from sipcore import probe as sipprobe
 from virtual import netns, pbx, stackservices
+from virtual.capturehost import CaptureHostPlan, build_commands, capture_host_factory, capture_host_plans
 from virtual.console import PtyConsole
 from virtual.host_cli import host_session_factory
 from virtual.netplan import CORE_MGMT_IF, MGMT_BRIDGE, plan
@@ -229,7 +230,29 @@ class Keeper:
             server.start()
             self.servers.append(server)
             known.append(_known_line(str(d.spec.mgmt), d.spec.ssh_port, key))
+        caps = capture_host_plans(self.topo)  # what a far site's SPAN is cabled to in a physical lab
+        known += [self.start_capture_host(c, key, {host_user: host_pass}) for c in caps]
+        self.write_state(capture_hosts=[c.to_dict() for c in caps])  # for `hil lab up --as-physical`
         (self.run_dir / "known_hosts").write_text("\n".join(known) + "\n")
+
+    def start_capture_host(self, cap: CaptureHostPlan, key: Any, users: dict[str, str]) -> str:
+        """One capture host of the twin (virtual/capturehost.py): its namespace, management address and
+        SPAN NIC, and its SSH server (tcpdump in its namespace, SFTP over its files). Its known_hosts line."""
+        span_veth = self.net.port_veth(cap.switch, cap.span_port)
+        for argv in build_commands(cap, MGMT_BRIDGE, self.net.mgmt_prefix, span_veth):
+            r = subprocess.run(argv, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"capture host {cap.name}: {' '.join(argv)}: {r.stderr.strip()}")
+        root = self.run_dir / cap.name
+        (root / "tmp").mkdir(parents=True, exist_ok=True)  # its workdir, /tmp
+        argv = netns.nsenter_argv(ns_path(cap.name))
+        shell = host_session_factory(cap.name, ServiceSupervisor(), netns_argv=argv)
+        factory = capture_host_factory(shell, root, argv)
+        lsock = netns.listener_in(ns_path(cap.name), cap.mgmt, 22)
+        server = SSHServer(lsock, key, users, factory, name=cap.name, sftp_root=root)
+        server.start()
+        self.servers.append(server)
+        return _known_line(cap.mgmt, 22, key)
 
     # -- power distribution units -------------------------------------------------------------------
     def start_pdus(self) -> None:

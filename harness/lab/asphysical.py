@@ -2,9 +2,10 @@
 
 Why: the physical backend is the product for most users, and the twin is the only lab every test run has.
 Written out as a topology of kind `physical` (management addresses, switch ports, console lines, PDUs,
-phones, caller hosts, credentials as `${VAR}` references, the twin's host keys in a known_hosts file of its
-own), the twin is driven exactly as a physical lab is: nothing the harness does in that mode may reach the
-run directory, the keeper or a namespace. This module is the one place that reads the twin to write that
+phones, caller hosts, a capture host for every SPAN port the twin cables to one, credentials as `${VAR}`
+references, the twin's host keys in a known_hosts file of its own), the twin is driven exactly as a
+physical lab is: nothing the harness does in that mode may reach the run directory, the keeper or a
+namespace. This module is the one place that reads the twin to write that
 description; afterwards the description is all the harness has.
 """
 
@@ -14,6 +15,7 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,12 @@ class Written:
         return f"source {shlex.quote(str(self.env_file))}"
 
 
-def physical_model(topo: Topology, consoles: dict[str, str], known_hosts: Path) -> dict[str, Any]:
+def physical_model(
+    topo: Topology, consoles: dict[str, str], known_hosts: Path, capture_hosts: Sequence[dict[str, str]] = ()
+) -> dict[str, Any]:
     """The twin's topology re-described as hardware: kind physical, every console a serial line the
-    controller opens (the twin's pty, as a USB console adapter would be), host keys strictly checked."""
+    controller opens (the twin's pty, as a USB console adapter would be), host keys strictly checked, and
+    each capture host the twin serves (`capture_hosts`, from its keeper) where its site's SPAN goes."""
     if topo.kind != "virtual":
         raise ValueError(f"{topo.file}: only a virtual lab can be described as physical")
     d = topo.model.model_dump(mode="json", exclude_none=True)
@@ -69,7 +74,27 @@ def physical_model(topo: Topology, consoles: dict[str, str], known_hosts: Path) 
                 host["service"] = service
             if host.get("role") == "caller":
                 host.setdefault("workdir", "/tmp")
+    for cap in capture_hosts:
+        _add_capture_host(d, cap)
     return d
+
+
+def _add_capture_host(d: dict[str, Any], cap: dict[str, str]) -> None:
+    """A capture host cabled to its switch's SPAN port: the switch names it, tcpdump runs on its NIC."""
+    site = d["sites"][cap["site"]]
+    site.setdefault("hosts", {})[cap["name"]] = {
+        "address": cap["address"], "mgmt": cap["mgmt"], "role": "capture",
+        "capture_interface": cap["iface"], "workdir": "/tmp",
+    }  # fmt: skip
+    sw = site["switches"][cap["switch"]]
+    sw["capture_host"], sw["capture_interface"] = cap["name"], cap["iface"]
+    sw["ports"].setdefault(cap["span_port"], {})["description"] = f"SPAN to {cap['name']} ({cap['iface']})"
+
+
+def _capture_hosts(backend: Any) -> list[dict[str, str]]:
+    """The capture hosts the twin's keeper serves (virtual/capturehost.py), as its state lists them."""
+    handle = getattr(backend, "handle", None)
+    return list(handle.state().get("capture_hosts") or []) if handle is not None else []
 
 
 def _dump(model: dict[str, Any], source: Path) -> str:
@@ -89,7 +114,7 @@ def write(topo: Topology, backend: VirtualBackend, out: str | os.PathLike[str]) 
     known = target.with_suffix(".known_hosts")
     consoles = {name: str(backend.console_url(name) or "") for name in _console_names(topo)}
     consoles = {k: v for k, v in consoles.items() if v}
-    model = physical_model(topo, consoles, known)
+    model = physical_model(topo, consoles, known, _capture_hosts(backend))
     validate(target, model)  # a description that would not load is never written
     tmp = known.with_name(f".{known.name}.tmp")
     shutil.copyfile(backend.known_hosts(), tmp)
