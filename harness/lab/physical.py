@@ -11,10 +11,13 @@ path is tested here.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
+
+import paramiko
 
 from harness.drivers import DeviceError, DeviceUnreachable, driver_for
 from harness.lab.base import Lab, LabStatus, LinkStatus, ManagementStatus, OutletStatus, ProcessStatus, Tap
@@ -100,9 +103,37 @@ class PhysicalBackend:
         st = self.status()
         if st is None:
             raise LabUnusable([f"{self.topology.file}: the lab has no device with a management interface"])
-        if st.problems:
-            raise LabUnusable(st.problems)
+        problems = st.problems + self._capture_problems(st.problems)
+        if problems:
+            raise LabUnusable(problems)
         return st
+
+    def _capture_problems(self, known: list[str]) -> list[str]:
+        """Each capture host a switch names can capture on its SPAN NIC: tcpdump there opens it (``-d``
+        opens the interface, compiles the filter and exits) and its workdir is there for the pcaps (SFTP).
+        A host already named in a problem (unreachable, wrong password) gets no second line."""
+        lab, out = Lab(self.topology, self), []
+        for sw in self.topology.of_kind("switch"):
+            host, iface = sw.spec.capture_host, str(sw.spec.capture_interface)
+            if host is None or any(p.startswith(f"{host}: ") for p in known):
+                continue
+            dev = self.topology.device(host)
+            try:
+                with driver_for(lab, host) as drv:
+                    r = drv.run(f"tcpdump -i {shlex.quote(iface)} -d", action="capture_check")
+                    if r.exit_code != 0:
+                        said = [ln for ln in r.stderr.splitlines() if ln.strip()][:1]
+                        raise DeviceError(f"tcpdump exited {r.exit_code}: {said[0] if said else ''}".strip())
+                    sftp = drv.client.open_sftp()
+                    try:
+                        sftp.stat(dev.spec.workdir)
+                    except OSError as e:
+                        raise DeviceError(f"sftp: workdir {dev.spec.workdir}: {e}") from None
+                    finally:
+                        sftp.close()
+            except (*_READ_ERRORS, EOFError, paramiko.SSHException) as e:
+                out.append(f"{host}: {interface_of(dev, self.topology)}: capture on {iface}: {_why(host, e)}")
+        return out
 
     # -- one reader per device: each appends its entries, and a problem line when it could not read ------
     def _fail(self, st: LabStatus, dev: Device, e: BaseException) -> None:
