@@ -135,10 +135,10 @@ class Admission:
         window_samples: int = 10,
         min_retry: float = 0.05,
         max_retry: float = 5.0,
-        grace: float = 5.0,
+        grace: float = 15.0,
         early: float = 0.005,
         overbook: float = 3.0,
-        max_held: int = 2000,
+        max_held: float = 2.0,
     ) -> None:
         self.vegas = limit or VegasLimit()
         self.clock = clock
@@ -162,6 +162,10 @@ class Admission:
         self.tat = clock()  # the next free slot (GCRA's theoretical arrival time) at the site's rate
         self.plan: tuple[int, float, float] | None = None  # (ticket, when, rate): the queue planned again
         self._held: OrderedDict[str, asyncio.Future[Decision]] = OrderedDict()  # waiting in the UL
+        # At most ``max_held`` x the limit wait in the UL, the head of the queue; the rest get their slot at
+        # once. Each held login holds a connection of its client's pool (the swarm's: 256), and 2,000 held
+        # at 10,000 agents clogged it: logins queued in the client past their slots, their tickets
+        # expired, and the lab never came up.
         self.max_held = max_held
         self._win = _Window(clock())
         kinds = ("admitted", "deferred", "early", "full", "expired", "max_queue")
@@ -231,13 +235,10 @@ class Admission:
             self.plan = (t.number, back, rate)
             self.tat = max(self.tat, back + (self.issued - t.number + 1) / rate)
             return self._defer(t, now, back)
-        if (
-            self.inflight < self.limit
-            and not self._held
-            and (not self.waiting or self._slot(self._head()) > now + self.early)
-        ):
-            # Room the schedule leaves idle (nobody's slot is now): a newcomer takes it, and no slot is
-            # taken from anyone waiting. Work-conserving: a plan slower than the site wastes no capacity.
+        if self.inflight < self.limit and not self._held:
+            # Room nobody held is waiting for: a newcomer takes it (work-conserving: a plan slower than the
+            # site, or a ticket late for its slot, wastes no capacity), and takes no slot from anyone: a
+            # ticket that comes at its slot goes in up to ``overbook`` x the limit.
             return self._admitted(now, 0.0)
         self.issued += 1
         t = Ticket(self.issued, agent, now)
@@ -254,7 +255,7 @@ class Admission:
         no place idle while it waits: a slot schedule alone, planned from a latency measured in a storm's
         first moments, left the UL idle while hundreds waited for their slots."""
         d = self.admit(agent)
-        if d.admitted or hold <= 0 or len(self._held) >= self.max_held:
+        if d.admitted or hold <= 0 or len(self._held) >= self.max_held * self.limit:
             return d
         fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._held[agent] = fut
