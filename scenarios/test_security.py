@@ -8,11 +8,10 @@ the attacker's own connections, found by the local ports the probe reports), so 
 when the wire shows it. The PBX's RPC is not on a captured port: what the attacker got (a refusal, a
 403) and what the CTI's host got (an answer) are the evidence there.
 
-During the floods the usual failover promise is judged by the usual checkers (as test_unplanned). The
-garbage the attacker sends is malformed by design, and the decoder counts malformed messages as possible
-capture loss; so the capture's completeness is judged on the capture without the flood's own streams
-(its source ports, harness/faults/flood.py FLOOD_PORTS), and the flood's malformed counts are kept in the
-verdict's figures.
+During the floods the usual failover promise is judged by the usual checkers (as test_unplanned), on the
+capture as it is: the garbage the attacker sends is malformed by design, and the decoder counts it as
+garbage, not capture loss, because the servers refused everything on its connections
+(harness/decode/garbage.py); what it counted is kept in the flood's verdict.
 """
 
 from __future__ import annotations
@@ -23,21 +22,18 @@ import hmac
 import json
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import checks, observe
 from harness.checks import Verdict, check_refused
+from harness.checks.refusals import check_answered_on_wire, wire_answers
 from harness.credentials import STACK_SECRET_VAR
-from harness.decode import decode_pcap
 from harness.faults.flood import FLOOD_PORTS, run_as_host
-from harness.history import Obs, pair_ops
+from harness.history import CAPTURE_STATS, Event, Obs, pair_ops
 from harness.scenario import Scenario
 from harness.ulapi import sign_request
 
@@ -151,43 +147,6 @@ def _rpc_refused(result: Mapping[str, Any]) -> str | None:
     return str(result.get("outcome") or result.get("error"))
 
 
-# -- judged from the wire ----------------------------------------------------------------------------
-
-
-def _wire_replies(sc: Scenario, attacker_ip: str, port: int) -> list[dict[str, Any]]:
-    """The CTI messages the capture holds toward the attacker's connection from local ``port``."""
-    return [
-        e.body
-        for d in sc.decoded.values()
-        for e in d.events
-        if e.protocol == "cti" and e.dst_ip == attacker_ip and e.dst_port == port and isinstance(e.body, dict)
-    ]
-
-
-def check_wire_answers(sc: Scenario, attacker_ip: str, wanted: Sequence[tuple[str, int, str]]) -> Verdict:
-    """Each (what, local port, expected reply) shows on the wire: the CTI's reply to that connection has
-    the expected ``type`` or error ``code[:reason]``. A connection with no reply captured is unknown."""
-    name = "wire_answers"
-    bad, missing, seen = [], [], {}
-    for what, port, want in wanted:
-        replies = _wire_replies(sc, attacker_ip, port)
-        got = [
-            f"{r.get('code')}:{r.get('reason')}" if r.get("reason") else str(r.get("code") or r.get("type"))
-            for r in replies
-        ]
-        seen[what] = got
-        if not replies:
-            missing.append(what)
-        elif want not in got:
-            bad.append({"what": what, "port": port, "want": want, "got": got})
-    figures = {"answers": seen}
-    if bad:
-        return Verdict(name, "invalid", f"{len(bad)} of {len(wanted)} not answered as expected", bad, figures)
-    if missing:
-        return Verdict(name, "unknown", f"no reply captured for {', '.join(missing)}", [], figures)
-    return Verdict(name, "valid", f"all {len(wanted)} answered on the wire as expected", [], figures)
-
-
 @pytest.mark.security
 @pytest.mark.severity("critical")
 def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
@@ -225,7 +184,7 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
         ("attack.pbx_rpc_mgmt", {**rpc, "host": str(pbx.spec.mgmt)}, _rpc_refused),
     ]
     with scenario.phase("apply: attacks from the agents host"):
-        got = _attack(scenario, ATTACKER, attacks)
+        _attack(scenario, ATTACKER, attacks)
         _attack(scenario, cti.name, [("cti_host.pbx_rpc", {**rpc, "host": str(pbx.spec.mgmt)}, _rpc_refused)])
     wanted = {
         "attack.cti_login_forged": "token_invalid",
@@ -233,7 +192,6 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
         "attack.cti_admin_original": "admin_ok",
         "attack.cti_admin_replayed": "forbidden:replayed",
     }
-    ports = [(f, int(got.get(f, {}).get("local_port") or 0), want) for f, want in wanted.items()]
     with scenario.phase("verify: refused, nobody disturbed"):
         scenario.hold(scenario.expect(), "every agent stays logged in at home", 2.0, states=("ready",))
     with scenario.phase("verify-revert"):
@@ -251,7 +209,7 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
             check_refused(ev, "attack.pbx_rpc_mgmt", ["refused", "timeout", "unreachable", "http_4"]),
             _accepted(ev, "attack.cti_admin_original"),
             _accepted(ev, "cti_host.pbx_rpc"),
-            check_wire_answers(scenario, str(topo.device(ATTACKER).spec.address), ports),
+            check_answered_on_wire(ev, str(topo.device(ATTACKER).spec.address), wanted),
         ]
     overall = scenario.conclude(verdicts)
     assert overall.valid, scenario.failure_message()
@@ -283,60 +241,18 @@ CUT_DEADLINE_S = 30.0  # after the flood began: three times those deadlines, for
 VICTIMS = [f"{REMOTE}-ul1", f"{REMOTE}-cti1", f"{REMOTE}-pbx1"]  # where the failed site's agents go
 
 
-def _without_flood(pcap: Path, attacker_ip: str) -> Path:
-    """A copy of ``pcap`` without the flood's own streams (the attacker's address AND a flood source
-    port): the real clients of the attacker's host use ephemeral ports, never FLOOD_PORTS."""
-    out = pcap.with_name(pcap.stem + ".noflood.pcap")
-    lo, hi = FLOOD_PORTS
-    bpf = f"not (host {attacker_ip} and (tcp or udp) and portrange {lo}-{hi})"
-    subprocess.run(
-        ["tcpdump", "-r", str(pcap), "-w", str(out), bpf], capture_output=True, check=True, timeout=120
-    )
-    return out
+GARBAGE_FIGURES = ("garbage_streams", "garbage_messages", "garbage_bytes")
 
 
-def _capture_judged_without_flood(
-    sc: Scenario, events: list[Any], attacker_ip: str
-) -> tuple[list[Any], dict[str, Any]]:
-    """The history with each capture point's ``lossless`` taken from its capture without the flood's
-    streams; what the flood's own streams added (malformed messages, by design) is kept beside it as
-    ``flood_excluded``, so the report says how much was excluded and why."""
-    cti_ports = sorted({d.spec.port for d in sc.lab.topology.of_kind("cti")})
-    sip_ports = sorted({d.spec.sip_port for d in sc.lab.topology.of_kind("pbx")})
-    clean: dict[str, dict[str, Any]] = {}
-    for res in sc.capture.results if sc.capture else []:
-        if res.pcap_path.exists() and res.pcap_path.stat().st_size > 24:
-            filtered = _without_flood(res.pcap_path, attacker_ip)
-            try:
-                dec = decode_pcap(filtered, sip_ports=sip_ports, cti_ports=cti_ports)
-            finally:
-                filtered.unlink(missing_ok=True)  # a copy of a raw capture: secrets, and no further use
-            clean[res.name] = dec.stats_dict()
-    out: list[Any] = []
-    totals: dict[str, Any] = {}
+def _garbage(events: Sequence[Event]) -> dict[str, dict[str, int]]:
+    """What the decoder counted as garbage at each capture point (the flood's refused streams)."""
+    out: dict[str, dict[str, int]] = {}
     for e in events:
-        v = (
-            e.value
-            if isinstance(e, Obs) and e.kind == "capture_stats" and isinstance(e.value, dict)
-            else None
-        )
-        if v is not None and v.get("capture") in clean and "decode" in v:
-            c = clean[v["capture"]]
-            excluded = {
-                k: v["decode"].get(k, 0) - c.get(k, 0)
-                for k in (
-                    "malformed_sip",
-                    "malformed_cti",
-                    "incomplete_at_end",
-                    "tcp_gaps",
-                    "sip_messages",
-                    "cti_messages",
-                )
-            }
-            e = replace(e, value={**v, "lossless": c["lossless"], "decode": c, "flood_excluded": excluded})
-            totals[v["capture"]] = excluded
-        out.append(e)
-    return out, totals
+        if isinstance(e, Obs) and e.kind == CAPTURE_STATS and isinstance(e.value, dict):
+            dec = e.value.get("decode") or {}
+            point = str(e.value.get("capture") or e.source)
+            out[point] = {k: int(dec.get(k, 0)) for k in GARBAGE_FIGURES}
+    return out
 
 
 @pytest.mark.security
@@ -364,7 +280,8 @@ def test_failover_under_flood(scenario: Scenario) -> None:
         scenario.finish()
     verdicts: list[Verdict] = []
     if not scenario.dry_run:
-        ev, excluded = _capture_judged_without_flood(scenario, scenario.events(), attacker_ip)
+        ev = scenario.events()
+        timeouts = sum(a.count("login_timeout") for a in wire_answers(ev, attacker_ip, FLOOD_PORTS).values())
         rt = checks.depends_on_capture(checks.check_recovery_time)
         sb = checks.depends_on_capture(checks.check_no_split_brain)
         verdicts = [
@@ -374,17 +291,17 @@ def test_failover_under_flood(scenario: Scenario) -> None:
             checks.check_faults_healed(ev),
             checks.check_capture_complete(ev),
             checks.check_expectations(ev),
-            _flood_ran(flood.summary, excluded),
-            _slow_clients_cut(flood.summary, _wire_codes(scenario, attacker_ip, "login_timeout")),
+            _flood_ran(flood.summary, _garbage(ev)),
+            _slow_clients_cut(flood.summary, timeouts),
         ]
     overall = scenario.conclude(verdicts)
     assert overall.valid, scenario.failure_message()
 
 
-def _flood_ran(summary: Mapping[str, Any] | None, excluded: Mapping[str, Any]) -> Verdict:
+def _flood_ran(summary: Mapping[str, Any] | None, garbage: Mapping[str, Any]) -> Verdict:
     """The flood did what it says: slow clients held open and garbage sent at every target (else the
     scenario proved nothing about floods: unknown). Its figures: the flood's own counters per target, and
-    what its streams added to each capture (judged without them: ``excluded``)."""
+    what the decoder counted as garbage at each capture point."""
     name = "flood_ran"
     per = (summary or {}).get("summary") or {}
     if not per:
@@ -394,7 +311,7 @@ def _flood_ran(summary: Mapping[str, Any] | None, excluded: Mapping[str, Any]) -
         for t, c in per.items()
         if not c.get("slow_opened") or not (c.get("garbage_sent") or c.get("garbage_sent_udp"))
     ]
-    figures = {"targets": per, "seconds": (summary or {}).get("seconds"), "excluded": dict(excluded)}
+    figures = {"targets": per, "seconds": (summary or {}).get("seconds"), "garbage": dict(garbage)}
     if idle:
         return Verdict(name, "unknown", f"the flood never reached {', '.join(idle)}", [], figures)
     return Verdict(name, "valid", f"slow clients and garbage at all {len(per)} targets", [], figures)
@@ -422,21 +339,6 @@ def _wait_cut(sc: Scenario, flood: Any) -> None:
         time.sleep(0.2)
         cut = _cut(flood.counters())
     sc.history.info("scenario", "flood.slow_clients_cut", {"cut": cut, "slow": slow})
-
-
-def _wire_codes(sc: Scenario, attacker_ip: str, code: str) -> int:
-    """How many CTI error lines with ``code`` the capture shows toward the flood's own connections."""
-    lo, hi = FLOOD_PORTS
-    return sum(
-        1
-        for d in sc.decoded.values()
-        for e in d.events
-        if e.protocol == "cti"
-        and e.dst_ip == attacker_ip
-        and lo <= e.dst_port <= hi
-        and isinstance(e.body, dict)
-        and e.body.get("code") == code
-    )
 
 
 def _slow_clients_cut(summary: Mapping[str, Any] | None, cti_timeouts_on_wire: int) -> Verdict:

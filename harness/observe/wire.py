@@ -32,6 +32,11 @@ def cti_observations(
     ``login`` (or the admin request's id) to learn whose it is; a connection opened before the capture
     began stays anonymous, and the snapshots cover it. A message the CTI wrote well before its capture
     carries ``held`` (seconds, from its ``at`` stamp): the checkers date it when written.
+
+    On a connection that is no agent's (no ``login_ok`` seen on it: an attacker's, a probe's), what the
+    CTI answered is kept too, without ``agent`` (whoever the connection claimed to be is ``claimed``): an
+    ``error`` line -> ``refused`` (its ``code``, ``reason``), an ``admin_ok`` -> ``admin_ok`` (its
+    ``op``), each with the ``client`` address it went to: the refusals a security scenario judges.
     """
     decoded = [ev for ev in decoded if ev.protocol == "cti"]
     offsets = write_offsets(decoded, cti_addr)
@@ -69,7 +74,11 @@ def cti_observations(
                 event = "lapsed" if body.get("lapsed") else "fenced"
                 out.append((ev, device, {"event": event, "site": site, "agent": fenced}))
             continue
+        if not conn.get("confirmed") and not conn.get("fencing") and typ in ("error", "admin_ok"):
+            out.append((ev, device, _answer_to_stranger(ev, body, site, agent)))
+            continue
         if typ == "login_ok":
+            conn["confirmed"] = True
             conn["agent"] = agent = str(body.get("agent") or agent)
             conn["epoch"] = body.get("epoch")
             value = {"event": "login", "state": body.get("state")}
@@ -96,6 +105,16 @@ def cti_observations(
         value.update({"site": site, "agent": agent, "epoch": conn.get("epoch")})
         out.append((ev, device, {k: v for k, v in value.items() if v is not None}))
     return out
+
+
+def _answer_to_stranger(ev: Any, body: Mapping[str, Any], site: str, claimed: str | None) -> dict[str, Any]:
+    """The ``refused``/``admin_ok`` observation of a CTI answer on a connection that is no agent's."""
+    if body.get("type") == "error":
+        value = {"event": "refused", "code": body.get("code"), "reason": body.get("reason")}
+    else:
+        value = {"event": "admin_ok", "op": body.get("op")}
+    value.update(site=site, client=ev.dst, claimed=claimed, id=body.get("id"))
+    return {k: v for k, v in value.items() if v is not None}
 
 
 HELD_MIN = 0.05  # seconds: a message captured later than this after its CTI wrote it says so (``held``)
