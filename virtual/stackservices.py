@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness import credentials
 from harness.topology import REPO_ROOT, Device, Topology
-from virtual import netns, netplan
+from virtual import netns
 
 STACK_SECRET = credentials.STACK_SECRET_VAR
 SWARM_SIP_PORT = 5060
@@ -187,7 +187,7 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
             if linked:
                 argv = _linked_agents(topo, run_dir, host, code, argv)
                 if any(a.softphone == "baresip" for a in linked):
-                    out.append(_baresip(topo, host, run_dir))
+                    out.append(_baresip(host, run_dir))
             out.append(Planned(host.name, "hil-swarm", argv, {}, (admin, s.admin_port), wait=False))
     return out
 
@@ -209,7 +209,7 @@ BARESIP_CONFIG = """\
 # Written by the virtual lab (virtual/stackservices.py): baresip with no account; the agent client gives
 # it the agent's account over ctrl_tcp (stack/phone/baresip.py).
 poll_method\tepoll
-net_interface\t{ifname}
+net_interface\t{address}
 sip_listen\t{sip}
 audio_player\taufile,/dev/null
 audio_source\tausine,440
@@ -224,10 +224,10 @@ ctrl_tcp_listen\t127.0.0.1:{ctrl}
 """
 
 
-def _baresip(topo: Topology, host: Device, run_dir: Path) -> Planned:
-    """baresip on an agents host (Debian's ``baresip-core``): SIP and media on the host's data interface
-    (else it takes the first, the management one, into its SDP), its control on the host's loopback, where
-    only that host's agent process reaches it."""
+def _baresip(host: Device, run_dir: Path) -> Planned:
+    """baresip on an agents host (Debian's ``baresip-core``): SIP and media on the host's data address (its
+    ``net_interface``, else it takes the first interface, the management one, into its SDP), its control on
+    the host's loopback, where only that host's agent process reaches it."""
     exe = shutil.which("baresip")
     if exe is None:
         raise RuntimeError(f"{host.name}: baresip is not installed (apt-get install baresip-core)")
@@ -237,9 +237,7 @@ def _baresip(topo: Topology, host: Device, run_dir: Path) -> Planned:
     modules = "/usr/lib/baresip/modules"
     addr = str(host.spec.address)
     sip = f"{addr}:{BARESIP_SIP_PORT}"
-    ifs = netplan.plan(topo).addresses.get(host.name, [])
-    ifname = next((i for i, cidr in ifs if cidr.split("/")[0] == addr), "eth0")
-    text = BARESIP_CONFIG.format(ifname=ifname, sip=sip, modules=modules, ctrl=BARESIP_CTRL_PORT)
+    text = BARESIP_CONFIG.format(address=addr, sip=sip, modules=modules, ctrl=BARESIP_CTRL_PORT)
     (conf / "config").write_text(text)
     return Planned(host.name, "hil-baresip", [exe, "-f", str(conf)], {}, ("127.0.0.1", BARESIP_CTRL_PORT))
 

@@ -156,8 +156,9 @@ def cross_checks(t: Topology) -> Iterator[tuple[str, str]]:
     linked: dict[str, str] = {}  # a desk phone's extension -> the pool whose agent links that phone
     for pname, pool in m.agents.pools.items():
         yield from _linked_pool(t, pname, pool)
-        if pool.phone in t.devices and t.devices[pool.phone].spec.extension:
-            linked[t.devices[pool.phone].spec.extension] = f"agents.pools.{pname}"
+        desk = t.devices.get(pool.phone or "")
+        if desk is not None and desk.kind == "phone" and desk.spec.extension:
+            linked[desk.spec.extension] = f"agents.pools.{pname}"
     for ph in t.of_kind("phone") + t.of_kind("host"):
         ext = ph.spec.extension
         if ext and ext in owner and linked.get(ext) == owner[ext] and ph.kind == "phone":
