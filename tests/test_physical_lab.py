@@ -30,7 +30,7 @@ from harness.drivers import driver_for
 from harness.drivers.caller import RemoteCallerDriver, caller_for
 from harness.lab import Lab
 from harness.lab import virtual as virtual_backend
-from harness.lab.physical import PhysicalBackend
+from harness.lab.physical import LabUnusable, PhysicalBackend
 from harness.topology import DEFAULT_TOPOLOGY, REPO_ROOT
 from virtual.lab import run_base
 
@@ -105,6 +105,7 @@ def test_status_reads_every_device_through_its_management_interface(twin: dict[s
     assert st["kind"] == "physical" and st["up"] and not st["problems"]
     reached = {m["device"] for m in st["management"] if m["state"] == "up"}
     assert {"sha-sw1", "ntg-sw1", "sha-pbx1", "ntg-cti1", "sha-caller1", "ntg-phone1", "sha-pdu1"} <= reached
+    assert "ntg-capture1" in reached  # the capture host of Nantong's SPAN port
     assert {"sha-con1", "ntg-con1"} <= reached
     assert st["links"] and all(x["state"] == "up" for x in st["links"])
     assert {p["device"] for p in st["processes"] if p["state"] == "active"} >= {"sha-pbx1", "ntg-agents1"}
@@ -157,6 +158,35 @@ def test_bad_input_is_one_line_per_device_and_exit_2(twin: dict[str, Any]) -> No
     assert "error: sha-pbx1: ssh 198.19.0.11:22: authentication failed for labops@198.19.0.11" in r.stderr
 
 
+def test_a_capture_host_that_cannot_capture_is_refused_before_any_fault(
+    twin: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preflight names the capture host, its management interface, the capture interface and what
+    failed, in one line; an unreachable capture host gets its one line from the login."""
+    for k, v in twin["env"].items():
+        monkeypatch.setenv(k, v)
+    cap = yaml.safe_load(Path(twin["file"]).read_text())["sites"]["ntg"]["hosts"]["ntg-capture1"]
+
+    def no_nic(d: dict[str, Any]) -> None:
+        d["sites"]["ntg"]["switches"]["ntg-sw1"]["capture_interface"] = "nosuch0"
+        d["sites"]["ntg"]["hosts"]["ntg-capture1"]["capture_interface"] = "nosuch0"
+
+    def unreachable(d: dict[str, Any]) -> None:
+        d["sites"]["ntg"]["hosts"]["ntg-capture1"]["ssh_port"] = 2
+
+    for name, edit, line in (
+        ("nonic", no_nic, f"ntg-capture1: ssh {cap['mgmt']}:22: capture on nosuch0: tcpdump exited 1: "),
+        ("capoff", unreachable, f"ntg-capture1: ssh {cap['mgmt']}:2: "),
+    ):
+        topo = topology.load(_variant(twin, name, edit))
+        with pytest.raises(LabUnusable) as e:
+            PhysicalBackend(topo).preflight()
+        mine = [p for p in e.value.lines() if p.startswith("ntg-capture1: ")]
+        assert len(mine) == 1 and mine[0].startswith(line), e.value.lines()
+        assert len(e.value.lines()) == 1, e.value.lines()
+    assert "No such device" in mine[0] or "unreachable" in mine[0]
+
+
 def test_a_test_call_runs_on_the_caller_host(twin: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller started over SSH on sha-caller1, its result fetched over SFTP: a real call through
     sha-pbx1 to an agent of sha, answered."""
@@ -194,3 +224,21 @@ def test_a_scenario_runs_through_management_interfaces_only(twin: dict[str, Any]
     assert not record.exists(), record.read_text()
     assert r.returncode == 0, tail
     assert "1 passed" in r.stdout, tail
+    # Nantong's SPAN goes to its capture host: the capture on its NIC (span0, which the controller does
+    # not have) was complete, with packets, and its pcap came back to be redacted and published.
+    assert not Path("/sys/class/net/span0").exists()
+    verdicts = [json.loads(p.read_text()) for p in (tmp_path / "reports" / "verdicts").glob("*.json")]
+    found = [v for doc in verdicts for v in _verdicts(doc) if v.get("name") == "capture_complete"]
+    assert found and all(v["result"] == "valid" for v in found), found
+    captures = found[0]["figures"]["captures"]
+    assert captures["ntg-sw1-span"]["complete"] and captures["ntg-sw1-span"]["packets"] > 0, captures
+    published = list((tmp_path / "reports" / "pcap").glob("*/ntg-sw1-span.pcap"))  # the redacted copy
+    assert published and published[0].stat().st_size > 24, "fetched, redacted and published as the others"
+    assert not list((tmp_path / "reports").rglob("raw/*/*.pcap")), "a physical lab keeps no raw pcap"
+
+
+def _verdicts(doc: Any) -> list[dict[str, Any]]:
+    if isinstance(doc, dict):
+        got = doc.get("verdicts")
+        return [v for v in got if isinstance(v, dict)] if isinstance(got, list) else []
+    return [v for v in doc if isinstance(v, dict)] if isinstance(doc, list) else []

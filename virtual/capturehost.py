@@ -9,6 +9,10 @@ that receives a copy of everything the switch's SPAN port sends (a second ``tc m
 egress: the SPAN session itself stays the switch CLI's). The keeper records them in its state, where
 `hil lab up --as-physical` reads them to describe the host, and nowhere else.
 
+One twin-only workaround: the lab's user namespace denies setgroups(2), which tcpdump calls for ``-Z``
+(initgroups, even to stay root), so its tcpdump runs with a no-op ``initgroups`` preloaded (compiled at
+lab start; without a C compiler tcpdump fails there and the physical preflight says so in one line).
+
 The host's SSH session (``CaptureHost``) runs what the harness sends, as a Linux host would, inside the
 host's namespace: ``echo $$; exec tcpdump ...`` streamed (its PID first, then its stderr as it comes),
 ``tcpdump -i IFACE -d`` (the preflight), ``kill -SIG PID`` of the tcpdumps it started (never another
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -31,6 +37,7 @@ from harness.topology import Topology
 
 __all__ = ["CaptureHost", "CaptureHostPlan", "capture_host_factory", "capture_host_plans"]
 
+log = logging.getLogger("hil.keeper")
 SPAN_NIC = "span0"
 STREAM_PREFIX = "echo $$; exec "
 
@@ -112,15 +119,33 @@ def build_commands(p: CaptureHostPlan, mgmt_bridge: str, prefix: int, span_port_
     ]  # fmt: skip
 
 
+_SHIM = "#include <sys/types.h>\nint initgroups(const char *u, gid_t g) { (void)u; (void)g; return 0; }\n"
+
+
+def tcpdump_env(work: Path) -> dict[str, str]:
+    """The environment for tcpdump in the lab's user namespace: the initgroups shim preloaded."""
+    lib = work / "initgroups-noop.so"
+    if not lib.exists():
+        src = work / "initgroups-noop.c"
+        src.write_text(_SHIM)
+        try:
+            subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(src)], check=True,
+                           capture_output=True, timeout=60)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warning("no initgroups shim for the capture hosts' tcpdump: %s", e)
+            return {}
+    return {"LD_PRELOAD": str(lib)}
+
+
 class CaptureHost:
     """A capture host's exec endpoint (see the module docstring); ``fallback`` is the host's own CLI."""
 
     def __init__(
         self, fallback: Any, root: Path, netns_argv: list[str], started: dict[int, subprocess.Popen[bytes]],
-        tcpdump: str = "tcpdump",
+        tcpdump: str = "tcpdump", env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.fallback, self.root, self.netns_argv = fallback, Path(root), list(netns_argv)
-        self.tcpdump = tcpdump
+        self.tcpdump, self.env = tcpdump, {**os.environ, **(env or {})}
         self._started = started  # shared by the host's sessions: a stop comes on another connection
 
     def host_path(self, path: str) -> Path:
@@ -150,7 +175,7 @@ class CaptureHost:
             return 2
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)  # fmt: skip
+                                    stderr=subprocess.PIPE, env=self.env)  # fmt: skip
         except OSError as e:
             chan.sendall_stderr(f"sh: 1: exec: tcpdump: {e.strerror}\n".encode())
             return 127
@@ -173,7 +198,8 @@ class CaptureHost:
             return self._kill(words[1][1:], int(words[2]))
         if words[:1] == ["tcpdump"] and "-w" not in words:  # a short one: the preflight's -d, -D, --version
             try:
-                r = subprocess.run(self._tcpdump_argv(words), capture_output=True, text=True, timeout=20)
+                argv = self._tcpdump_argv(words)
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=self.env)
             except (OSError, subprocess.TimeoutExpired, ValueError) as e:
                 return 127, "", f"tcpdump: {e}\n"
             return r.returncode, r.stdout, r.stderr
@@ -202,11 +228,17 @@ def _words(command: str) -> list[str]:
         return []
 
 
-def capture_host_factory(fallback: Any, root: Path, netns_argv: list[str], tcpdump: str = "tcpdump") -> Any:
+def capture_host_factory(
+    fallback: Any,
+    root: Path,
+    netns_argv: list[str],
+    tcpdump: str = "tcpdump",
+    env: dict[str, str] | None = None,
+) -> Any:
     """A session_factory for a capture host's SSHServer (give it ``sftp_root=root`` as well)."""
     started: dict[int, subprocess.Popen[bytes]] = {}
 
     def factory(username: str = "root") -> CaptureHost:
-        return CaptureHost(fallback(username), root, netns_argv, started, tcpdump)
+        return CaptureHost(fallback(username), root, netns_argv, started, tcpdump, env)
 
     return factory

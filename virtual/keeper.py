@@ -30,7 +30,13 @@ from harness import credentials
 from harness.topology import Topology, TopologyError, load
 from sipcore import probe as sipprobe
 from virtual import netns, pbx, stackservices
-from virtual.capturehost import CaptureHostPlan, build_commands, capture_host_factory, capture_host_plans
+from virtual.capturehost import (
+    CaptureHostPlan,
+    build_commands,
+    capture_host_factory,
+    capture_host_plans,
+    tcpdump_env,
+)
 from virtual.console import PtyConsole
 from virtual.host_cli import host_session_factory
 from virtual.netplan import CORE_MGMT_IF, MGMT_BRIDGE, plan
@@ -247,7 +253,7 @@ class Keeper:
         (root / "tmp").mkdir(parents=True, exist_ok=True)  # its workdir, /tmp
         argv = netns.nsenter_argv(ns_path(cap.name))
         shell = host_session_factory(cap.name, ServiceSupervisor(), netns_argv=argv)
-        factory = capture_host_factory(shell, root, argv)
+        factory = capture_host_factory(shell, root, argv, env=tcpdump_env(self.run_dir))
         lsock = netns.listener_in(ns_path(cap.name), cap.mgmt, 22)
         server = SSHServer(lsock, key, users, factory, name=cap.name, sftp_root=root)
         server.start()
