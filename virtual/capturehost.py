@@ -119,7 +119,7 @@ def build_commands(p: CaptureHostPlan, mgmt_bridge: str, prefix: int, span_port_
     ]  # fmt: skip
 
 
-_SHIM = "#include <sys/types.h>\nint initgroups(const char *u, gid_t g) { (void)u; (void)g; return 0; }\n"
+_SHIM = "int initgroups(const char *u, unsigned int g) { (void)u; (void)g; return 0; }\n"  # no header needed
 
 
 def tcpdump_env(work: Path) -> dict[str, str]:
@@ -129,8 +129,8 @@ def tcpdump_env(work: Path) -> dict[str, str]:
         src = work / "initgroups-noop.c"
         src.write_text(_SHIM)
         try:
-            subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(src)], check=True,
-                           capture_output=True, timeout=60)  # fmt: skip
+            cc = ["cc", "-shared", "-fPIC", "-nostdlib", "-O2", "-o", str(lib), str(src)]
+            subprocess.run(cc, check=True, capture_output=True, timeout=60)
         except (OSError, subprocess.SubprocessError) as e:
             log.warning("no initgroups shim for the capture hosts' tcpdump: %s", e)
             return {}
