@@ -234,10 +234,14 @@ def _accepted(ev: Sequence[Any], f: str) -> Verdict:
 
 # -- floods during a failover ------------------------------------------------------------------------
 
-FLOOD = {"slow": 100, "every": 3.0, "rate": 200.0}  # per target: 100 slow clients; 200 garbage/s in all
+# per target: 100 slow clients, 20 idle ones; 200 garbage messages a second in all
+FLOOD = {"slow": 100, "idle": 20, "every": 3.0, "rate": 200.0}
 FLOOD_ALONE_S = 4.0  # seconds flooded before the failure: every slow client has sent a byte or two
 CUT_KINDS = ("http", "cti")  # servers with a deadline for a request (UL) or a login (CTI): 10 s each
-CUT_DEADLINE_S = 30.0  # after the flood began: three times those deadlines, for a busy machine
+CUT_DEADLINE_S = 30.0  # after the failover: three times those deadlines, for a busy machine
+# The PBX (kamailio) cuts a connection idle for tcp_connection_lifetime (20 s, virtual/kamailio.cfg.tmpl);
+# a client trickling bytes only where it has a deadline for a whole message (5.8+: tcp_msg_read_timeout).
+PBX_KIND = "sip"
 VICTIMS = [f"{REMOTE}-ul1", f"{REMOTE}-cti1", f"{REMOTE}-pbx1"]  # where the failed site's agents go
 
 
@@ -274,7 +278,7 @@ def test_failover_under_flood(scenario: Scenario) -> None:
         with scenario.fault("service_kill", f"{SITE}-pbx1", service="kamailio") as kill:
             with scenario.phase("verify: failed over under the flood"):
                 scenario.wait_placement(moved, f"agents of {SITE} at {REMOTE}, under the flood")
-        with scenario.phase("verify: the UL and the CTI cut the slow clients"):
+        with scenario.phase("verify: the UL, the CTI and the PBX cut the slow clients"):
             _wait_cut(scenario, flood)
     with scenario.phase("verify-revert"):
         scenario.finish()
@@ -293,6 +297,7 @@ def test_failover_under_flood(scenario: Scenario) -> None:
             checks.check_expectations(ev),
             _flood_ran(flood.summary, _garbage(ev)),
             _slow_clients_cut(flood.summary, timeouts),
+            _pbx_cut_idle(scenario, flood.summary, attacker_ip),
         ]
     overall = scenario.conclude(verdicts)
     assert overall.valid, scenario.failure_message()
@@ -332,13 +337,23 @@ def _wait_cut(sc: Scenario, flood: Any) -> None:
     request and login deadlines), or CUT_DEADLINE_S after the flood began; what was seen is recorded."""
     if sc.dry_run or sc.history is None:
         return
-    slow = int(FLOOD["slow"])
+    slow, idle = int(FLOOD["slow"]), int(FLOOD["idle"])
     deadline = time.monotonic() + CUT_DEADLINE_S
-    cut = _cut(flood.counters())
-    while time.monotonic() < deadline and not (cut and all(n >= slow for n in cut.values())):
+
+    def done() -> bool:
+        cut, pbx = _cut(flood.counters()), _idle_cut(flood.counters())
+        return bool(cut) and all(n >= slow for n in cut.values()) and pbx >= idle
+
+    while time.monotonic() < deadline and not done():
         time.sleep(0.2)
-        cut = _cut(flood.counters())
-    sc.history.info("scenario", "flood.slow_clients_cut", {"cut": cut, "slow": slow})
+    counters = flood.counters()
+    seen = {"cut": _cut(counters), "slow": slow, "pbx_idle_cut": _idle_cut(counters), "idle": idle}
+    sc.history.info("scenario", "flood.slow_clients_cut", seen)
+
+
+def _idle_cut(counters: Mapping[str, Any]) -> int:
+    """How many of the flood's idle connections the PBX has cut so far (its own count)."""
+    return sum(int(c.get("idle_closed_by_server", 0)) for t, c in counters.items() if t.startswith(PBX_KIND))
 
 
 def _slow_clients_cut(summary: Mapping[str, Any] | None, cti_timeouts_on_wire: int) -> Verdict:
@@ -358,3 +373,35 @@ def _slow_clients_cut(summary: Mapping[str, Any] | None, cti_timeouts_on_wire: i
     if bad:
         return Verdict(name, "invalid", f"slow clients left open: {bad}", bad, figures)
     return Verdict(name, "valid", f"every slow client cut by the UL and the CTI ({cut})", [], figures)
+
+
+def _pbx_cut_idle(sc: Scenario, summary: Mapping[str, Any] | None, attacker_ip: str) -> Verdict:
+    """The PBX cut every one of the flood's idle clients, as the wire shows: a FIN or RST from its SIP
+    port to a flood connection that had sent nothing. Its cuts of trickling clients are a figure: Kamailio
+    5.6 restarts its idle timer at every byte and never cuts them (5.8+ does: tcp_msg_read_timeout)."""
+    name = "pbx_cut_slow_clients"
+    pbx = sc.lab.topology.device(f"{REMOTE}-pbx1")
+    lo, hi = FLOOD_PORTS
+    closes = [
+        c
+        for d in sc.decoded.values()
+        for c in d.closes
+        if c.src_ip == str(pbx.spec.address) and c.src_port == pbx.spec.sip_port
+        and c.dst_ip == attacker_ip and lo <= c.dst_port <= hi
+    ]  # fmt: skip
+    idle_cut = {(c.dst_port, round(c.time, 3)) for c in closes if not c.peer_bytes}
+    idle = int(FLOOD["idle"])
+    figures = {
+        "idle": idle,
+        "idle_cut_on_wire": len(idle_cut),
+        "cut_after_bytes_on_wire": len(closes) - len(idle_cut),  # trickling or garbage clients
+        "flood_counted": _idle_cut((summary or {}).get("summary") or {}),
+    }
+    if not sc.decoded:
+        return Verdict(name, "unknown", "no capture decoded", [], figures)
+    if len(idle_cut) < idle:
+        why = f"the PBX cut {len(idle_cut)} of the flood's {idle} idle clients on the wire"
+        return Verdict(name, "invalid", why, [figures], figures)
+    return Verdict(
+        name, "valid", f"the PBX cut all {idle} idle clients ({len(idle_cut)} on the wire)", [], figures
+    )

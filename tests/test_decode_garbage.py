@@ -129,3 +129,27 @@ def test_udp_garbage_the_pbx_refused_is_garbage_and_a_phones_stays_loss() -> Non
 def test_udp_garbage_without_the_pbxs_side_stays_loss() -> None:
     d = decode([udp(ATTACKER, 20010, PBX, SIP, b"NOT SIP AT ALL\r\n\r\n")])
     assert d.stats.malformed_sip == 1 and d.stats.garbage_streams == 0 and not d.stats.lossless
+
+
+def test_who_closed_a_connection_is_on_the_record() -> None:
+    """An idle client the PBX cut (its FIN first), a trickling client that reset its own connection, a
+    reset from the PBX to a client whose start the capture missed, and a trickling client the PBX cut."""
+    slow = b"REGISTER sip:lab SIP/2.0\r\nX-Slow: a"
+    frames = [
+        tcp(ATTACKER, 20020, PBX, SIP, 100, SYN),
+        tcp(PBX, SIP, ATTACKER, 20020, 5000, SYN | ACK),
+        tcp(PBX, SIP, ATTACKER, 20020, 5001, 0x11),  # FIN, ACK: the PBX closes the idle connection
+        *conn(ATTACKER, 20021, slow, b"", server=PBX, sport=SIP, reset=True),
+        tcp(PBX, SIP, ATTACKER, 20022, 5001, 0x14),  # RST, ACK
+        *conn(ATTACKER, 20023, slow, b"", server=PBX, sport=SIP),
+        tcp(PBX, SIP, ATTACKER, 20023, 5001, 0x11),  # the PBX cuts a trickling client
+    ]
+    d = decode(frames)
+    got = [(c.src_ip, c.src_port, c.dst_port, c.how, c.peer_bytes) for c in d.closes]
+    assert got == [
+        ("198.18.1.10", SIP, 20020, "fin", 0),
+        ("198.18.1.21", 20021, SIP, "rst", 0),
+        ("198.18.1.10", SIP, 20022, "rst", 0),
+        ("198.18.1.10", SIP, 20023, "fin", len(slow)),
+    ]
+    assert [c.time for c in d.closes] == sorted(c.time for c in d.closes)

@@ -144,6 +144,7 @@ def test_flood_targets_are_the_victims_data_services(lab: Lab) -> None:
         ("sha-agents1", {"at": ["ntg-agents1"]}, "not marked fair_game"),
         ("sha-agents1", {"at": ["ntg-cti1"], "slow": 10_000}, "slow must be"),
         ("sha-agents1", {"at": ["ntg-cti1"], "rate": 1e6}, "rate must be"),
+        ("sha-agents1", {"at": ["ntg-cti1"], "idle": 10_000}, "idle must be"),
     ],
 )
 def test_flood_refused_before_anything_runs(lab: Lab, target: str, params: dict, why: str) -> None:
@@ -226,6 +227,8 @@ def test_the_flood_runs_reports_ready_and_a_summary_on_sigterm(line_server: tupl
     argv += [
         "--slow",
         "5",
+        "--idle",
+        "2",
         "--every",
         "0.2",
         "--rate",
@@ -252,6 +255,7 @@ def test_the_flood_runs_reports_ready_and_a_summary_on_sigterm(line_server: tupl
     assert all("progress" in ln for ln in lines[:-1])  # counters while it runs, then the summary
     counters = lines[-1]["summary"][f"cti=127.0.0.1:{port}"]
     assert counters["slow_opened"] >= 5 and counters["garbage_sent"] > 0 and counters["garbage_replies"] > 0
+    assert counters["idle_opened"] == 2 and counters["idle_closed_by_server"] == 0  # the server never cuts
 
 
 def test_probe_exchange_and_rpc(line_server: tuple[int, list[bytes]]) -> None:

@@ -16,7 +16,7 @@ so a checker can answer ``unknown`` instead of trusting a partial picture. Nothi
 raise (tests/test_fuzz_*.py fuzz it): DecodeError means the file is not a capture at all.
 """
 
-from harness.decode.events import Decoded, DecodeStats, Event, to_dicts
+from harness.decode.events import Close, Decoded, DecodeStats, Event, to_dicts
 from harness.decode.packets import SIP_PORTS, decode_buffer, decode_pcap
 from harness.decode.pcapfile import (
     LINKTYPE_ETHERNET,
@@ -41,6 +41,7 @@ __all__ = [
     "LINKTYPE_NULL",
     "LINKTYPE_RAW",
     "SIP_PORTS",
+    "Close",
     "DecodeError",
     "DecodeStats",
     "Decoded",

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["DecodeStats", "Decoded", "Event", "new_event", "to_dicts"]
+__all__ = ["Close", "DecodeStats", "Decoded", "Event", "new_event", "to_dicts"]
 
 
 class Event(NamedTuple):
@@ -95,6 +95,19 @@ def to_dicts(events: Iterable[Event]) -> list[dict[str, Any]]:
     return [e.to_dict() for e in events]
 
 
+class Close(NamedTuple):
+    """One side of a TCP connection closing it (its first FIN or RST), seen on the wire: who cut whom. A
+    server that cuts a slow client shows here, where its refusal has no message to carry it."""
+
+    time: float
+    src_ip: str  # the side that closed
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    how: str  # "fin" or "rst"
+    peer_bytes: int = 0  # what the other side had sent on it, as read (SIP and CTI streams): 0 = idle
+
+
 @dataclass
 class DecodeStats:
     """What the decoder saw and what it could not read; non-zero loss counters mean partial evidence."""
@@ -143,6 +156,7 @@ class Decoded:
     path: str
     events: list[Event]
     stats: DecodeStats
+    closes: list[Close] = field(default_factory=list)  # TCP connections' closes, as each ended
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """Events as plain dicts."""

@@ -278,4 +278,5 @@ def decode_buffer(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Decoded(name, dec.messages.events, dec.stats)
+    dec.tcp.closes.sort(key=lambda c: c.time)
+    return Decoded(name, dec.messages.events, dec.stats, dec.tcp.closes)

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from harness.decode.events import DecodeStats
+from harness.decode.events import Close, DecodeStats
 from harness.decode.garbage import accepts, connection_accepted, count_garbage, role
 from harness.decode.messages import Messages, StreamKey
 from sipcore.scan import SIP_PREFIXES
@@ -35,7 +35,7 @@ class Stream:
 
     __slots__ = (
         "next_seq", "buf", "pending", "kind", "resync", "acked", "fin", "reset", "opened", "msgs", "good",
-        "bad", "nbytes",
+        "bad", "nbytes", "closed",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -54,6 +54,7 @@ class Stream:
         self.good = 0  # messages that accept the peer's traffic (garbage.accepts)
         self.bad = 0  # malformed messages read from this direction
         self.nbytes = 0  # bytes read into the stream
+        self.closed: tuple[float, str] | None = None  # (time, "fin"/"rst") of its first FIN or RST
 
 
 def _seq_delta(a: int, b: int) -> int:
@@ -73,6 +74,7 @@ class TcpStreams:
         self.sip_ports = frozenset(sip_ports)
         self.cti_ports = frozenset(cti_ports)
         self.streams: dict[StreamKey, Stream] = {}
+        self.closes: list[Close] = []
 
     def segment(
         self, buf: Any, l4: int, end: int, src: bytes, dst: bytes, v6: bool, n: int, ts: float
@@ -101,6 +103,8 @@ class TcpStreams:
             st.fin = (seq + len(payload)) & 0xFFFFFFFF
         if flags & 0x04:
             st.reset = True
+        if flags & 0x05 and st.closed is None:
+            st.closed = (ts, "rst" if flags & 0x04 else "fin")
         if not payload:
             return
         if st.kind is None:
@@ -211,6 +215,9 @@ class TcpStreams:
         """Settle the connection of stream ``key``: both its directions leave the table."""
         st = self.streams.pop(key)
         back = self.streams.pop((key[2], key[3], key[0], key[1]), None)
+        self._closes(st, key, back)
+        if back is not None:
+            self._closes(back, (key[2], key[3], key[0], key[1]), st)
         if back is None:
             self._account(st, key, None, False)
             return
@@ -218,6 +225,14 @@ class TcpStreams:
         accepted = connection_accepted((st.msgs, st.good, st.bad), (back.msgs, back.good, back.bad), server)
         self._account(st, key, back, not accepted)
         self._account(back, (key[2], key[3], key[0], key[1]), st, not accepted)
+
+    def _closes(self, st: Stream, key: StreamKey, back: Stream | None) -> None:
+        if st.closed is not None:
+            conv = self.messages.ip6 if len(key[0]) == 16 else self.messages.ip4
+            peer = back.nbytes if back is not None else 0
+            self.closes.append(
+                Close(st.closed[0], conv(key[0]), key[1], conv(key[2]), key[3], st.closed[1], peer)
+            )
 
     def _account(self, st: Stream, key: StreamKey, back: Stream | None, refused: bool) -> None:
         """Count what a stream leaves unread when it ends (or its ports are reused). ``refused``: the

@@ -112,6 +112,7 @@ class Flood(Fault):
         for t in flood_targets(self.lab, self.victims):
             argv += ["--target", t]
         argv += ["--slow", str(int(p.get("slow", 100))), "--every", str(float(p.get("every", 3.0)))]
+        argv += ["--idle", str(int(p.get("idle", 0)))]
         argv += ["--rate", str(float(p.get("rate", 200.0))), "--ports", "-".join(map(str, FLOOD_PORTS))]
         argv += ["--seed", str(int(p.get("seed", 0))), "--max-seconds", str((self.max_duration or 120) + 5)]
         return argv
@@ -132,6 +133,8 @@ class Flood(Fault):
         flood_targets(self.lab, self.victims)
         if not 0 <= int(self.params.get("slow", 100)) <= MAX_SLOW:
             raise FaultRefused(f"flood: slow must be 0-{MAX_SLOW} connections per target")
+        if not 0 <= int(self.params.get("idle", 0)) <= MAX_SLOW:
+            raise FaultRefused(f"flood: idle must be 0-{MAX_SLOW} connections per target")
         if not 0 <= float(self.params.get("rate", 200.0)) <= MAX_RATE:
             raise FaultRefused(f"flood: rate must be 0-{MAX_RATE:g} messages per second")
 

@@ -11,6 +11,7 @@ Two floods at once, against every ``--target KIND=HOST:PORT`` (KIND: http, cti, 
 
 - slow clients: ``--slow`` connections per target, each sending one byte of a message that never ends
   every ``--every`` seconds (the slowloris pattern); a connection the server closes is opened again;
+  and ``--idle`` connections per TCP target that send nothing at all (what an idle deadline must cut);
 - garbage: ``--rate`` malformed messages per second over all targets (random bytes, lines that are not
   JSON, JSON that is no CTI message, broken HTTP, broken SIP over UDP and TCP), each on a connection that
   is opened again whenever the server closes it.
@@ -234,6 +235,26 @@ class Flood:
                 st["slow_open"] -= 1
                 s.close()
 
+    async def idle(self, t: Target) -> None:
+        """A connection that never sends a byte, opened again whenever the server closes it."""
+        st = self.stats[t.name]
+        while not self.stop.is_set():
+            try:
+                s = await self.connect(t)
+            except (OSError, TimeoutError):
+                st["idle_connect_failed"] += 1
+                await self._pause(self.args.every)
+                continue
+            st["idle_opened"] += 1
+            try:
+                while not self.stop.is_set():
+                    got = await self._recv(s, 1.0)
+                    if got == b"":
+                        st["idle_closed_by_server"] += 1
+                        break
+            finally:
+                s.close()
+
     async def garbage_worker(self, t: Target) -> None:
         st, q = self.stats[t.name], self.queues[t.name]
         loop = asyncio.get_running_loop()
@@ -307,6 +328,8 @@ class Flood:
             for _ in range(self.args.slow):
                 firsts.append(loop.create_future())
                 tasks.append(asyncio.create_task(self.slow(t, firsts[-1])))
+            for _ in range(self.args.idle):
+                tasks.append(asyncio.create_task(self.idle(t)))
             for _ in range(GARBAGE_WORKERS):
                 tasks.append(asyncio.create_task(self.garbage_worker(t)))
             if t.kind == "sip":  # SIP takes garbage over UDP too: one queue, both transports draw from it
@@ -333,6 +356,9 @@ _COUNTERS = (
     "slow_connect_failed",
     "slow_closed_by_server",
     "slow_replies",
+    "idle_opened",
+    "idle_closed_by_server",
+    "idle_connect_failed",
     "garbage_sent",
     "garbage_sent_udp",
     "garbage_replies",
@@ -356,6 +382,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness.tools.flood", description=__doc__.splitlines()[0])
     p.add_argument("--target", type=parse_target, action="append", required=True, help="KIND=HOST:PORT")
     p.add_argument("--slow", type=int, default=50, help="slow connections per target")
+    p.add_argument("--idle", type=int, default=0, help="idle connections per target (never a byte)")
     p.add_argument("--every", type=float, default=3.0, help="seconds between a slow client's bytes")
     p.add_argument("--rate", type=float, default=200.0, help="garbage messages per second, all targets")
     p.add_argument("--ports", type=parse_ports, default=DEFAULT_PORTS, help="source ports LO-HI")
@@ -367,7 +394,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    need = len(args.target) * (args.slow + GARBAGE_WORKERS + 1) + 64
+    need = len(args.target) * (args.slow + args.idle + GARBAGE_WORKERS + 1) + 64
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
