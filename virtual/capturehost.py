@@ -29,6 +29,8 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -229,16 +231,19 @@ def _words(command: str) -> list[str]:
 
 
 def capture_host_factory(
-    fallback: Any,
-    root: Path,
-    netns_argv: list[str],
-    tcpdump: str = "tcpdump",
-    env: dict[str, str] | None = None,
-) -> Any:
-    """A session_factory for a capture host's SSHServer (give it ``sftp_root=root`` as well)."""
+    fallback: Any, root: Path, netns_argv: list[str], tcpdump: str = "tcpdump",
+    env: dict[str, str] | Callable[[], dict[str, str]] | None = None,
+) -> Any:  # fmt: skip
+    """A session_factory for a capture host's SSHServer (give it ``sftp_root=root`` as well). ``env`` may be
+    a function: called at the first session, not at lab start (the shim's compile stays off `hil lab up`)."""
     started: dict[int, subprocess.Popen[bytes]] = {}
+    made: dict[str, dict[str, str]] = {}
+    lock = threading.Lock()  # sessions come on threads of their own: one compile
 
     def factory(username: str = "root") -> CaptureHost:
-        return CaptureHost(fallback(username), root, netns_argv, started, tcpdump, env)
+        with lock:
+            if "env" not in made:
+                made["env"] = (env() if callable(env) else env) or {}
+        return CaptureHost(fallback(username), root, netns_argv, started, tcpdump, made["env"])
 
     return factory

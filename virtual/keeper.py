@@ -253,7 +253,7 @@ class Keeper:
         (root / "tmp").mkdir(parents=True, exist_ok=True)  # its workdir, /tmp
         argv = netns.nsenter_argv(ns_path(cap.name))
         shell = host_session_factory(cap.name, ServiceSupervisor(), netns_argv=argv)
-        factory = capture_host_factory(shell, root, argv, env=tcpdump_env(self.run_dir))
+        factory = capture_host_factory(shell, root, argv, env=functools.partial(tcpdump_env, self.run_dir))
         lsock = netns.listener_in(ns_path(cap.name), cap.mgmt, 22)
         server = SSHServer(lsock, key, users, factory, name=cap.name, sftp_root=root)
         server.start()
