@@ -42,8 +42,8 @@ def _problems(tmp_path: Path, data: dict) -> list[tuple[str, str]]:
 
 def test_default_lab_links_a_desk_phone_and_a_softphone_per_site() -> None:
     t = topology.load(FILE)
-    linked = [a for a in t.agents() if a.phone or a.softphone]
-    assert [(a.home, a.phone, a.softphone) for a in linked] == [
+    linked = t.linked_agents()
+    assert [(a.home, *t.phone_of(a)) for a in linked] == [
         ("sha", "sha-phone1", None),
         ("ntg", "ntg-phone1", None),
         ("sha", None, "baresip"),
@@ -51,8 +51,10 @@ def test_default_lab_links_a_desk_phone_and_a_softphone_per_site() -> None:
     ]
     assert [a.id for a in t.agents()][:100] == [f"a{n:05d}" for n in range(1, 101)]  # the pools' ids kept
     for a in linked:
-        if a.phone:
-            assert a.extension == t.device(a.phone).spec.extension
+        desk = t.phone_of(a)[0]
+        if desk:
+            assert a.extension == t.device(desk).spec.extension
+    assert t.phone_of(t.agents()[0]) == (None, None)
     exts = t.extensions()
     assert len(exts) == len(set(exts)) and "19001" in exts and "19011" in exts
 
@@ -62,7 +64,7 @@ def test_the_agent_process_sees_the_roster_the_harness_sees(monkeypatch: pytest.
     t = topology.load(FILE)
     for site in ("sha", "ntg"):
         mine = linked_agents(FILE, site)
-        want = [a for a in t.agents() if a.home == site and (a.phone or a.softphone)]
+        want = [a for a in t.linked_agents() if a.home == site]
         assert [(la.agent.id, la.agent.extension) for la in mine] == [(a.id, a.extension) for a in want]
         desk = next(la for la in mine if la.desk)
         phone = t.device(desk.desk.name)

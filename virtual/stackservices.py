@@ -183,10 +183,10 @@ def plan(topo: Topology, run_dir: Path, secrets: dict[str, str]) -> list[Planned
                 "--admin", f"{admin}:{s.admin_port}",
                 "--log", str(run_dir / "logs" / f"{host.name}-events.jsonl"),
             ]  # fmt: skip
-            linked = [a for a in topo.agents() if a.home == code and (a.phone or a.softphone)]
+            linked = [a for a in topo.linked_agents() if a.home == code]
             if linked:
                 argv = _linked_agents(topo, run_dir, host, code, argv)
-                if any(a.softphone == "baresip" for a in linked):
+                if any(topo.phone_of(a)[1] == "baresip" for a in linked):
                     out.append(_baresip(host, run_dir))
             out.append(Planned(host.name, "hil-swarm", argv, {}, (admin, s.admin_port), wait=False))
     return out

@@ -24,8 +24,6 @@ class Agent:
     system: str
     region: str
     skill_group: str
-    phone: str | None = None  # the desk phone it links (a `phones` device), when not the swarm's own
-    softphone: str | None = None  # the third-party softphone it uses (``baresip``), when not the swarm's
 
 
 @dataclass(frozen=True)
@@ -104,12 +102,20 @@ class Topology:
                             system=pool.system,
                             region=pool.region,
                             skill_group=pool.skill_groups[i % len(pool.skill_groups)],
-                            phone=pool.phone,
-                            softphone=pool.softphone,
                         )
                     )
             self._agents = out
         return self._agents
+
+    def phone_of(self, agent: Agent) -> tuple[str | None, str | None]:
+        """(the desk phone the agent links, the softphone it uses): both None for an agent of the swarm,
+        whose phone the swarm emulates in-process."""
+        pool = self.model.agents.pools[agent.pool]
+        return pool.phone, pool.softphone
+
+    def linked_agents(self) -> list[Agent]:
+        """Agents on phones the stack did not write (desk phones, softphones), in roster order."""
+        return [a for a in self.agents() if self.model.agents.pools[a.pool].linked]
 
     def extensions(self) -> list[str]:
         """Every extension a PBX must accept: all pools of all sites, and the lab's own phones (once each: a
