@@ -1,12 +1,13 @@
 """Security (issue 16, item 6): an attacker on an agents host, judged from the wire.
 
-The attacker runs INSIDE the agents host (its network namespace, its data address), as software on an
-agent's desktop would: its probes are harness/tools/probe.py, its flood the `flood` fault
-(harness/faults/flood.py, through the injector like every other fault). What the attacker saw is recorded
-as operations (`attack.*`); what the servers answered is read back from the capture (the CTI's replies on
-the attacker's own connections, found by the local ports the probe reports), so a refusal counts only
-when the wire shows it. The PBX's RPC is not on a captured port: what the attacker got (a refusal, a
-403) and what the CTI's host got (an answer) are the evidence there.
+The attacker runs INSIDE the agents host (its network namespace, its data address; over SSH on the host
+itself on a physical lab), as software on an agent's desktop would: its probes are harness/tools/probe.py,
+its flood the `flood` fault (harness/faults/flood.py, through the injector like every other fault). What
+the attacker saw is recorded as operations (`attack.*`); what the servers answered is read back from the
+capture (the CTI's answers on the attacker's own connections, harness/observe/wire.py, found by the local
+ports the probe reports: check_answered_on_wire), so a refusal counts only when the wire shows it. The
+PBX's RPC is not on a captured port: what the attacker got (a refusal, a 403) and what the CTI's host got
+(an answer) are the evidence there.
 
 During the floods the usual failover promise is judged by the usual checkers (as test_unplanned), on the
 capture as it is: the garbage the attacker sends is malformed by design, and the decoder counts it as
@@ -32,7 +33,8 @@ from harness import checks, observe
 from harness.checks import Verdict, check_refused
 from harness.checks.refusals import check_answered_on_wire, wire_answers
 from harness.credentials import STACK_SECRET_VAR
-from harness.faults.flood import FLOOD_PORTS, run_as_host
+from harness.faults import FaultRefused
+from harness.faults.flood import FLOOD_PORTS, check_ssh_host, run_as_host
 from harness.history import CAPTURE_STATS, Event, Obs, pair_ops
 from harness.scenario import Scenario
 from harness.ulapi import sign_request
@@ -64,13 +66,17 @@ def _signed_admin(msg: dict[str, Any]) -> str:
     return json.dumps(body)
 
 
-def _attacker_runs_here(sc: Scenario) -> None:
-    """The attacker is a process run as the agents host: only the virtual lab can (a physical lab's
-    agents desktop is not the controller's to run things on), so elsewhere the scenario is skipped."""
-    if not sc.lab.virtual:
-        pytest.skip(
-            f"{sc.lab.topology.name}: the attacker runs as a lab host, which only a virtual lab allows"
-        )
+def _attacker_runs_here(sc: Scenario, *hosts: str) -> None:
+    """The attacker is a process run as the agents host (and a probe as the CTI's host): on the virtual
+    lab in its namespace, on a physical one over SSH on the host itself (harness/faults/flood.py); a
+    physical lab whose topology gives no SSH way in to them skips the scenario, saying why."""
+    if sc.lab.virtual:
+        return
+    for host in (ATTACKER, *hosts):
+        try:
+            check_ssh_host(sc.lab, host)
+        except FaultRefused as e:
+            pytest.skip(f"{sc.lab.topology.name}: {e}")
 
 
 Attack = tuple[str, dict[str, Any], Callable[[Mapping[str, Any]], str | None]]  # (f, probe, judge)
@@ -156,7 +162,7 @@ def test_attacker_on_agents_host_refused(scenario: Scenario) -> None:
     original was served once; the PBX's RPC refuses
     the desktop (its data address does not serve it, its management address answers 403) and answers
     the CTI's host. Nobody is disturbed."""
-    _attacker_runs_here(scenario)
+    _attacker_runs_here(scenario, f"{SITE}-cti1")
     topo = scenario.lab.topology
     agent = next(a for a in topo.agents() if a.home == SITE)
     other = next(a for a in topo.agents() if a.home == SITE and a.id != agent.id)

@@ -13,18 +13,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import islice
+from pathlib import Path
 
 import pytest
 
 from harness import topology
+from harness.drivers.host import HostAccess, HostDriver
 from harness.faults import FaultRefused, make_fault
-from harness.faults.flood import FLOOD_PORTS, Flood, flood_targets
+from harness.faults.flood import FLOOD_PORTS, Flood, flood_targets, run_over_ssh
 from harness.faults.journal import proc_start
 from harness.lab import Lab
 from harness.lab.dryrun import DryRunBackend
 from harness.tools import probe
 from harness.tools.flood import KINDS, Ports, garbage, parse_ports, parse_target, slow_prefix
 from sipcore.message import parse as parse_sip
+from virtual.sshserver import SSHServer, load_or_create_host_key
+from virtual.toolhost import tool_host_factory
 
 SEEDS = range(200)
 
@@ -152,12 +156,23 @@ def test_flood_refused_before_anything_runs(lab: Lab, target: str, params: dict,
         make_fault(lab, "flood", target, **params).check_safety()
 
 
-def test_a_physical_lab_cannot_flood_as_its_hosts() -> None:
+def test_a_physical_lab_floods_over_ssh_on_the_host_or_refuses() -> None:
+    """A physical lab cannot enter a host's namespace: the flood is planned over SSH on the host itself
+    (this project installed there), and a topology that gives no SSH way in is refused before anything."""
     topo = topology.load(None)
     backend = DryRunBackend(topo)
     backend.kind = "physical"
-    with pytest.raises(FaultRefused, match="only the virtual lab"):
-        make_fault(Lab(topo, backend), "flood", "sha-agents1", at=["ntg-cti1"]).check_safety()
+    lab = Lab(topo, backend)
+    f = make_fault(lab, "flood", "sha-agents1", at=["ntg-cti1"], idle=3)
+    f.check_safety()
+    ((dev, cmd),) = f.plan()
+    assert dev == "sha-agents1" and cmd.startswith("ssh sha-agents1: python3 -m harness.tools.flood ")
+    assert "nsenter" not in cmd and "--target cti=198.18.2.20:7000" in cmd and "--idle 3" in cmd
+    assert f.plan_heal() == [("sha-agents1", "ssh sha-agents1: kill -TERM <the flood's pid>")]
+    creds = topo.model.credentials.model_copy(update={"host": None})
+    bare = topology.Topology(topo.model.model_copy(update={"credentials": creds}), topo.file)
+    with pytest.raises(FaultRefused, match="credentials.host"):
+        make_fault(Lab(bare, backend), "flood", "sha-agents1", at=["ntg-cti1"]).check_safety()
 
 
 def _until(cond: Callable[[], bool], deadline_s: float = 30.0) -> bool:
@@ -269,3 +284,65 @@ def test_probe_exchange_and_rpc(line_server: tuple[int, list[bytes]]) -> None:
     assert probe.rpc("127.0.0.1", free, "core.version") == {"outcome": "refused"}
     (res,) = probe.run([{"op": "exchange", "host": "127.0.0.1", "port": free, "lines": []}])
     assert "error" in res
+
+
+# -- over SSH, as a physical lab's host runs them (the twin's hosts: virtual/toolhost.py) ----------------
+
+
+class _Shell:
+    def run(self, command: str) -> tuple[int, str, str]:
+        return 127, "", f"{command}: command not found\n"
+
+
+@pytest.fixture
+def ssh_host(tmp_path: Path) -> Iterator[HostDriver]:
+    """A host's SSH server on loopback whose exec endpoint runs the harness's host programs."""
+    key = load_or_create_host_key(tmp_path / "host_key")
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
+    factory = tool_host_factory(lambda user: _Shell(), [])
+    with SSHServer(lsock, key, {"labops": "host-pw"}, factory, name="sha-agents1"):
+        ssh = HostDriver(
+            "sha-agents1", HostAccess("127.0.0.1", "labops", "host-pw", port=port, known_hosts=known)
+        )
+        yield ssh
+        ssh.close()
+
+
+def test_a_probe_runs_over_ssh_with_its_stdin(
+    ssh_host: HostDriver, line_server: tuple[int, list[bytes]]
+) -> None:
+    port, _ = line_server
+    probes = [{"op": "exchange", "host": "127.0.0.1", "port": port, "lines": ['{"type": "login"}']}]
+    (res,) = run_over_ssh(ssh_host, "harness.tools.probe", json.dumps(probes), timeout=30)
+    assert res["replies"] == [{"type": "error", "code": "bad_json"}] and res["local_port"] > 0
+    assert ssh_host.run("nc -l 1").exit_code == 127  # anything else is the host's own CLI
+    with pytest.raises(RuntimeError, match="exit"):
+        run_over_ssh(ssh_host, "harness.tools.probe", "not json", timeout=30)
+
+
+def test_a_flood_over_ssh_reports_its_pid_and_is_stopped_by_it(ssh_host: HostDriver) -> None:
+    """Started on the host over SSH, its lines come back as it runs; the heal is `kill PID` there, only
+    while `ps` says that PID is the flood; a PID it did not start is never signalled."""
+    topo = topology.load(None)
+    backend = DryRunBackend(topo)
+    backend.kind = "physical"
+    f = Flood(Lab(topo, backend), "sha-agents1", {"at": ["ntg-cti1"], "slow": 1, "rate": 5, "idle": 1})
+    f._ssh = ssh_host
+    f._inject()
+    try:
+        assert _until(f.took_effect), f.lines
+        assert f.pid and f.notes["remote"]
+        ps = ssh_host.run(f"ps -o args= -p {f.pid}")
+        assert ps.exit_code == 0 and ps.stdout.startswith("python3 -m harness.tools.flood --target cti=")
+        assert ssh_host.run("kill -TERM 1").exit_code == 1  # not one it started
+        f._heal()
+        assert f.heal_took_effect() and f.summary is not None
+        assert set(f.summary["summary"]) == {"cti=198.18.2.20:7000"}
+    finally:
+        if f._chan is not None:
+            f._chan.close()
