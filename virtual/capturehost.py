@@ -5,9 +5,9 @@ tcpdump on it over SSH and fetches the pcap over SFTP (harness/observe/remote_ca
 offer the same so that `--as-physical` proves that path. The twin's topology has no such host (its SPAN
 ports go to the controller's veths), so the keeper adds one per SPAN switch after the first site's: its own
 namespace with a management address (the highest free one of the management network) and a NIC ``span0``
-that receives a copy of everything the switch's SPAN port sends (a second ``tc mirred`` on that port's
-egress: the SPAN session itself stays the switch CLI's). The keeper records them in its state, where
-`hil lab up --as-physical` reads them to describe the host, and nowhere else.
+that receives a copy of everything the switch's SPAN port sends while a tcpdump runs there (a second ``tc
+mirred`` on that port's egress: the SPAN session itself stays the switch CLI's). The keeper records them in
+its state, where `hil lab up --as-physical` reads them to describe the host, and nowhere else.
 
 One twin-only workaround: the lab's user namespace denies setgroups(2), which tcpdump calls for ``-Z``
 (initgroups, even to stay root), so its tcpdump runs with a no-op ``initgroups`` preloaded (compiled at
@@ -41,6 +41,7 @@ __all__ = ["CaptureHost", "CaptureHostPlan", "capture_host_factory", "capture_ho
 
 log = logging.getLogger("hil.keeper")
 SPAN_NIC = "span0"
+_CABLE_LOCK = threading.Lock()
 STREAM_PREFIX = "echo $$; exec "
 
 
@@ -100,10 +101,9 @@ def _free(net: ipaddress.IPv4Network, used: set[str]) -> str:
     raise ValueError(f"no free address left in {net} for a capture host")
 
 
-def build_commands(p: CaptureHostPlan, mgmt_bridge: str, prefix: int, span_port_veth: str) -> list[list[str]]:
-    """The ip and tc commands that make one capture host in the keeper's (core) namespace."""
+def build_commands(p: CaptureHostPlan, mgmt_bridge: str, prefix: int) -> list[list[str]]:
+    """The ip commands that make one capture host in the keeper's (core) namespace."""
     ns = ["ip", "-n", p.name]
-    mirror = ["action", "mirred", "egress", "mirror", "dev", p.span_veth]
     return [
         ["ip", "netns", "add", p.name],
         ["ip", "link", "add", p.mgmt_veth, "type", "veth", "peer", "name", "mgmt0", "netns", p.name],
@@ -115,10 +115,22 @@ def build_commands(p: CaptureHostPlan, mgmt_bridge: str, prefix: int, span_port_
         [*ns, "link", "set", "mgmt0", "up"],
         [*ns, "link", "set", p.iface, "up"],
         [*ns, "route", "add", "unreachable", "default"],
-        ["tc", "qdisc", "add", "dev", span_port_veth, "clsact"],
-        ["tc", "filter", "add", "dev", span_port_veth, "egress", "protocol", "all", "u32", "match", "u32",
-         "0", "0", *mirror],
-    ]  # fmt: skip
+    ]
+
+
+def cable(span_port_veth: str, span_veth: str, on: bool) -> None:
+    """Copy (or stop copying) what the SPAN port sends to the capture host's NIC: a tc mirred on the port's
+    egress. Only while a tcpdump runs there, so the twin's other captures pay nothing for it."""
+    subprocess.run(["tc", "qdisc", "del", "dev", span_port_veth, "clsact"], capture_output=True)
+    if not on:
+        return
+    mirror = ["action", "mirred", "egress", "mirror", "dev", span_veth]
+    for argv in (["tc", "qdisc", "add", "dev", span_port_veth, "clsact"],
+                 ["tc", "filter", "add", "dev", span_port_veth, "egress", "protocol", "all", "u32", "match",
+                  "u32", "0", "0", *mirror]):  # fmt: skip
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise OSError(f"{' '.join(argv)}: {r.stderr.strip()}")
 
 
 _SHIM = "int initgroups(const char *u, unsigned int g) { (void)u; (void)g; return 0; }\n"  # no header needed
@@ -145,10 +157,13 @@ class CaptureHost:
     def __init__(
         self, fallback: Any, root: Path, netns_argv: list[str], started: dict[int, subprocess.Popen[bytes]],
         tcpdump: str = "tcpdump", env: dict[str, str] | None = None,
+        cabled: Callable[[bool], None] | None = None, cabling: list[int] | None = None,
     ) -> None:  # fmt: skip
         self.fallback, self.root, self.netns_argv = fallback, Path(root), list(netns_argv)
         self.tcpdump, self.env = tcpdump, {**os.environ, **(env or {})}
         self._started = started  # shared by the host's sessions: a stop comes on another connection
+        self._cabled = cabled  # the SPAN copy to this host's NIC, on while any of its tcpdumps runs
+        self._cabling = cabling if cabling is not None else [0]  # how many run: shared like `started`
 
     def host_path(self, path: str) -> Path:
         """A path of the emulated host, under ``root`` (never outside it)."""
@@ -176,10 +191,12 @@ class CaptureHost:
             chan.sendall_stderr(f"{e}\n".encode())
             return 2
         try:
+            self._cable(True)
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, env=self.env)  # fmt: skip
         except OSError as e:
-            chan.sendall_stderr(f"sh: 1: exec: tcpdump: {e.strerror}\n".encode())
+            self._cable(False)
+            chan.sendall_stderr(f"sh: 1: exec: tcpdump: {e.strerror or e}\n".encode())
             return 127
         self._started[proc.pid] = proc
         try:
@@ -193,6 +210,17 @@ class CaptureHost:
             return proc.wait()
         finally:
             self._started.pop(proc.pid, None)
+            self._cable(False)
+
+    def _cable(self, on: bool) -> None:
+        """Count this host's running tcpdumps (shared by its sessions); the first cables, the last unplugs."""
+        if self._cabled is None:
+            return
+        with _CABLE_LOCK:
+            was = self._cabling[0]
+            now = self._cabling[0] = max(0, was + (1 if on else -1))
+            if (on and was == 0) or (not on and was > 0 and now == 0):
+                self._cabled(on)
 
     def run(self, command: str) -> tuple[int, str, str]:
         words = _words(command)
@@ -233,17 +261,21 @@ def _words(command: str) -> list[str]:
 def capture_host_factory(
     fallback: Any, root: Path, netns_argv: list[str], tcpdump: str = "tcpdump",
     env: dict[str, str] | Callable[[], dict[str, str]] | None = None,
+    cabled: Callable[[bool], None] | None = None,
 ) -> Any:  # fmt: skip
     """A session_factory for a capture host's SSHServer (give it ``sftp_root=root`` as well). ``env`` may be
     a function: called at the first session, not at lab start (the shim's compile stays off `hil lab up`)."""
     started: dict[int, subprocess.Popen[bytes]] = {}
     made: dict[str, dict[str, str]] = {}
+    cabling = [0]
     lock = threading.Lock()  # sessions come on threads of their own: one compile
 
     def factory(username: str = "root") -> CaptureHost:
         with lock:
             if "env" not in made:
                 made["env"] = (env() if callable(env) else env) or {}
-        return CaptureHost(fallback(username), root, netns_argv, started, tcpdump, made["env"])
+        return CaptureHost(
+            fallback(username), root, netns_argv, started, tcpdump, made["env"], cabled, cabling
+        )
 
     return factory

@@ -33,6 +33,7 @@ from virtual import netns, pbx, stackservices
 from virtual.capturehost import (
     CaptureHostPlan,
     build_commands,
+    cable,
     capture_host_factory,
     capture_host_plans,
     tcpdump_env,
@@ -245,7 +246,7 @@ class Keeper:
         """One capture host of the twin (virtual/capturehost.py): its namespace, management address and
         SPAN NIC, and its SSH server (tcpdump in its namespace, SFTP over its files). Its known_hosts line."""
         span_veth = self.net.port_veth(cap.switch, cap.span_port)
-        for argv in build_commands(cap, MGMT_BRIDGE, self.net.mgmt_prefix, span_veth):
+        for argv in build_commands(cap, MGMT_BRIDGE, self.net.mgmt_prefix):
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"capture host {cap.name}: {' '.join(argv)}: {r.stderr.strip()}")
@@ -253,7 +254,9 @@ class Keeper:
         (root / "tmp").mkdir(parents=True, exist_ok=True)  # its workdir, /tmp
         argv = netns.nsenter_argv(ns_path(cap.name))
         shell = host_session_factory(cap.name, ServiceSupervisor(), netns_argv=argv)
-        factory = capture_host_factory(shell, root, argv, env=functools.partial(tcpdump_env, self.run_dir))
+        env = functools.partial(tcpdump_env, self.run_dir)
+        cabled = functools.partial(cable, span_veth, cap.span_veth)
+        factory = capture_host_factory(shell, root, argv, env=env, cabled=cabled)
         lsock = netns.listener_in(ns_path(cap.name), cap.mgmt, 22)
         server = SSHServer(lsock, key, users, factory, name=cap.name, sftp_root=root)
         server.start()
