@@ -314,8 +314,8 @@ class SSHServer:
         """Run one exec request (paramiko exec_command) and return its output and exit status."""
         try:
             session = self.session_factory(username)
-            if callable(getattr(session, "streams", None)) and session.streams(command):  # a capture host's
-                code, out, err = session.stream(command, chan), "", ""  # tcpdump, streamed as it runs
+            if callable(getattr(session, "streams", None)) and session.streams(command):  # a program whose
+                code, out, err = session.stream(command, chan), "", ""  # output streams as it runs (tcpdump)
             elif isinstance(session, CallerHost) and session.reads_stdin(command):
                 code, out, err = session.run_input(command, _read_to_eof(chan))
             elif isinstance(session, ExecSession):
