@@ -4,22 +4,25 @@ takes it, not by a fixed rate in thousands of clients that cannot see its load (
 Why this shape:
 - The limit is TCP Vegas's, as Netflix's concurrency-limits applies it to a server (``VegasLimit``): the
   number of logins in flight grows while their latency stays near the least seen (no queue), and shrinks
-  once the latency says a queue builds (``queue = limit * (1 - rtt_noload / rtt)``). Latency is what a busy
-  UL shows first: its event loop, its SQLite and the fence round trip to the peer UL and the peer's CTI are
-  all inside a login's time. RTTs are averaged over a short window first (concurrency-limits'
-  ``WindowedLimit``): one sample per login is too noisy on a shared machine. A second latency, the site's
-  CTI's answer to a status probe (:meth:`Admission.observe_downstream`), joins the same estimate: where the
-  CTI is the bottleneck it is its queue that shrinks the limit.
-- A login over the limit is deferred, never failed: it gets a ticket (its place in the site's queue) and a
-  slot to come back at (``retry_after``, to the millisecond). Slots are handed out at the rate the site
-  takes, Little's law over the limit and the latency (``limit / rtt``), as a GCRA schedule (the next free
-  slot advances ``1 / rate`` per ticket), so the deferred come back spread at that rate and in the order
-  they came: a deferred agent keeps its place, and a newcomer does not pass anyone already waiting. A
-  ticket is the agent's (keyed by agent id): a client that comes back before its slot is deferred again
-  to the same slot, so storming gains nothing. A ticket that comes at its slot is admitted even over the
-  limit (up to ``overbook`` times it): the schedule paces them already, and refusing one would cost a
-  round trip and its place's time; only a site far behind defers it again, by one login's latency.
-- Nothing here does I/O or sleeps: the clock is injected, so the unit tests drive bursts without waiting.
+  once the latency says a queue builds (``queue = limit * (1 - tolerance * rtt_noload / rtt)``, with
+  Gradient2's tolerance of 2). Latency is what a busy UL shows first: its event loop, its SQLite and the
+  fence round trip to the peer UL and the peer's CTI are all inside a login's time. RTTs are averaged
+  over a short window first (concurrency-limits' ``WindowedLimit``): one sample per login is too noisy on
+  a shared machine. A second latency, the site's CTI's (:meth:`Admission.observe_downstream`), can join
+  the same estimate, so that where the CTI is the bottleneck its queue shrinks the limit (not fed yet).
+- A login over the limit first waits in the UL, briefly and only the head of the queue
+  (:meth:`Admission.wait_turn`): each freed place goes to the longest held, so no place stands idle and
+  no round trip is spent. One not let in by then is deferred, never failed: a ticket (its place in the
+  site's queue) and a slot to come back at (``retry_after``, to the millisecond). Slots are handed out at
+  the rate the site takes, Little's law over the limit and the recent latency, as a GCRA schedule (the
+  next free slot advances ``1 / rate`` per ticket), so the deferred come back spread and in the order
+  they came: a deferred agent keeps its place. A ticket is the agent's (keyed by agent id): a client that
+  comes back before its slot is deferred again to the same slot, so storming gains nothing. A ticket
+  that comes at its slot goes in even over the limit (up to ``overbook`` times it): the schedule paces
+  them already. One that finds the site far behind (the rate was overestimated) plans everyone behind it
+  again at the rate now, so the order stays.
+- Nothing here sleeps but :meth:`Admission.wait_turn`, and the clock is injected: the unit tests drive
+  storms on a simulated clock without waiting.
 """
 
 from __future__ import annotations
