@@ -152,6 +152,19 @@ def test_downstream_latency_shrinks_the_limit() -> None:
     assert adm.limit < before
 
 
+def test_tracked_work_holds_a_place_but_feeds_no_latency() -> None:
+    clock = Clock()
+    adm = Admission(limit=VegasLimit(initial=4, lowest=4, highest=4), clock=clock)
+    adm.vegas.rtt_noload = 0.02
+    before = adm.rate(clock.now)
+    peer = [adm.track() for _ in range(4)]
+    assert not adm.admit("a1").admitted  # the peer's allocations fill the site
+    for d in peer:
+        clock.now += 0.0001
+        adm.done(d)
+    assert adm.inflight == 0 and adm.rate(clock.now) == before  # 0.1 ms each: not a login's latency
+
+
 def test_early_client_is_deferred_again_to_its_place() -> None:
     clock = Clock()
     adm = Admission(limit=VegasLimit(initial=4, lowest=4, highest=4), clock=clock)
