@@ -1,8 +1,9 @@
-"""An optional ceiling on the UL logins of a whole process (``stack.swarm --rate``, off by default).
+"""A safety ceiling on the UL logins of a whole process (``stack.swarm --rate``, 400/s by default, 0: none).
 
 The pace of a storm is the receiving UL's decision (its admission control, stack/login/admission.py): a
 fixed rate in the client wastes an idle site's capacity and overloads a busy one, and thousands of agent
-desktops cannot see the site's load. This bucket stays as a safety ceiling a lab may set.
+desktops cannot see the site's load. This bucket stays as a safety ceiling until the UL also reads its
+CTI's load (docs/performance.md: without it a 10,000-agent storm overloaded the receiving CTI).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 
 
 class TokenBucket:
-    """A ceiling on the UL logins of a whole process (none unless ``--rate`` asks for one).
+    """A ceiling on the UL logins of a whole process (``--rate``; none with ``--rate 0``).
 
     A reservation scheduler (GCRA): each caller books the next free slot (``1/rate`` apart, ``burst`` of
     them free at once) and sleeps until it, all callers concurrently. The earlier version handed tokens
