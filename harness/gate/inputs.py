@@ -5,10 +5,11 @@ wrong, so a release manager sees `error: FILE: FIELD: problem`, never a tracebac
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import ahocorasick
 
 from harness import textfile
 
@@ -95,22 +96,32 @@ def read_json_object(path: Path, what: str, problems: list[Problem]) -> Mapping[
     return obj
 
 
-def secret_leaks(root: Path, secrets: Iterable[bytes], skip: Iterable[Path] = ()) -> list[Problem]:
+def secret_leaks(
+    root: Path, secrets: Iterable[bytes], skip: Iterable[Path] = (), newer_than: float | None = None
+) -> list[Problem]:
     """Each file under ``root`` (but those under ``skip``: the raw captures, which hold the secrets by
     design) that holds one of ``secrets``, as bytes: (file, "", what leaked, its first 4 characters only).
     One pass per file over all the secrets; a file that cannot be read is a problem too (it was not
-    checked)."""
-    wanted = sorted({s for s in secrets if s}, key=len, reverse=True)
+    checked). ``newer_than`` (a wall time) reads only files written since: a session's own evidence in a
+    reports/ that keeps earlier runs' (gigabytes, none of which can hold this session's secrets)."""
+    wanted = {s for s in secrets if s}
     if not wanted:
         return []
-    pattern = re.compile(b"|".join(re.escape(s) for s in wanted))
+    # Aho-Corasick: one pass per file whatever the number of secrets (a regex alternation of 2,000 tokens
+    # read 17 MB in 99 s, this in 0.5 s); bytes as latin-1 text, one character per byte.
+    finder = ahocorasick.Automaton()
+    for sec in wanted:
+        finder.add_word(sec.decode("latin-1"), sec)
+    finder.make_automaton()
     skipped = [Path(p).resolve() for p in skip]
     out: list[Problem] = []
     for f in sorted(Path(root).rglob("*")):
         if not f.is_file() or f.is_symlink() or any(d in f.resolve().parents for d in skipped):
             continue
+        if newer_than is not None and f.stat().st_mtime < newer_than:
+            continue
         try:
-            hits = {m.group(0) for m in pattern.finditer(f.read_bytes())}
+            hits = {sec for _, sec in finder.iter(f.read_bytes().decode("latin-1"))}
         except OSError as e:
             out.append((str(f), "", f"not checked for the run's secrets: {e}"))
             continue

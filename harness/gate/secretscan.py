@@ -61,9 +61,10 @@ def run_secrets(topology: Topology, env: Mapping[str, str] | None, raw_pcaps: It
     return lab_secrets(topology, env) | capture_secrets(raw_pcaps, cti_ports)
 
 
-def leaks(root: Path, secrets: Iterable[bytes], raw_dir: Path) -> list[str]:
-    """One line per file under ``root`` (the raw captures excepted) that holds a secret of the run."""
-    return [problem_line(p) for p in secret_leaks(root, secrets, skip=[raw_dir])]
+def leaks(root: Path, secrets: Iterable[bytes], raw_dir: Path, newer_than: float | None = None) -> list[str]:
+    """One line per file under ``root`` (the raw captures excepted; with ``newer_than``, only files written
+    since) that holds a secret of the run."""
+    return [problem_line(p) for p in secret_leaks(root, secrets, skip=[raw_dir], newer_than=newer_than)]
 
 
 __all__ = ["capture_secrets", "lab_secrets", "leaks", "run_secrets"]
