@@ -119,7 +119,8 @@ def set_earlier_states(lab: Lab, sha: list[Any], every: int) -> dict[str, str]:
     earlier = {a.id: "ready" for a in sha}
     if not every:
         return earlier
-    nr = [a.id for i, a in enumerate(sha) if i % every == 0]
+    # only the swarm's agents: those on desk phones and softphones are not held by its admin API
+    nr = [a.id for i, a in enumerate(sha) if i % every == 0 and lab.topology.phone_of(a) == (None, None)]
     home = {a.id: a.home for a in sha}
     for site in sorted(set(home.values())):  # each agent's own swarm runs on its home site's host
         set_not_ready(lab, site, [aid for aid in nr if home[aid] == site])
@@ -286,8 +287,9 @@ def floors(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     topo_file = args.topology or str(ROOT / TOPOLOGIES[args.agents])
     topo = topology_mod.load(topo_file)
-    if len(topo.agents()) != args.agents:
-        raise SystemExit(f"error: {topo_file} has {len(topo.agents())} agents, not {args.agents}")
+    swarm_agents = [a for a in topo.agents() if topo.phone_of(a) == (None, None)]  # desk/soft phones aside
+    if len(swarm_agents) != args.agents:
+        raise SystemExit(f"error: {topo_file} has {len(swarm_agents)} swarm agents, not {args.agents}")
     doc: dict[str, Any] = {"bench": "failover", **describe(("kamailio", "tcpdump"))}
     sw = swarm_args(["--topology", "x", "--site", "sha"])
     doc["setup"] = {

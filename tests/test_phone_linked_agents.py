@@ -28,7 +28,7 @@ from stack.phone.control import HttpPhoneControl
 from stack.phone.polycontrol import PolyPhoneControl
 from virtual import stackservices
 
-FILE = REPO_ROOT / "topologies" / "virtual-two-site.yaml"
+FILE = REPO_ROOT / "topologies" / "virtual-phones.yaml"  # the default lab plus the linked agents
 DEFAULT = yaml.safe_load(FILE.read_text())
 
 

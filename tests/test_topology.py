@@ -26,11 +26,22 @@ from harness.topology import REPO_ROOT, TopologyError
 DEFAULT = yaml.safe_load((REPO_ROOT / "topologies" / "virtual-two-site.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["virtual-two-site", "virtual-10k", "physical-example"])
+@pytest.mark.parametrize("name", ["virtual-two-site", "virtual-phones", "virtual-10k", "physical-example"])
 def test_shipped_topologies_validate(name: str) -> None:
     t = topology.load(REPO_ROOT / "topologies" / f"{name}.yaml")
     assert set(t.sites) == {"sha", "ntg"}
     assert len({a.extension for a in t.agents()}) == len(t.agents())
+
+
+def test_phones_lab_shape() -> None:
+    """The default lab plus, per site, one agent on its desk phone and one on baresip (issue 12)."""
+    t = topology.load(REPO_ROOT / "topologies" / "virtual-phones.yaml")
+    agents = t.agents()
+    assert len(agents) == 104 and [a.id for a in agents[:100]] == [a.id for a in topology.load().agents()]
+    assert len([a for a in agents if t.phone_of(a) == (None, None)]) == 100
+    for site in ("sha", "ntg"):
+        linked = [t.phone_of(a) for a in t.linked_agents() if a.home == site]
+        assert sorted(linked, key=str) == sorted([(f"{site}-phone1", None), (None, "baresip")], key=str)
 
 
 def test_default_lab_shape() -> None:
