@@ -224,6 +224,7 @@ class Swarm:
                 web.post("/agents/{id}/state", self.h_state),
                 web.post("/agents/{id}/logout", self.h_logout),
                 web.post("/agents/{id}/login", self.h_login),
+                web.post("/agents/{id}/dial", self.h_dial),
                 web.get("/events", self.h_events),
             ]
         )
@@ -284,6 +285,18 @@ class Swarm:
         aid = await self._signed_agent(request)
         await self.login(aid)
         return web.json_response(self.agent_view(aid))
+
+    async def h_dial(self, request: web.Request) -> web.Response:
+        """The agent dials a number (the softphone's dial pad); signed: it changes the lab. Answers with the
+        call's reference at once; its progress is in /events (``outbound_call``)."""
+        aid = await self._signed_agent(request)
+        body = await request.json()
+        try:
+            ref = await self.clients[aid].start_dial(str(body.get("number", "")))
+        except cti_client.CtiError as err:
+            why = f'{{"error": "{err.code}"}}'
+            raise web.HTTPConflict(text=why, content_type="application/json") from None
+        return web.json_response({"agent": aid, "dial": ref})
 
     async def h_events(self, request: web.Request) -> web.Response:
         q = request.query

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from stack.agent.client import AgentClient
-from stack.agent.outbound import OutboundCalls
 from stack.callee import open_callee
 from stack.common import auth
 from stack.cti.client import CtiConnection, CtiError
@@ -41,8 +40,8 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
     yield from start_pbx(PbxSpec("sha-pbx1", HOST, SIP, RPC, "lab", tmp_path_factory.mktemp("pbx"), EXTS))
 
 
-class Dialing(OutboundCalls, AgentClient):
-    """The agent client with its dialling half first (what stack/agent/client.py is asked to become)."""
+class Dialing(AgentClient):
+    """The agent client (its dialling half is stack/agent/outbound.py)."""
 
 
 async def _lab(hold: float = 0.6) -> tuple[Any, ...]:

@@ -46,6 +46,7 @@ from virtual.services import Service, ServiceError, ServiceSupervisor
 from virtual.sshserver import SSHServer, caller_host_factory, load_or_create_host_key
 from virtual.switch_cli import switch_session_factory
 from virtual.switchports import VethPorts
+from virtual.toolhost import tool_host_factory
 
 log = logging.getLogger("hil.keeper")
 NETNS_DIR = "/run/netns"
@@ -227,6 +228,7 @@ class Keeper:
             sup = self.supervisors.setdefault(d.name, ServiceSupervisor())
             lsock = netns.listener_in(ns_path(d.name), str(d.spec.mgmt), d.spec.ssh_port)
             factory = host_session_factory(d.name, sup, netns_argv=netns.nsenter_argv(ns_path(d.name)))
+            factory = tool_host_factory(factory, netns.nsenter_argv(ns_path(d.name)))  # harness.tools
             sftp_root = None
             if d.kind == "host" and d.spec.role == "caller":  # its test caller over SSH, results over SFTP
                 sftp_root = self.run_dir / d.name

@@ -29,7 +29,7 @@ from harness.checks.moves import check_moves, final_sites, site_sequences
 from harness.checks.outbound import CALL_DIAL, CALLEE_CALL, check_outbound_calls
 from harness.checks.placement import check_placement_between
 from harness.checks.recovery import check_recovery_time, percentile
-from harness.checks.refusals import check_refused
+from harness.checks.refusals import check_answered_on_wire, check_refused, wire_answers
 from harness.checks.registration import check_single_registration
 from harness.checks.schedule_outcome import check_schedule_outcome
 from harness.checks.schedule_ran import check_schedule_ran
@@ -37,6 +37,8 @@ from harness.checks.split_brain import check_no_split_brain
 from harness.checks.verdict import Checker, Result, Verdict, compose, renamed
 
 __all__ = [
+    "check_answered_on_wire",
+    "wire_answers",
     "CALLEE_CALL",
     "CALL_DIAL",
     "check_outbound_calls",

@@ -33,7 +33,7 @@ for those marked change):
 | span_session (change) | a switch | session=1, sources= (PBX/CTI ports) | monitor session; heal: remove it |
 | process (change) | what it is | pid=, start=, role= | by track_process; heal: SIGTERM if still the same |
 | agent_session (change) | an agent | verb= logout/login | signed POST to its swarm; logout healed by login |
-| flood | attacker host | at=, slow=, every=, rate=, seed= | harness/tools/flood.py as the host; stop by PID |
+| flood | attacker host | at=, slow=, idle=, every=, rate=, seed= | flood tool in the host; SSH if physical |
 
 History records (docs/history.md): each change's apply and heal as `fault.inject` / `fault.heal` (or
 `change.apply` / `change.revert`), invoke value `history_value()` (`id`, `fault` or `change` = the kind,

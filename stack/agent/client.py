@@ -20,6 +20,7 @@ import contextlib
 import random
 
 from stack.agent.failover import Failover
+from stack.agent.outbound import OutboundCalls
 from stack.agent.pacing import TokenBucket
 from stack.agent.state import Timers, Trouble
 from stack.agent.ulapi import UlHttp, UlRefused, UlUnavailable
@@ -28,7 +29,7 @@ from stack.agent.watch import Watch
 __all__ = ["AgentClient", "Timers", "TokenBucket", "Trouble", "UlHttp", "UlRefused", "UlUnavailable"]
 
 
-class AgentClient(Failover, Watch):
+class AgentClient(OutboundCalls, Failover, Watch):
     """One agent's client; :meth:`run` is its whole life (login, watch, confirm, fail over, repeat)."""
 
     def start(self) -> asyncio.Task[None]:

@@ -56,7 +56,8 @@ class Routes:
         # in-process starts with a fresh limit, as a restarted process does.
         self.admission = Admission()
         self.counters.setdefault("deferred", 0)
-        app = web.Application(client_max_size=256 * 1024, middlewares=[_refuse_bad_input])
+        # 4 MiB: /v1/sync carries every session row (1.48 MB at 10,000 agents); anything larger is a JSON 413
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[_refuse_bad_input])
         app.add_routes(
             [
                 web.get("/v1/health", self.h_health),
@@ -349,6 +350,25 @@ def _session_row(raw: dict[str, Any]) -> SessionRow:
     return SessionRow(**{k: raw[k] for k in SessionRow.__dataclass_fields__ if k in raw})
 
 
+class _Throttled:
+    """A warning at most every ``every`` seconds, with how many were held back: a garbage flood is hundreds
+    of bad requests a second, and a line for each would flood the log instead (stack/common/limits.py)."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every, self.last, self.held = every, float("-inf"), 0
+
+    def note(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.held += 1
+            return
+        log.warning("ul: %s%s", what, f" (and {self.held} more since the last line)" if self.held else "")
+        self.last, self.held = now, 0
+
+
+_BAD_LOG = _Throttled()
+
+
 @web.middleware
 async def _refuse_bad_input(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -360,6 +380,6 @@ async def _refuse_bad_input(
     except web.HTTPException:
         raise
     except (KeyError, TypeError, AttributeError, *_BAD_BODY) as err:
-        log.warning("ul: %s %s: bad request (%s)", request.method, request.path, type(err).__name__)
+        _BAD_LOG.note(f"{request.method} {request.path}: bad request ({type(err).__name__})")
         detail = f"{type(err).__name__}: {str(err)[:200]}"
         return web.json_response({"error": "bad_request", "detail": detail}, status=400)

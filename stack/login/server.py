@@ -92,7 +92,7 @@ class UnifiedLogin(Routes, PeerSync):
         self.cti_admin = CtiAdmin(cti[0], cti[1], secret)
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        kinds = ("login", "local", "remote", "fallback", "fenced", "refused", "late")
+        kinds = ("login", "local", "remote", "fallback", "fenced", "refused", "late", "deferred")
         self.counters = dict.fromkeys(kinds, 0)
         # connection caps, request deadline, body and head limits; refusals counted with the others
         self.gate = HttpGate(limits or HttpLimits(), Refusals(log, f"ul {site}", self.counters))
