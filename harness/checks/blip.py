@@ -106,6 +106,29 @@ def _answers(events: list[Event], target: str, role: str) -> tuple[list[Obs], di
     return [e for e in sips if addr and value_of(e).get("src_ip") == addr], {}
 
 
+def _held(flt: FaultRecord) -> float | None:
+    """The pause a host held itself (a fault's ``hold`` param: stopped, held, resumed in one command line,
+    harness/faults/host.py ServicePause), or None."""
+    v = value_of(flt.pair.invoke).get("hold")
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _held_span(times: list[float], span: Span) -> Span | str:
+    """A pause the host held itself lies inside its inject (invoked to completed), not between inject and
+    heal: its break is the longest gap of the device's messages across that interval, whose edges stand
+    for ``on`` and ``off``."""
+    before = [t for t in times if t < span.start]
+    after = [t for t in times if t > span.on]
+    if not before or not after:
+        return "no captured message on both sides of the held pause"
+    seq = [before[-1], *[t for t in times if span.start <= t <= span.on], after[0]]
+    lo, hi = max(zip(seq, seq[1:], strict=False), key=lambda g: g[1] - g[0])
+    return Span(span.start, lo, hi, span.end)
+
+
 def _gap(times: list[float], span: Span) -> tuple[float | None, float | None, list[float]]:
     """(last answer by the time the fault was in place, first after its heal was invoked, answers while it
     was surely in place)."""
@@ -210,6 +233,12 @@ def check_blip(
         return unknown(
             NAME, f"too few captured messages of {target} before the fault to tell a gap", **figures
         )
+    held = _held(flt)
+    if held is not None:
+        inside = _held_span(times, span)
+        if isinstance(inside, str):
+            return unknown(NAME, f"{target}: {inside}", **figures)
+        span = inside
     last, first, during = _gap(times, span)
     if last is None:
         return unknown(NAME, f"no captured message of {target} before the fault", **figures)
@@ -218,6 +247,8 @@ def check_blip(
         return unknown(NAME, why, **figures)
     lower = span.off - span.on  # the fault was surely in place this long
     upper = (first if first is not None else span.end) - last
+    if held is not None:
+        lower = min(held, upper)  # the host held it this long; the gap around it is the most it can be
     baseline = max(quiet)
     figures.update(
         wire_length_s=rounded(first - last) if first is not None else None,

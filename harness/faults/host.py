@@ -118,10 +118,23 @@ class ServiceStop(ServiceFault):
 
 
 class ServicePause(ServiceFault):
+    """SIGSTOP, healed by SIGCONT. With ``hold=S`` the host resumes the service itself S seconds after
+    stopping it, in the same command line: a pause shorter than the controller's round trip to the host
+    (an SSH command takes up to a second on a loaded machine) then lasts what was asked, not what the heal's
+    latency makes of it (the anti-flap scenario's 300 ms PBX hang measured 1.42 s on the wire under load)."""
+
     kind = "service_pause"
 
+    @property
+    def hold(self) -> float | None:
+        v = self.params.get("hold")
+        return None if v is None else float(v)
+
     def inject_commands(self) -> list[str]:
-        return [f"systemctl kill -s SIGSTOP {shlex.quote(self.service)}"]
+        q = shlex.quote(self.service)
+        if self.hold is not None:
+            return [f"systemctl kill -s SIGSTOP {q} && sleep {self.hold:g} && systemctl kill -s SIGCONT {q}"]
+        return [f"systemctl kill -s SIGSTOP {q}"]
 
     def heal_commands(self) -> list[str]:
         return [f"systemctl kill -s SIGCONT {shlex.quote(self.service)}"]
@@ -141,6 +154,8 @@ class ServicePause(ServiceFault):
         return stat[:1] in ("T", "t")  # stopped by a signal, or held by a tracer: not running either way
 
     def took_effect(self) -> bool:
+        if self.hold is not None:
+            return True  # stopped, held, resumed by the command itself (else it failed): the wire shows it
         return self._stopped() is True
 
     def heal_took_effect(self) -> bool:
