@@ -29,6 +29,26 @@ class _Port:
     link_up: bool
 
 
+@dataclass
+class _Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class _Sftp:
+    def stat(self, path: str) -> object:
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class _SshClient:
+    def open_sftp(self) -> _Sftp:
+        return _Sftp()
+
+
 class _FakeDriver:
     def __init__(self, name: str, down: set[str], inactive: set[str]) -> None:
         self.name, self.down, self.inactive = name, down, inactive
@@ -49,8 +69,13 @@ class _FakeDriver:
             raise DeviceUnreachable(self.name, "connect", "no route to host")
         return f"{self.name} {unit} journal, last {lines} lines\n"
 
-    def run(self, command: str, action: str = "run", check: bool = False) -> None:
+    def run(self, command: str, action: str = "run", check: bool = False) -> _Ran:
         self.ran.append(command)
+        return _Ran(0, "", "")
+
+    @property
+    def client(self) -> _SshClient:
+        return _SshClient()  # a capture host whose workdir is there (SFTP)
 
     def registration(self) -> Registration:
         return Registration("registered", "10.41.1.10", 5060, "19001")

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,14 @@ def test_a_test_call_runs_on_the_caller_host(twin: dict[str, Any], monkeypatch: 
     agent = next(a for a in topo.agents() if a.home == "sha")
     caller = caller_for(lab, "sha-caller1", "sha-pbx1")
     assert isinstance(caller, RemoteCallerDriver)
-    res = caller.call(agent.extension, ring_timeout=8.0, hold=0.3, sip_port=5064)
+    # 480 = the agent's phone is not registered yet (the twin's swarm spreads its first logins, and on a
+    # loaded machine they can still be going on): that is readiness, polled with a generous deadline.
+    deadline = time.monotonic() + 60.0
+    while True:
+        res = caller.call(agent.extension, ring_timeout=8.0, hold=0.3, sip_port=5064)
+        if res.answered or res.status != 480 or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     assert res.answered, res
     caller.ssh.close()
 
