@@ -272,8 +272,10 @@ def test_fence_removes_the_stale_binding_unless_active_here() -> None:
             return auth.sign_message(SECRET, {"type": "admin", "op": "fence", "agent": agent, "epoch": epoch,
                                               "site": site, "extension": ext})  # fmt: skip
 
-        # the same site with an older epoch: the agent is legitimately here, nothing is touched
+        # an older epoch, here or elsewhere (a fence of an older login that arrives late): the agent is
+        # legitimately here, nothing is touched
         assert (await adm.request(fence("a00001", 99, "sha", "10001")))["fenced"] is False
+        assert (await adm.request(fence("a00001", 98, "ntg", "10001")))["fenced"] is False
         dumps = srv.pbx.dumps  # a removal would have gone out before two more dumps (one per 0.1 s)
         await wait_for(lambda: srv.pbx.dumps >= dumps + 2, timeout=5.0)
         assert fake.removed == [] and "a00001" in srv.sessions and srv.unbound == 0

@@ -24,7 +24,13 @@ from stack.cti.client import CtiError
 
 SILENCE = "heartbeats_missed"  # the CTI's silence: its wait was the heartbeat's own
 # Troubles that a lost session explains: a blip of one of them re-attaches (same token, same site).
-LOST = (SILENCE, "cti_disconnected", "heartbeat_not_logged_in", "replaced_by_own_login")
+LOST = (
+    SILENCE,
+    "cti_disconnected",
+    "heartbeat_not_logged_in",
+    "replaced_by_own_login",
+    "fenced_by_older_login",
+)
 
 
 class Failover(LoginFlow):

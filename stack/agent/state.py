@@ -220,6 +220,10 @@ class AgentState:
             # out and reached the CTI late), not a newer login elsewhere. The session is lost, not taken:
             # re-checked and re-attached like any lost CTI session.
             self._raise(Trouble("broken", "replaced_by_own_login"))
+        elif ev == "fenced" and isinstance(msg.get("epoch"), int) and msg["epoch"] < (self._gen_epoch or 0):
+            # A fence by a login older than this session's (a CTI that evicted us for a late fence of our
+            # own earlier login elsewhere): our session is lost, not superseded; re-checked and re-attached.
+            self._raise(Trouble("broken", "fenced_by_older_login"))
         elif ev in ("fenced", "replaced"):
             self._raise(Trouble("fenced", str(ev)))
 
