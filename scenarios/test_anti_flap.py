@@ -67,6 +67,10 @@ def _short_break(
     blip = check_blip(scenario.events(), window=window, expect="stay", heartbeat=HEARTBEAT)
     checks = scenario.standard_checks(expect="home", affected=list(home), recovery=False)
     unseen = may_hide and blip.result == "unknown" and "was not seen" in blip.reason
+    # A pause the host held itself lasted what it was asked (``hold``); when the device's own messages are
+    # too sparse around it (its CTI's probes late on a loaded machine: 1.64 s in a fresh-clone run beside
+    # `make run`), the wire cannot bound it below the window: then too the reads alone judge.
+    unseen = unseen or ("hold" in params and blip.result == "unknown" and "not below" in blip.reason)
     if unseen:
         allure.attach(f"{blip.reason} {blip.figures}", name="blip (not seen on the wire)")
     overall = scenario.conclude(checks if unseen else [blip, *checks])
