@@ -23,8 +23,9 @@ import contextlib
 import itertools
 import json
 import re
-import time
 from typing import Any
+
+from stack.phone.control import settle, unreachable
 
 __all__ = ["BaresipError", "BaresipPhoneControl", "netstring", "parse_reginfo"]
 
@@ -157,8 +158,7 @@ class BaresipPhoneControl:
         try:
             uas = await self._mine()
         except BaresipError as err:
-            return {"extension": None, "registered": False, "host": None, "port": None,
-                    "call_state": "idle", "error": str(err)}  # fmt: skip
+            return unreachable(err)
         if not uas:
             return {"extension": self.extension, "registered": False, "host": None, "port": None,
                     "call_state": self.call_state}  # fmt: skip
@@ -190,14 +190,7 @@ class BaresipPhoneControl:
                         await self.command("uadel", f"sip:{u['user']}@{u['host']}:{u['port']}")
         except BaresipError:
             return False
-        deadline = time.monotonic() + self.settle_timeout
-        while True:
-            reg = await self.registration()
-            if reg["registered"] and reg["host"] == host and reg["port"] == port:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
+        return await settle(self, host, port, self.settle_timeout)
 
     async def close(self) -> None:
         """Close the control connection (baresip and its UA stay, as a softphone does)."""

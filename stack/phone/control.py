@@ -41,6 +41,59 @@ class PhoneControl(Protocol):
         ...
 
 
+def unreachable(err: BaseException) -> dict[str, Any]:
+    """The registration of a phone that could not be read: not registered, with the reason."""
+    return {"extension": None, "registered": False, "host": None, "port": None, "call_state": "idle",
+            "error": f"{type(err).__name__}: {err}"}  # fmt: skip
+
+
+async def settle(phone: PhoneControl, host: str, port: int, within: float) -> bool:
+    """Poll ``phone`` until it is registered at ``host:port`` (True) or ``within`` seconds pass (False): a
+    real phone answers a change of server at once and registers in the background."""
+    deadline = time.monotonic() + within
+    while True:
+        reg = await phone.registration()
+        if reg["registered"] and reg["host"] == host and reg["port"] == int(port):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
+class BasicAuthHttp:
+    """An HTTP client of a phone's management API with basic auth: one session, made on first use and
+    closed by :meth:`close` if this object made it (the Yealink- and Poly-style controls share it)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 5.0,
+        settle_timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.settle_timeout = settle_timeout
+        cred = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {cred}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._own_session = session is None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session if this object created it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class LocalPhoneControl:
     """In-process control of a :class:`stack.phone.ua.Phone` (the swarm: no HTTP, no copies)."""
 
@@ -63,7 +116,7 @@ class LocalPhoneControl:
         return await self.phone.move_to((host, int(port)))
 
 
-class HttpPhoneControl:
+class HttpPhoneControl(BasicAuthHttp):
     """Control of a phone through its Yealink-style Action URI API (see :mod:`stack.phone.api`).
 
     ``GET /servlet?phonecfg=get&accounts=1`` reads the account; ``GET /servlet?phonecfg=set&
@@ -72,30 +125,12 @@ class HttpPhoneControl:
     account is registered at the new server or ``settle_timeout`` passes.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        password: str,
-        *,
-        account: int = 1,
-        timeout: float = 5.0,
-        settle_timeout: float = 10.0,
-        session: aiohttp.ClientSession | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str, username: str, password: str, *, account: int = 1, **kw: Any) -> None:
+        super().__init__(base_url, username, password, **kw)
         self.account = account
-        self.settle_timeout = settle_timeout
-        cred = base64.b64encode(f"{username}:{password}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {cred}"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session = session
-        self._own_session = session is None
 
     async def _get(self, params: dict[str, str]) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        async with self._session.get(
+        async with self._http().get(
             f"{self.base_url}/servlet", params=params, headers=self._headers, timeout=self._timeout
         ) as resp:
             resp.raise_for_status()
@@ -106,14 +141,7 @@ class HttpPhoneControl:
             body = await self._get({"phonecfg": "get", "accounts": "1"})
             acc = next(a for a in body["data"]["accounts"] if int(a["id"]) == self.account)
         except (TimeoutError, aiohttp.ClientError, KeyError, StopIteration, ValueError) as err:
-            return {
-                "extension": None,
-                "registered": False,
-                "host": None,
-                "port": None,
-                "call_state": "idle",
-                "error": f"{type(err).__name__}: {err}",
-            }
+            return unreachable(err)
         return {
             "extension": acc["user_name"],
             "registered": acc["status"] == "registered",
@@ -134,17 +162,4 @@ class HttpPhoneControl:
             )
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return False
-        deadline = time.monotonic() + self.settle_timeout
-        while True:
-            reg = await self.registration()
-            if reg["registered"] and reg["host"] == host and reg["port"] == int(port):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
-
-    async def close(self) -> None:
-        """Close the HTTP session if this object created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        return await settle(self, host, port, self.settle_timeout)

@@ -12,12 +12,11 @@ agent client must not care which phone is on the desk: both are a :class:`stack.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import time
 from typing import Any
 
 import aiohttp
+
+from stack.phone.control import BasicAuthHttp, settle, unreachable
 
 __all__ = ["PolyPhoneControl"]
 
@@ -25,33 +24,15 @@ OK = "2000"
 NO_CALL = "4007"
 
 
-class PolyPhoneControl:
+class PolyPhoneControl(BasicAuthHttp):
     """Control of line ``line`` of a Poly-style phone at ``base_url`` (HTTP basic auth)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        password: str,
-        *,
-        line: int = 1,
-        timeout: float = 5.0,
-        settle_timeout: float = 10.0,
-        session: aiohttp.ClientSession | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str, username: str, password: str, *, line: int = 1, **kw: Any) -> None:
+        super().__init__(base_url, username, password, **kw)
         self.line = line
-        self.settle_timeout = settle_timeout
-        cred = base64.b64encode(f"{username}:{password}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {cred}"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session = session
-        self._own_session = session is None
 
     async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        async with self._session.request(
+        async with self._http().request(
             method, self.base_url + path, json=body, headers=self._headers, timeout=self._timeout
         ) as resp:
             if resp.status == 401:
@@ -74,14 +55,7 @@ class PolyPhoneControl:
             port = int(line["Port"])
             call_state = await self._call_state()
         except (TimeoutError, aiohttp.ClientError, KeyError, StopIteration, ValueError, TypeError) as err:
-            return {
-                "extension": None,
-                "registered": False,
-                "host": None,
-                "port": None,
-                "call_state": "idle",
-                "error": f"{type(err).__name__}: {err}",
-            }
+            return unreachable(err)
         return {
             "extension": line.get("UserID"),
             "registered": line.get("RegistrationStatus") == "registered",
@@ -99,17 +73,4 @@ class PolyPhoneControl:
             return False
         if body.get("Status") != OK:
             return False
-        deadline = time.monotonic() + self.settle_timeout
-        while True:
-            reg = await self.registration()
-            if reg["registered"] and reg["host"] == host and reg["port"] == int(port):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
-
-    async def close(self) -> None:
-        """Close the HTTP session if this object created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        return await settle(self, host, port, self.settle_timeout)
