@@ -26,9 +26,6 @@ from kamailio_pbx import (
     HOST,
     contacts,
     no_contacts,
-    spec_a,
-    spec_b,
-    start_pbx,
 )
 
 from stack.phone.baresip import BaresipPhoneControl, netstring, parse_reginfo
@@ -57,16 +54,6 @@ def test_parse_reginfo_and_netstring() -> None:
     ]
     assert parse_reginfo("\n--- User Agents (0) ---\n") == []
     assert netstring({"command": "reginfo"}) == b'22:{"command": "reginfo"},'
-
-
-@pytest.fixture(scope="module")
-def pbx_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_a(tmp_path_factory.mktemp("a")))
-
-
-@pytest.fixture(scope="module")
-def pbx_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_b(tmp_path_factory.mktemp("b")))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
@@ -23,9 +22,6 @@ from kamailio_pbx import (
     HOST,
     contacts,
     no_contacts,
-    spec_a,
-    spec_b,
-    start_pbx,
 )
 
 from stack.phone.api import make_app
@@ -36,16 +32,6 @@ from virtual import pbx
 from virtual.pbx import PbxSpec
 
 pytestmark = pytest.mark.skipif(not os.access(pbx.KAMAILIO, os.X_OK), reason="kamailio not installed")
-
-
-@pytest.fixture(scope="module")
-def pbx_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_a(tmp_path_factory.mktemp("a")))
-
-
-@pytest.fixture(scope="module")
-def pbx_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_b(tmp_path_factory.mktemp("b")))
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 from kamailio_pbx import (
@@ -25,9 +24,6 @@ from kamailio_pbx import (
     HOST,
     contacts,
     no_contacts,
-    spec_a,
-    spec_b,
-    start_pbx,
     until,
 )
 
@@ -38,16 +34,6 @@ from virtual import pbx
 from virtual.pbx import PbxSpec
 
 pytestmark = pytest.mark.skipif(not os.access(pbx.KAMAILIO, os.X_OK), reason="kamailio not installed")
-
-
-@pytest.fixture(scope="module")
-def pbx_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_a(tmp_path_factory.mktemp("a")))
-
-
-@pytest.fixture(scope="module")
-def pbx_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_b(tmp_path_factory.mktemp("b")))
 
 
 def test_200_phones_register_with_digest_through_one_endpoint(pbx_a: PbxSpec) -> None:

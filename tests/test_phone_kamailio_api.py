@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -31,9 +30,6 @@ from kamailio_pbx import (
     HOST,
     contacts,
     no_contacts,
-    spec_a,
-    spec_b,
-    start_pbx,
     until,
 )
 
@@ -45,16 +41,6 @@ from virtual.pbx import PbxSpec
 
 pytestmark = pytest.mark.skipif(not os.access(pbx.KAMAILIO, os.X_OK), reason="kamailio not installed")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def pbx_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_a(tmp_path_factory.mktemp("a")))
-
-
-@pytest.fixture(scope="module")
-def pbx_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxSpec]:
-    yield from start_pbx(spec_b(tmp_path_factory.mktemp("b")))
 
 
 def _basic(user: str, pw: str) -> dict[str, str]:
