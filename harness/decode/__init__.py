@@ -29,9 +29,11 @@ from harness.decode.pcapfile import (
     LINKTYPE_RAW,
     DecodeError,
     iter_frames,
+    network_header,
 )
 
 __all__ = [
+    "network_header",
     "LINKTYPE_ETHERNET",
     "LINKTYPE_IPV4",
     "LINKTYPE_IPV6",

@@ -20,16 +20,10 @@ from harness.decode.events import Decoded, DecodeStats
 from harness.decode.messages import Messages
 from harness.decode.pcapfile import (
     LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_LOOP,
-    LINKTYPE_NULL,
-    LINKTYPE_RAW,
     DecodeError,
     Frame,
     iter_frames,
+    network_header,
 )
 from harness.decode.tcp import TcpStreams
 from sipcore.scan import SIP_PREFIXES
@@ -40,8 +34,6 @@ SIP_PORTS: tuple[int, ...] = (5060,)
 
 _MAX_FRAGMENT_SETS = 4096
 _U16 = struct.Struct(">H")
-_U32BE = struct.Struct(">I")
-_U32LE = struct.Struct("<I")
 _UDP = struct.Struct(">HHH")
 
 
@@ -109,45 +101,11 @@ class _Decoder:
         stats = self.stats
         unpack_h = _U16.unpack_from
         # -- link layer -> ethertype (or IP version) and network header offset
-        if lt == LINKTYPE_ETHERNET:
-            if off + 14 > end:
-                stats.not_ip += 1
-                return
-            (etype,) = unpack_h(buf, off + 12)
-            l3 = off + 14
-        elif lt == LINKTYPE_LINUX_SLL2:
-            if off + 20 > end:
-                stats.not_ip += 1
-                return
-            (etype,) = unpack_h(buf, off)
-            l3 = off + 20
-        elif lt == LINKTYPE_LINUX_SLL:
-            if off + 16 > end:
-                stats.not_ip += 1
-                return
-            (etype,) = unpack_h(buf, off + 14)
-            l3 = off + 16
-        elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
-            if off >= end:
-                stats.not_ip += 1
-                return
-            l3 = off
-            etype = 0x0800 if (buf[off] >> 4) == 4 else 0x86DD
-        elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
-            if off + 4 > end:
-                stats.not_ip += 1
-                return
-            (fam,) = (_U32BE if lt == LINKTYPE_LOOP else _U32LE).unpack_from(buf, off)
-            if fam > 0xFFFF:  # NULL is in the writer's byte order, which may not be little-endian
-                (fam,) = _U32BE.unpack_from(buf, off)
-            l3 = off + 4
-            etype = 0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0
-        else:
+        found = network_header(lt, buf, off, end)
+        if found is None:
             stats.not_ip += 1
             return
-        while etype in (0x8100, 0x88A8, 0x9100) and l3 + 4 <= end:  # VLAN tags (a SPAN port keeps them)
-            (etype,) = unpack_h(buf, l3 + 2)
-            l3 += 4
+        etype, l3 = found
 
         if etype == 0x0800:
             if l3 + 20 > end:

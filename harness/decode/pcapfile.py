@@ -24,6 +24,7 @@ __all__ = [
     "MAX_FRAME",
     "OnCorrupt",
     "iter_frames",
+    "network_header",
 ]
 
 # Link types (https://www.tcpdump.org/linktypes.html).
@@ -35,6 +36,36 @@ LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
+
+
+_H = struct.Struct(">H")
+_U32BE = struct.Struct(">I")
+_U32LE = struct.Struct("<I")
+_VLAN = (0x8100, 0x88A8, 0x9100)
+
+
+def network_header(lt: int, buf: Any, off: int, end: int) -> tuple[int, int] | None:
+    """(ethertype, offset of the network header) of a frame of link type ``lt`` at ``buf[off:end]``, VLAN
+    tags skipped (a SPAN port keeps them); None for a frame too short or of another link type. One reading
+    of the link layer for the decoder and the redactor."""
+    if lt == LINKTYPE_ETHERNET and off + 14 <= end:
+        etype, l3 = _H.unpack_from(buf, off + 12)[0], off + 14
+    elif lt == LINKTYPE_LINUX_SLL2 and off + 20 <= end:
+        etype, l3 = _H.unpack_from(buf, off)[0], off + 20
+    elif lt == LINKTYPE_LINUX_SLL and off + 16 <= end:
+        etype, l3 = _H.unpack_from(buf, off + 14)[0], off + 16
+    elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6) and off < end:
+        etype, l3 = (0x0800 if buf[off] >> 4 == 4 else 0x86DD), off
+    elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP) and off + 4 <= end:
+        (fam,) = (_U32BE if lt == LINKTYPE_LOOP else _U32LE).unpack_from(buf, off)
+        if fam > 0xFFFF:  # NULL is in the writer's byte order, which may not be little-endian
+            (fam,) = _U32BE.unpack_from(buf, off)
+        etype, l3 = (0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0), off + 4
+    else:
+        return None
+    while etype in _VLAN and l3 + 4 <= end:
+        etype, l3 = _H.unpack_from(buf, l3 + 2)[0], l3 + 4
+    return etype, l3
 
 
 class DecodeError(Exception):

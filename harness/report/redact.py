@@ -31,17 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.decode import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_LOOP,
-    LINKTYPE_NULL,
-    LINKTYPE_RAW,
-    iter_frames,
-)
+from harness.decode import iter_frames, network_header
 
 __all__ = ["FILL", "Redaction", "redact_buffer", "redact_pcap", "secret_spans", "secrets_in"]
 
@@ -61,8 +51,6 @@ _MESSAGE_START = re.compile(
     rb"|PRACK|UPDATE|REFER|PUBLISH|GET|POST|PUT|DELETE|HEAD|PATCH) "
 )
 _H = struct.Struct(">H")
-_U32BE = struct.Struct(">I")
-_U32LE = struct.Struct("<I")
 _MASK = 0xFFFFFFFF
 
 Span = tuple[int, int]
@@ -180,23 +168,10 @@ class _Redactor:
 
     def frame(self, n: int, lt: int, off: int, end: int, full: bool) -> None:
         buf = self.buf
-        if lt == LINKTYPE_ETHERNET and off + 14 <= end:
-            etype, l3 = _H.unpack_from(buf, off + 12)[0], off + 14
-        elif lt == LINKTYPE_LINUX_SLL2 and off + 20 <= end:
-            etype, l3 = _H.unpack_from(buf, off)[0], off + 20
-        elif lt == LINKTYPE_LINUX_SLL and off + 16 <= end:
-            etype, l3 = _H.unpack_from(buf, off + 14)[0], off + 16
-        elif lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6) and off < end:
-            etype, l3 = (0x0800 if buf[off] >> 4 == 4 else 0x86DD), off
-        elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP) and off + 4 <= end:
-            (fam,) = (_U32BE if lt == LINKTYPE_LOOP else _U32LE).unpack_from(buf, off)
-            if fam > 0xFFFF:
-                (fam,) = _U32BE.unpack_from(buf, off)
-            etype, l3 = (0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0), off + 4
-        else:
+        found = network_header(lt, buf, off, end)
+        if found is None:
             return
-        while etype in (0x8100, 0x88A8, 0x9100) and l3 + 4 <= end:
-            etype, l3 = _H.unpack_from(buf, l3 + 2)[0], l3 + 4
+        etype, l3 = found
         if etype == 0x0800 and l3 + 20 <= end:
             ihl = (buf[l3] & 0x0F) * 4
             (total,) = _H.unpack_from(buf, l3 + 2)
