@@ -22,12 +22,10 @@ directory under the run directory that its SFTP server serves.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
 import shlex
-import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.topology import Topology
+from virtual.toolhost import OwnProcesses
 
 __all__ = ["CaptureHost", "CaptureHostPlan", "capture_host_factory", "capture_host_plans"]
 
@@ -151,7 +150,7 @@ def tcpdump_env(work: Path) -> dict[str, str]:
     return {"LD_PRELOAD": str(lib)}
 
 
-class CaptureHost:
+class CaptureHost(OwnProcesses):
     """A capture host's exec endpoint (see the module docstring); ``fallback`` is the host's own CLI."""
 
     def __init__(
@@ -234,21 +233,6 @@ class CaptureHost:
                 return 127, "", f"tcpdump: {e}\n"
             return r.returncode, r.stdout, r.stderr
         return self.fallback.run(command)  # type: ignore[no-any-return]
-
-    def _kill(self, sig: str, pid: int) -> tuple[int, str, str]:
-        proc = self._started.get(pid)
-        try:
-            signum = signal.Signals[f"SIG{sig.upper().removeprefix('SIG')}"]
-        except KeyError:
-            return 1, "", f"kill: invalid signal specification: {sig}\n"
-        if proc is None or proc.poll() is not None:
-            return 1, "", f"kill: ({pid}) - No such process\n"
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-        return 0, "", ""
-
-    def __getattr__(self, name: str) -> Any:  # the interactive shell and the rest: the host's own CLI
-        return getattr(self.fallback, name)
 
 
 def _words(command: str) -> list[str]:

@@ -25,13 +25,37 @@ from typing import Any
 
 from harness.topology import REPO_ROOT
 
-__all__ = ["TOOLS", "ToolHost", "tool_host_factory"]
+__all__ = ["TOOLS", "OwnProcesses", "ToolHost", "tool_host_factory"]
 
 TOOLS = ("flood", "probe")
 PROGRAM = ["python3", "-m"]  # what the harness sends: harness/faults/flood.py TOOL_COMMAND
 
 
-class ToolHost:
+class OwnProcesses:
+    """A host session that signals only the programs it started (by PID, in ``_started``, shared by the
+    host's sessions: a stop comes on another connection) and leaves the rest to the host's own CLI
+    (``fallback``). The tool host and the capture host (virtual/capturehost.py) are both one."""
+
+    fallback: Any
+    _started: dict[int, subprocess.Popen[bytes]]
+
+    def _kill(self, sig: str, pid: int) -> tuple[int, str, str]:
+        try:
+            signum = signal.Signals[f"SIG{sig.upper().removeprefix('SIG')}"]
+        except KeyError:
+            return 1, "", f"kill: invalid signal specification: {sig}\n"
+        proc = self._started.get(pid)
+        if proc is None or proc.poll() is not None:  # not one it started: never another process
+            return 1, "", f"kill: ({pid}) - No such process\n"
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+        return 0, "", ""
+
+    def __getattr__(self, name: str) -> Any:  # the interactive shell and the rest: the host's own CLI
+        return getattr(self.fallback, name)
+
+
+class ToolHost(OwnProcesses):
     """A lab host's exec endpoint for the harness's host programs (see the module docstring)."""
 
     def __init__(
@@ -91,21 +115,6 @@ class ToolHost:
             words = list(proc.args)[len(self.netns_argv) + 1 :]  # type: ignore[arg-type]
             return 0, shlex.join(["python3", *map(str, words)]) + "\n", ""
         return self.fallback.run(command)  # type: ignore[no-any-return]
-
-    def _kill(self, sig: str, pid: int) -> tuple[int, str, str]:
-        try:
-            signum = signal.Signals[f"SIG{sig.upper().removeprefix('SIG')}"]
-        except KeyError:
-            return 1, "", f"kill: invalid signal specification: {sig}\n"
-        proc = self._started.get(pid)
-        if proc is None or proc.poll() is not None:  # not one it started: never another process
-            return 1, "", f"kill: ({pid}) - No such process\n"
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-        return 0, "", ""
-
-    def __getattr__(self, name: str) -> Any:  # the interactive shell and the rest: the host's own CLI
-        return getattr(self.fallback, name)
 
 
 def _feed(chan: Any, proc: subprocess.Popen[bytes]) -> None:
