@@ -339,6 +339,37 @@ def swarm_admin_port(host: Device) -> int:
     return int(host.spec.admin_port)
 
 
+def swarm_url(lab: Lab, agent: str) -> str:
+    """The admin URL of the swarm that runs ``agent``: the agents host of its home site (FaultRefused if the
+    lab has no such agent or host)."""
+    site = next((a.home for a in lab.topology.agents() if a.id == agent), None)
+    if site is None:
+        raise FaultRefused(f"{agent!r} is not an agent of {lab.topology.name}")
+    hosts = [d for d in lab.topology.of_kind("host", site) if d.spec.role == "agents"]
+    if not hosts:
+        raise FaultRefused(f"site {site} has no agents host to run {agent}")
+    return f"http://{hosts[0].control_address}:{swarm_admin_port(hosts[0])}"
+
+
+def swarm_call(
+    lab: Lab, agent: str, method: str, path: str, body: bytes = b"", params: dict[str, Any] | None = None
+) -> requests.Response:
+    """One request to the admin API of ``agent``'s swarm; a POST signed as the UL's admin requests are (it
+    changes the lab). The caller reads the status: a refusal is an answer."""
+    headers: dict[str, str] = {}
+    if method == "POST":
+        secret = os.environ.get(STACK_SECRET_VAR, "")
+        if not secret:
+            raise FaultRefused(f"{STACK_SECRET_VAR} is not set (it signs the swarm's admin requests)")
+        headers = sign_request(secret, method, path, body)
+        if body:
+            headers["Content-Type"] = "application/json"
+    url = swarm_url(lab, agent) + path
+    return requests.request(
+        method, url, data=body or None, params=params, headers=headers, timeout=SWARM_TIMEOUT
+    )
+
+
 class AgentSession(Change):
     """One agent logged out (verb `logout`, healed by logging it in again) or logged in (verb `login`,
     nothing to undo), through its swarm's signed admin API: a stack event of a nemesis schedule."""
@@ -355,14 +386,10 @@ class AgentSession(Change):
         return next((a.home for a in self.lab.topology.agents() if a.id == self.target), None)
 
     def _swarm(self) -> str:
-        """The admin URL of the swarm that runs this agent: the agents host of its home site."""
-        site = self.site
-        if site is None:
-            raise FaultRefused(f"agent_session: {self.target!r} is not an agent of {self.lab.topology.name}")
-        hosts = [d for d in self.lab.topology.of_kind("host", site) if d.spec.role == "agents"]
-        if not hosts:
-            raise FaultRefused(f"agent_session: site {site} has no agents host to run {self.target}")
-        return f"http://{hosts[0].control_address}:{swarm_admin_port(hosts[0])}"
+        try:
+            return swarm_url(self.lab, self.target)
+        except FaultRefused as e:
+            raise FaultRefused(f"agent_session: {e}") from None
 
     def check_safety(self) -> None:
         if self.verb not in self.VERBS:
@@ -378,21 +405,15 @@ class AgentSession(Change):
         return [(self.target, f"POST {self._swarm()}/agents/{self.target}/login")]
 
     def _call(self, method: str, path: str) -> dict[str, Any]:
-        """One request to the swarm's admin API, signed (POST) as the UL's admin requests are."""
-        url = self._swarm() + path
-        headers: dict[str, str] = {}
-        if method == "POST":
-            secret = os.environ.get(STACK_SECRET_VAR, "")
-            if not secret:
-                raise FaultRefused(f"agent_session: {STACK_SECRET_VAR} is not set (it signs the request)")
-            headers = sign_request(secret, method, path)
-        r = requests.request(method, url, headers=headers, timeout=SWARM_TIMEOUT)
+        """One request to the swarm's admin API (signed when it is a POST); an error unless it worked."""
+        self._swarm()  # refused with this change's name before anything is sent
+        r = swarm_call(self.lab, self.target, method, path)
         if r.status_code >= 400:
-            raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
+            raise RuntimeError(f"{r.url}: HTTP {r.status_code}: {r.text[:200]}")
         try:
             out = r.json()
         except json.JSONDecodeError:
-            raise RuntimeError(f"{url}: not JSON: {r.text[:200]}") from None
+            raise RuntimeError(f"{r.url}: not JSON: {r.text[:200]}") from None
         return out if isinstance(out, dict) else {}
 
     def _running(self) -> bool:
